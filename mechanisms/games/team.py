@@ -71,9 +71,10 @@ class _Sorted(NamedTuple):
 
 
 def _sort_types(types: TeamTypes) -> _Sorted:
-    order = jnp.argsort(-types.a, stable=True)
+    a, b = jnp.asarray(types.a), jnp.asarray(types.b)
+    order = jnp.argsort(-a, stable=True)
     rank = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0]))
-    a, b = types.a[order], types.b[order]
+    a, b = a[order], b[order]
     zero = jnp.zeros((1,), a.dtype)
 
     def prefix(v: Array) -> Array:

@@ -1,0 +1,17 @@
+"""The audit ledger: every report, signal, action and transfer of a run, hash-chained.
+
+Invariants (each is a test and an ``mbi audit`` check of the same name):
+
+- ``double_entry``: every transfer moves a positive integer amount from one account
+  (debit) to another (credit) of the same run; balances are derived, and sum to zero.
+- ``immutability``: transfers and events are append-only; there is no update or delete path.
+- ``idempotency``: transfer ids are deterministic (run, round, kind, debit, credit);
+  writing a round again is reported as a duplicate and changes nothing.
+- ``atomic_rounds``: a round's events, transfers and hash are one transaction.
+- ``hash_chain``: each round's SHA-256 covers its rows and the previous round's hash.
+- ``payments_recompute``: every payment recomputes from the logged reports and actions.
+"""
+
+from mbiagents.ledger.money import MINOR_UNITS, to_minor_units
+
+__all__ = ["MINOR_UNITS", "to_minor_units"]

@@ -1,0 +1,100 @@
+"""ORM models of the ledger (SQLAlchemy 2.0). The schema is created only by migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKeyConstraint, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One run of a scenario. ``header_hash`` anchors the round hash chain."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    game: Mapped[str] = mapped_column(String(40))
+    mechanism: Mapped[str] = mapped_column(String(40))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    scenario_json: Mapped[str] = mapped_column(Text)
+    minor_units: Mapped[int] = mapped_column(BigInteger)
+    header_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class Account(Base):
+    """A run's account: one per agent (``agent:<id>``) and the ``treasury`` (the operator)."""
+
+    __tablename__ = "accounts"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (ForeignKeyConstraint(["run_id"], ["runs.id"]),)
+
+
+class Round(Base):
+    """A settled round: its hash covers its events and transfers and the previous hash."""
+
+    __tablename__ = "rounds"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    n_events: Mapped[int] = mapped_column(Integer)
+    n_transfers: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (ForeignKeyConstraint(["run_id"], ["runs.id"]),)
+
+
+class Event(Base):
+    """Something that happened in a round: reports, signals, actions, outcome, payments, ...
+
+    ``payload`` is canonical JSON (sorted keys, no spaces); per-agent arrays follow the
+    run's account positions.
+    """
+
+    __tablename__ = "events"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    payload: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "round_index"], ["rounds.run_id", "rounds.index"]),
+        Index("ix_events_kind", "run_id", "kind"),
+    )
+
+
+class Transfer(Base):
+    """An immutable transfer of ``amount`` minor units from ``debit`` to ``credit``."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    round_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    debit: Mapped[str] = mapped_column(String(80))
+    credit: Mapped[str] = mapped_column(String(80))
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="ck_transfers_amount_positive"),
+        CheckConstraint("debit <> credit", name="ck_transfers_distinct_accounts"),
+        ForeignKeyConstraint(["run_id", "round_index"], ["rounds.run_id", "rounds.index"]),
+        ForeignKeyConstraint(["run_id", "debit"], ["accounts.run_id", "accounts.name"]),
+        ForeignKeyConstraint(["run_id", "credit"], ["accounts.run_id", "accounts.name"]),
+        Index("ix_transfers_run_round", "run_id", "round_index"),
+    )

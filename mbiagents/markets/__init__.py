@@ -1,0 +1,28 @@
+"""Markets: a game, its mechanism and its agents, seen by the round loop.
+
+A market turns the generic round (elicit -> mechanism -> act -> settle) into calls of
+pure functions in ``mechanisms``, encodes each round for the ledger, and recomputes a
+logged round for ``mbi audit`` and ``mbi replay``. ``build_market`` picks the market of a
+validated scenario.
+"""
+
+from __future__ import annotations
+
+from mbiagents.markets.base import Market, Settlement
+from mbiagents.scenario import ScenarioBase
+
+MARKETS: dict[str, type[Market]] = {}
+
+
+def register_market(game: str, cls: type[Market]) -> None:
+    MARKETS[game] = cls
+
+
+def build_market(scenario: ScenarioBase) -> Market:
+    return MARKETS[scenario.scenario.game](scenario)
+
+
+from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
+
+__all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
+del _team

@@ -1,0 +1,115 @@
+"""The Market interface between the round loop, the mechanisms and the ledger."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mbiagents.ledger.money import to_minor_units
+from mbiagents.ledger.store import TREASURY, EventRow, RoundRecord, TransferRow, agent_account
+from mbiagents.scenario import ScenarioBase
+
+
+@dataclass
+class Settlement:
+    """What a round leaves in the ledger, plus the figures the loop reports."""
+
+    events: list[EventRow]
+    transfers: list[TransferRow]
+    metrics: dict[str, float] = field(default_factory=dict)
+    updates: dict[str, Any] = field(default_factory=dict)  # state keys the settlement changes
+
+
+@dataclass
+class Recomputed:
+    """A logged round recomputed from its reports and actions (for audit and replay)."""
+
+    payments: np.ndarray  # float payments, what each agent pays (agent order)
+    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # extra per-round checks
+
+
+def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[TransferRow]:
+    """One transfer per agent for its payment ``t_i`` (what it pays; negative = it is paid).
+
+    ``t_i > 0`` debits the agent and credits the treasury; ``t_i < 0`` the reverse; an
+    amount that rounds to zero writes no transfer.
+    """
+    minor = to_minor_units(payments)
+    out: list[TransferRow] = []
+    for agent, m in zip(agent_ids, minor.tolist()):
+        if m > 0:
+            out.append(TransferRow(kind, agent_account(agent), TREASURY, m))
+        elif m < 0:
+            out.append(TransferRow(kind, TREASURY, agent_account(agent), -m))
+    return out
+
+
+def signed_minor_from_transfers(agent_ids: list[str], transfers, kind: str) -> np.ndarray:
+    """Inverse of ``payment_transfers``: each agent's net payment in minor units."""
+    pos = {agent_account(a): i for i, a in enumerate(agent_ids)}
+    out = np.zeros(len(agent_ids), dtype=np.int64)
+    for _id, k, debit, credit, amount in transfers:
+        if k != kind:
+            continue
+        if debit in pos:
+            out[pos[debit]] += amount
+        if credit in pos:
+            out[pos[credit]] -= amount
+    return out
+
+
+class Market(ABC):
+    """A game + mechanism + agents. Nodes of the round loop call these methods.
+
+    State is a plain dict of numpy arrays and numbers (checkpointable); methods return the
+    keys they update.
+    """
+
+    game: str
+    payment_kind: str = "payment"
+
+    def __init__(self, scenario: ScenarioBase):
+        self.scenario = scenario
+        self.agent_ids: list[str] = [a.id for a in scenario.agents]
+
+    @property
+    def mechanism(self) -> str:
+        return self.scenario.scenario.mechanism
+
+    @abstractmethod
+    def initial_state(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def elicit(self, state: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def price(self, state: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def act(self, state: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def settle(self, state: dict[str, Any]) -> Settlement: ...
+
+    def converged(self, state: dict[str, Any]) -> bool:
+        return False
+
+    @abstractmethod
+    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
+        """Recompute round ``rounds[index]`` from the logged rows of it and earlier rounds."""
+
+    @abstractmethod
+    def summary(self, state: dict[str, Any]) -> dict[str, Any]: ...
+
+    def required_events(self, index: int) -> tuple[str, ...]:
+        """Event kinds every complete round must hold."""
+        return ()
+
+    def extra_accounts(self) -> tuple[str, ...]:
+        return ()
+
+    def treasury(self) -> str:
+        return TREASURY

@@ -1,0 +1,160 @@
+"""Shared-capacity team market: the team game priced by the DPM with Clarke payments.
+
+Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
+
+1. elicit: agents report ``theta_hat`` (logged when it changes; always in round 0);
+2. mechanism: signals ``G = -dL/dx`` at ``x^t`` and the projected residual;
+3. act: agents move to ``x^{t+1}``;
+4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
+   transfer per agent (agent -> treasury), plus the outcome.
+
+The run converges when the residual at ``x^t`` is at most the scenario's tolerance.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import numpy as np
+
+from mechanisms import dpm
+from mechanisms.games import team
+from mechanisms.learning import projected_gradient_norm
+from mbiagents.agents.policy import TeamPopulation
+from mbiagents.ledger.money import from_minor_units, to_minor_units
+from mbiagents.ledger.store import EventRow, RoundRecord
+from mbiagents.markets import register_market
+from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
+from mbiagents.scenario import TeamScenario
+
+
+@partial(jax.jit, static_argnames=())
+def _price(x, reports, kappa):
+    g = dpm.team_signals(x, reports, kappa)
+    return g, projected_gradient_norm(x, g)
+
+
+@jax.jit
+def _settle(x, reports, kappa):
+    t = dpm.clarke_pivot_payments(x, reports, kappa)
+    agg = x.sum()
+    return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
+
+
+def _types(payload: dict[str, Any]) -> team.TeamTypes:
+    return team.TeamTypes(np.asarray(payload["value"], np.float64), np.asarray(payload["curvature"], np.float64))
+
+
+class TeamMarket(Market):
+    game = "team"
+    payment_kind = "clarke"
+
+    def __init__(self, scenario: TeamScenario):
+        super().__init__(scenario)
+        self.kappa = float(scenario.game.congestion)
+        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
+
+    # ---- the round ------------------------------------------------------------------
+    def initial_state(self) -> dict[str, Any]:
+        n = len(self.agent_ids)
+        return {"actions": np.zeros(n), "reports": None, "logged_reports": None, "paid_total": np.zeros(n)}
+
+    def elicit(self, state):
+        r = self.population.report(state["round"])
+        return {"reports": {"value": np.asarray(r.a), "curvature": np.asarray(r.b)}}
+
+    def price(self, state):
+        g, residual = _price(state["actions"], _types(state["reports"]), self.kappa)
+        return {"signals": np.asarray(g), "residual": float(residual)}
+
+    def act(self, state):
+        x_next = self.population.act(state["signals"], state["actions"])
+        return {"next_actions": x_next}
+
+    def settle(self, state) -> Settlement:
+        x = state["next_actions"]
+        reports = state["reports"]
+        t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, _types(reports), self.kappa))
+        events = []
+        logged = state.get("logged_reports")
+        changed = logged is None or any(not np.array_equal(reports[k], logged[k]) for k in reports)
+        if changed:
+            events.append(EventRow("reports", {k: v.tolist() for k, v in reports.items()}))
+        events += [
+            EventRow("signals", {"G": state["signals"].tolist(), "residual": state["residual"]}),
+            EventRow("actions", {"x": x.tolist()}),
+            EventRow("payments", {"t": t.tolist()}),
+            EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
+        ]
+        true_w = float(team.welfare(x, self.population.true_types, self.kappa))
+        return Settlement(
+            events=events,
+            transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
+            metrics={"welfare": true_w, "residual": state["residual"]},
+            updates={"actions": x, "payments": t, "logged_reports": reports, "paid_total": state["paid_total"] + t,
+                     "operator_cost": float(cost)},
+        )
+
+    def converged(self, state) -> bool:
+        return state.get("residual", np.inf) <= self.scenario.scenario.tolerance
+
+    # ---- audit and replay -----------------------------------------------------------
+    def required_events(self, index: int) -> tuple[str, ...]:
+        base = ("signals", "actions", "payments", "outcome")
+        return ("reports", *base) if index == 0 else base
+
+    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
+        rec = rounds[index]
+        reports = None
+        for r in reversed(rounds[: index + 1]):
+            try:
+                reports = _types(r.payload("reports"))
+                break
+            except KeyError:
+                continue
+        if reports is None:
+            raise KeyError("reports")
+        x = np.asarray(rec.payload("actions")["x"], np.float64)
+        x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
+        t, agg, cost, _ = (np.asarray(v) for v in _settle(x, reports, self.kappa))
+        g, _ = _price(x_prev, reports, self.kappa)
+        logged_g = np.asarray(rec.payload("signals")["G"], np.float64)
+        ok = bool(np.allclose(np.asarray(g), logged_g, rtol=1e-9, atol=1e-9))
+        bad = int(np.argmax(np.abs(np.asarray(g) - logged_g))) if not ok else -1
+        detail = "" if ok else f"agent {self.agent_ids[bad]}: logged G={logged_g[bad]!r}, recomputed {float(g[bad])!r}"
+        return Recomputed(payments=t, checks={"signals_recompute": (ok, detail)})
+
+    # ---- summary --------------------------------------------------------------------
+    def summary(self, state) -> dict[str, Any]:
+        truth = self.population.true_types
+        x = np.asarray(state["actions"])
+        # the money that moved: payments as settled in minor units
+        t = from_minor_units(to_minor_units(np.asarray(state.get("payments", np.zeros_like(x)))))
+        v = np.asarray(team.values(x, truth))
+        w = float(team.welfare(x, truth, self.kappa))
+        w_star = float(team.optimal_welfare(truth, self.kappa))
+        reports = state.get("reports") or {"value": truth.a, "curvature": truth.b}
+        agents = {
+            aid: {
+                "action": float(x[i]),
+                "payment": float(t[i]),
+                "utility": float(v[i] - t[i]),
+                "value": float(v[i]),
+                "reported_value": float(reports["value"][i]),
+                "total_paid": float(from_minor_units(to_minor_units(state["paid_total"][i]))),
+            }
+            for i, aid in enumerate(self.agent_ids)
+        }
+        cost = float(team.congestion_cost(x.sum(), self.kappa))
+        return {
+            "welfare": w,
+            "optimal_welfare": w_star,
+            "welfare_gap": (w_star - w) / abs(w_star) if w_star else 0.0,
+            "agents": agents,
+            "budget": {"payments": float(t.sum()), "operator_cost": cost, "surplus": float(t.sum()) - cost},
+        }
+
+
+register_market("team", TeamMarket)
