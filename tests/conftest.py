@@ -1,0 +1,45 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL database per test session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+import mechanisms  # noqa: F401  (64-bit JAX before anything traces)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+PG_ADMIN_URL = os.environ.get("MBI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of the real PostgreSQL server (tests fail, not skip, if it is down)."""
+    engine = create_engine(PG_ADMIN_URL)
+    with engine.connect() as conn:
+        conn.execute(text("select 1"))
+    engine.dispose()
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str):
+    """A fresh PostgreSQL database, dropped afterwards."""
+    name = f"mbi_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'create database "{name}"'))
+    url = pg_server.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()

@@ -1,0 +1,118 @@
+"""Ledger invariants on a real SQLite file and a real PostgreSQL database."""
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from mbiagents.errors import LedgerError
+from mbiagents.ledger.models import Base
+from mbiagents.ledger.schema import head_revision, open_ledger, upgrade
+from mbiagents.ledger.store import EventRow, TransferRow, make_engine, round_hash
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request):
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+def new_run(ledger, agents=("a", "b")):
+    return ledger.create_run(name="t", game="team", mechanism="dpm", seed=0, scenario={"x": 1}, agent_ids=list(agents))
+
+
+def pay(agent, amount):
+    return TransferRow("clarke", f"agent:{agent}", "treasury", amount)
+
+
+def test_migrations_create_the_models_schema(url):
+    ledger = open_ledger(url)
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        rev = MigrationContext.configure(conn).get_current_revision()
+    assert diff == []
+    assert rev == head_revision()
+
+
+def test_double_entry_balances_sum_to_zero(url):
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    ledger.write_round(run, 0, [EventRow("payments", {"t": [1.0, 2.0]})], [pay("a", 7), pay("b", 5)])
+    ledger.write_round(run, 1, [], [TransferRow("refund", "treasury", "agent:a", 3)])
+    bal = ledger.balances(run)
+    assert bal == {"agent:a": -4, "agent:b": -5, "treasury": 9}
+    assert sum(bal.values()) == 0
+
+
+def test_idempotent_round_write_is_a_duplicate_not_an_error(url):
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    first = ledger.write_round(run, 0, [EventRow("e", {"v": 1})], [pay("a", 10)])
+    again = ledger.write_round(run, 0, [EventRow("e", {"v": 1})], [pay("a", 10)])
+    assert again.duplicate and again.hash == first.hash
+    assert ledger.balances(run)["treasury"] == 10
+    with pytest.raises(LedgerError, match="different content"):
+        ledger.write_round(run, 0, [EventRow("e", {"v": 1})], [pay("a", 11)])
+
+
+def test_round_is_atomic(url):
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    # a transfer to an account that does not exist violates a foreign key mid-round
+    with pytest.raises(Exception):
+        ledger.write_round(run, 0, [EventRow("e", {"v": 1})], [pay("a", 1), TransferRow("x", "agent:zed", "treasury", 1)])
+    assert ledger.read_rounds(run) == []
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("select count(*) from events")).scalar() == 0
+        assert conn.execute(text("select count(*) from transfers")).scalar() == 0
+
+
+def test_rounds_must_be_written_in_order(url):
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    with pytest.raises(LedgerError, match="written after round -1"):
+        ledger.write_round(run, 1, [], [])
+
+
+def test_hash_chain_links_rounds(url):
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    ledger.write_round(run, 0, [EventRow("e", {"v": 1})], [pay("a", 10)])
+    ledger.write_round(run, 1, [EventRow("e", {"v": 2})], [pay("b", 3)])
+    r0, r1 = ledger.read_rounds(run)
+    assert r1.prev_hash == r0.hash
+    assert r1.hash == round_hash(r0.hash, 1, r1.events, r1.transfers)
+
+
+def test_database_rejects_non_positive_amounts(url):
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    ledger.write_round(run, 0, [], [])
+    with pytest.raises(Exception):
+        with ledger.engine.begin() as conn:
+            conn.execute(text("insert into transfers (id, run_id, round_index, kind, debit, credit, amount) "
+                              "values ('x', :r, 0, 'k', 'agent:a', 'treasury', 0)"), {"r": run})
+
+
+def test_old_schema_asks_for_upgrade(sqlite_url):
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("update alembic_version set version_num = 'older'"))
+    with pytest.raises(LedgerError, match="mbi db upgrade"):
+        open_ledger(sqlite_url)
+
+
+def test_unreachable_and_foreign_databases(tmp_path):
+    with pytest.raises(LedgerError, match="does not exist"):
+        open_ledger(f"sqlite:///{tmp_path}/missing/dir/l.db")
+    with pytest.raises(LedgerError, match="cannot be reached"):
+        open_ledger("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(LedgerError, match="not a usable SQLAlchemy URL"):
+        open_ledger("notadb://x")
+    other = make_engine(f"sqlite:///{tmp_path}/other.db")
+    with other.begin() as conn:
+        conn.execute(text("create table t (x int)"))
+    with pytest.raises(LedgerError, match="not an mbiagents ledger"):
+        open_ledger(f"sqlite:///{tmp_path}/other.db")

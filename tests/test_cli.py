@@ -1,0 +1,117 @@
+"""The ``mbi`` command end to end: run, audit, tampering, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from mbiagents.cli import app
+from mechanisms.games import team
+
+from tests.conftest import EXAMPLES
+
+runner = CliRunner()
+
+
+def run_json(*args):
+    res = runner.invoke(app, ["run", *args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'ledger.db'}"
+    return url, run_json(str(EXAMPLES / "shared_capacity.toml"), "--ledger", url)
+
+
+def test_run_reaches_closed_form_optimum(example_run):
+    _, out = example_run
+    a = jnp.array([4.0, 3.0, 2.5, 1.8])
+    b = jnp.array([1.0, 0.5, 2.0, 1.0])
+    w_star = float(team.optimal_welfare(team.TeamTypes(a, b), 0.5))  # independent of the run
+    assert out["converged"]
+    assert abs(out["welfare"] - w_star) <= 1e-6 * abs(w_star)
+    assert abs(out["optimal_welfare"] - w_star) <= 1e-12
+    assert set(out["agents"]) == {"alice", "bob", "carol", "dan"}
+    for row in out["agents"].values():
+        assert row["utility"] == pytest.approx(row["value"] - row["payment"], abs=1e-12)
+        assert row["utility"] >= -1e-6  # IR for truthful agents
+
+
+def test_audit_passes_then_catches_a_changed_amount(example_run, tmp_path):
+    url, out = example_run
+    res = runner.invoke(app, ["audit", "--ledger", url, "--run", out["run_id"], "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["ok"] and {c["name"] for c in report["checks"]} >= {
+        "double_entry", "idempotency", "hash_chain", "rounds_complete", "payments_recompute"}
+    # tamper with a copy of the ledger
+    src = Path(url.removeprefix("sqlite:///"))
+    dst = tmp_path / "tampered.db"
+    shutil.copy(src, dst)
+    engine = create_engine(f"sqlite:///{dst}")
+    with engine.begin() as conn:
+        tid = conn.execute(text("select id from transfers where round_index = 3 order by id limit 1")).scalar_one()
+        conn.execute(text("update transfers set amount = amount + 1 where id = :i"), {"i": tid})
+    engine.dispose()
+    res = runner.invoke(app, ["audit", "--ledger", f"sqlite:///{dst}", "--run", out["run_id"], "--json"])
+    assert res.exit_code == 1
+    failed = {c["name"]: c["first_failure"] for c in json.loads(res.stdout)["checks"] if not c["ok"]}
+    assert "round 3" in failed["hash_chain"]
+    assert "round 3" in failed["payments_recompute"]
+
+
+def test_misreporting_agent_earns_less_than_truthful(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    honest = run_json(str(EXAMPLES / "shared_capacity.toml"), "--ledger", url)
+    liar = run_json(str(EXAMPLES / "shared_capacity_misreport.toml"), "--ledger", url)
+    assert liar["agents"]["dan"]["utility"] < honest["agents"]["dan"]["utility"] - 1e-3
+    assert liar["welfare"] < honest["welfare"]
+
+
+def test_round_limit(tmp_path):
+    out = run_json(str(EXAMPLES / "shared_capacity.toml"), "--ledger", f"sqlite:///{tmp_path / 'l.db'}",
+                   "--rounds", "3")
+    assert out["rounds"] == 3 and not out["converged"]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "no such scenario file"),
+    ('[scenario]\nname="x"\ngame="team"\nmechanism="dpm"\n[game]\ncongestion=1\n[[agents]]\nid="a"\nvalue=1\ncurvature=0\n',
+     "agents[0].curvature"),
+    ('[scenario]\nname="x"\ngame="team"\nmechanism="vcg"\n', "scenario.mechanism"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, content, fragment):
+    scen = tmp_path / "s.toml"
+    if content is not None:
+        scen.write_text(content)
+    ledger = tmp_path / "l.db"
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{ledger}"])
+    assert res.exit_code == 2
+    assert fragment in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.output
+    assert not ledger.exists()
+
+
+def test_audit_unknown_run_and_empty_ledger(example_run, tmp_path):
+    url, _ = example_run
+    res = runner.invoke(app, ["audit", "--ledger", url, "--run", "nope"])
+    assert res.exit_code == 2 and "no run 'nope'" in res.stderr
+    res = runner.invoke(app, ["audit", "--ledger", f"sqlite:///{tmp_path / 'empty.db'}"])
+    assert res.exit_code == 2 and "empty" in res.stderr
+
+
+def test_console_script_help_and_run(tmp_path):
+    mbi = shutil.which("mbi") or str(Path(sys.executable).with_name("mbi"))
+    res = subprocess.run([mbi, "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "run" in res.stdout and "audit" in res.stdout
+    res = subprocess.run([mbi, "run", str(EXAMPLES / "shared_capacity.toml"), "--json"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "mbi-ledger.db").exists()  # the default ledger is a SQLite file in the working folder
