@@ -1,0 +1,122 @@
+"""Spine benchmark: DPM step and full rounds against N, and DPM vs a NumPy gradient.
+
+Run: ``python benchmarks/bench_spine.py [--quick]``. Prints one table per part, the
+fitted log-log slopes (target <= 1.1: linear) and the jitted-DPM / NumPy time ratio
+(target <= 1.0 for N >= 1e5). JIT compile time is excluded (one warm-up call per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks._util import best_time, loglog_slope  # noqa: E402
+from mechanisms import dpm  # noqa: E402
+from mechanisms.games import team  # noqa: E402
+from mechanisms.learning import projected_gradient_norm, projected_gradient_play  # noqa: E402
+
+KAPPA = 0.5
+
+
+def random_types(n: int, seed: int = 0) -> team.TeamTypes:
+    rng = np.random.default_rng(seed)
+    return team.TeamTypes(jnp.asarray(rng.uniform(1.0, 5.0, n)), jnp.asarray(rng.uniform(0.5, 2.0, n)))
+
+
+@jax.jit
+def dpm_round(x, types, steps):
+    """One DPM step: signals from one jax.grad, projected gradient play, residual."""
+    g = dpm.team_signals(x, types, KAPPA)
+    x_next = projected_gradient_play(x, g, steps)
+    return x_next, projected_gradient_norm(x, g)
+
+
+def numpy_round(x, a, b, steps):
+    """The same step with the closed-form gradient in NumPy (temporaries and all)."""
+    g = a - b * x - KAPPA * x.sum()
+    x_next = np.maximum(0.0, x + steps * g)
+    blocked = (x <= 0.0) & (g < 0.0)
+    return x_next, np.max(np.where(blocked, 0.0, np.abs(g)))
+
+
+def bench_step(sizes) -> tuple[Table, float, dict[int, float]]:
+    table = Table(title="DPM step (signals + gradient play + residual), best of 7")
+    for c in ("N", "jitted DPM (ms)", "NumPy closed form (ms)", "DPM / NumPy"):
+        table.add_column(c, justify="right")
+    times, ratios = [], {}
+    for n in sizes:
+        types = random_types(n)
+        steps = dpm.default_steps(types, KAPPA)
+        x = jnp.zeros(n)
+        jax.block_until_ready(dpm_round(x, types, steps))
+        x = dpm_round(x, types, steps)[0]
+        t_jax = best_time(lambda: jax.block_until_ready(dpm_round(x, types, steps)), repeat=7, number=5)
+        a, b, s, xn = (np.asarray(v) for v in (types.a, types.b, steps, x))
+        t_np = best_time(lambda: numpy_round(xn, a, b, s), repeat=7, number=5)
+        times.append(t_jax)
+        ratios[n] = t_jax / t_np
+        table.add_row(f"{n:,}", f"{t_jax * 1e3:.3f}", f"{t_np * 1e3:.3f}", f"{t_jax / t_np:.2f}")
+    return table, loglog_slope(sizes, times), ratios
+
+
+def bench_rounds(sizes, rounds: int) -> tuple[Table, float]:
+    from mbiagents.runner import run_scenario
+    from mbiagents.scenario import parse_scenario
+
+    table = Table(title=f"Full rounds: graph + Clarke payments + ledger (SQLite, one transfer per agent), {rounds} rounds")
+    for c in ("N", "s / round", "transfers / s"):
+        table.add_column(c, justify="right")
+    times = []
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            agents = [{"id": f"a{i}", "value": float(v), "curvature": float(c)}
+                      for i, (v, c) in enumerate(zip(rng.uniform(1, 5, n), rng.uniform(0.5, 2, n)))]
+            sc = parse_scenario({"scenario": {"name": f"bench-{n}", "game": "team", "mechanism": "dpm",
+                                              "rounds": rounds, "tolerance": 1e-300},
+                                 "game": {"congestion": KAPPA}, "agents": agents})
+            url = f"sqlite:///{os.path.join(tmp, f'b{n}.db')}"
+            run_scenario(sc, ledger_url=url, rounds=1)  # warm-up: JIT for this N
+            marks = []
+
+            def on_round(i, m, marks=marks):
+                marks.append(__import__("time").perf_counter())
+
+            run_scenario(sc, ledger_url=url, rounds=rounds, on_round=on_round)
+            per_round = (marks[-1] - marks[0]) / (len(marks) - 1)
+            times.append(per_round)
+            table.add_row(f"{n:,}", f"{per_round:.4f}", f"{n / per_round:,.0f}")
+    return table, loglog_slope(sizes, times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = ap.parse_args()
+    console = Console()
+    step_sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
+    round_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5]
+    t1, slope_step, ratios = bench_step(step_sizes)
+    console.print(t1)
+    t2, slope_round = bench_rounds(round_sizes, rounds=4 if args.quick else 6)
+    console.print(t2)
+    big = [n for n in ratios if n >= 10**5]
+    console.print(f"log-log slope, DPM step: {slope_step:.3f} (target <= 1.1)")
+    console.print(f"log-log slope, full round: {slope_round:.3f} (target <= 1.1)")
+    console.print("DPM / NumPy at N >= 1e5: " + ", ".join(f"N={n:,}: {ratios[n]:.2f}" for n in big)
+                  + " (target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
