@@ -56,6 +56,7 @@ def externality_prices(x: Array, reports: team.TeamTypes, kappa: float) -> Array
     return own - team_signals(x, reports, kappa)
 
 
+@jax.jit
 def clarke_pivot_payments(x: Array, reports: team.TeamTypes, kappa: float) -> Array:
     """Clarke pivot payments ``t_i = W_{-i}(x*_{-i}) - W_{-i}(x)`` (what ``i`` pays), all i.
 
@@ -113,8 +114,17 @@ def team_outcome(reports: team.TeamTypes, kappa: float) -> Array:
     return team.optimal_usage(reports, kappa)
 
 
+@jax.jit
 def team_utilities(reports: team.TeamTypes, true_types: team.TeamTypes, kappa: float) -> Array:
     """Realised utility ``u_i = v_i(x_i; theta_i) - t_i`` when the DPM runs to its fixed point on
     ``reports`` and charges Clarke payments (for ``properties.dsic_violation``)."""
     x = team_outcome(reports, kappa)
     return team.values(x, true_types) - clarke_pivot_payments(x, reports, kappa)
+
+
+@jax.jit
+def team_dsic_violation(true_types: team.TeamTypes, deviations: team.TeamTypes, kappa: float):
+    """``properties.dsic_violation`` of the DPM/Clarke team mechanism (others truthful)."""
+    from mechanisms import properties
+
+    return properties.dsic_violation(lambda r, t: team_utilities(r, t, kappa), true_types, deviations)

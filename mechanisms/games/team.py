@@ -140,6 +140,7 @@ def _solve_aggregate(s: _Sorted, kappa: float, drop: Array | None) -> Array:
     )
 
 
+@jax.jit
 def optimal_aggregate(types: TeamTypes, kappa: float) -> Array:
     """Exact welfare-maximising aggregate ``X*`` (scalar)."""
     return _solve_aggregate(_sort_types(types), kappa, None)[0]
@@ -150,22 +151,26 @@ def usage_at_price(types: TeamTypes, price: Array) -> Array:
     return jnp.maximum(0.0, (types.a - price) / types.b)
 
 
+@jax.jit
 def optimal_usage(types: TeamTypes, kappa: float) -> Array:
     """Closed-form team optimum ``x*`` of ``max_x W(x), x >= 0``."""
     return usage_at_price(types, kappa * optimal_aggregate(types, kappa))
 
 
+@jax.jit
 def optimal_welfare(types: TeamTypes, kappa: float) -> Array:
     """``W(x*)``."""
     return welfare(optimal_usage(types, kappa), types, kappa)
 
 
+@jax.jit
 def leave_one_out_aggregates(types: TeamTypes, kappa: float) -> Array:
     """``X*_{-i}``: optimal aggregate of the team without agent ``i``, for every ``i``."""
     s = _sort_types(types)
     return _solve_aggregate(s, kappa, jnp.arange(types.a.shape[0]))
 
 
+@jax.jit
 def leave_one_out_welfare(types: TeamTypes, kappa: float) -> Array:
     """``W_{-i}(x*_{-i})``: best welfare of everybody but ``i`` (operator included), all ``i``.
 

@@ -34,7 +34,7 @@ profiles = st.integers(1, 7).flatmap(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(profiles)
 def test_optimum_and_leave_one_out_match_brute_force(profile):
     a, b, kappa = (np.array(profile[0]), np.array(profile[1]), profile[2])
