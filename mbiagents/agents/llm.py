@@ -201,6 +201,11 @@ def _schema_name(model: type[BaseModel]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "answer"
 
 
+class _Probe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ok: bool
+
+
 class LLMClient:
     """One OpenAI-compatible endpoint, shared by all agents of a run.
 
@@ -221,6 +226,7 @@ class LLMClient:
                 )
             key = NO_KEY
         self.base_url = url
+        self._secret = key if key != NO_KEY and len(key) >= 4 else None
         self._client = AsyncOpenAI(
             api_key=key,
             base_url=url,
@@ -230,12 +236,17 @@ class LLMClient:
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._mode: str | None = None if settings.response_format == "auto" else settings.response_format
         self._mode_lock = asyncio.Lock()
+        self.probe_records: list[CallRecord] = []
         self._call_deadline = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
 
     @property
     def mode(self) -> str | None:
         """The response_format mode in use (None until the first request decided it)."""
         return self._mode
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from text we keep (a server may echo it in an error)."""
+        return text.replace(self._secret, "[redacted]") if self._secret else text
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -301,7 +312,7 @@ class LLMClient:
             completion_tokens=usage_c,
             cost=(usage_p + usage_c) / 1000.0 * self.settings.price_per_1k_tokens,
             finish_reason=finish,
-            error=_error_text(err) if err is not None else None,
+            error=self._scrub(_error_text(err)) if err is not None else None,
             raw_text=truncate(raw),
             raw_chars=len(raw),
             raw_truncated=len(raw) > RAW_TEXT_LIMIT,
@@ -311,26 +322,42 @@ class LLMClient:
     async def _request_detecting(
         self, agent_id: str, step: str, attempt: int, messages: list[dict[str, str]], schema_model: type[BaseModel], records: list[CallRecord]
     ) -> tuple[str | None, BaseException | None, int]:
-        """Request with the decided mode; the first request of the client decides it."""
-        if self._mode is not None:
-            rec, text, err = await self._request(agent_id, step, attempt, self._mode, messages, schema_model)
-            records.append(rec)
-            return text, err, attempt
-        async with self._mode_lock:
-            if self._mode is not None:  # decided while we waited
-                rec, text, err = await self._request(agent_id, step, attempt, self._mode, messages, schema_model)
-                records.append(rec)
-                return text, err, attempt
-            for i, mode in enumerate(MODES):
-                rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
-                records.append(rec)
-                if err is not None and _is_capability_rejection(err) and i + 1 < len(MODES):
-                    attempt += 1
-                    continue  # server refused this response_format: demote
-                if err is None:
-                    self._mode = mode
-                return text, err, attempt
-        raise AssertionError("unreachable")
+        """Request with the decided mode; the first request of the client decides it.
+
+        Concurrent first requests wait for the deciding one (the lock is held only while
+        the mode is undecided), then go out in parallel.
+        """
+        if self._mode is None:
+            async with self._mode_lock:
+                if self._mode is None:
+                    for i, mode in enumerate(MODES):
+                        rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
+                        records.append(rec)
+                        if err is not None and _is_capability_rejection(err) and i + 1 < len(MODES):
+                            attempt += 1
+                            continue  # server refused this response_format: demote
+                        if err is None:
+                            self._mode = mode
+                        return text, err, attempt
+        rec, text, err = await self._request(agent_id, step, attempt, self._mode, messages, schema_model)
+        records.append(rec)
+        return text, err, attempt
+
+    async def probe(self) -> str:
+        """Decide the response_format mode now with one tiny request (idempotent).
+
+        Without a probe the first ``ask`` decides it, and concurrent first asks wait for
+        that one request (round 1 then takes about two calls' time). The probe's calls are
+        kept in :attr:`probe_records` (agent id ``"_probe"``) for the ledger.
+        """
+        if self._mode is None:
+            msgs = [{"role": "user", "content": 'Reply with this JSON object and nothing else: {"ok": true}'}]
+            recs: list[CallRecord] = []
+            await self._request_detecting("_probe", "probe", 1, msgs, _Probe, recs)
+            self.probe_records.extend(recs)
+            if self._mode is None:  # transport failure: not decided; leave it to the first ask
+                return "undecided"
+        return self._mode
 
     # ------------------------------------------------------------------ ask
     async def ask(
@@ -369,7 +396,7 @@ class LLMClient:
             attempt += 1
             text, err, attempt = await self._request_detecting(agent_id, step, attempt, convo, schema, records)
             if err is not None:
-                errors.append(_error_text(err))
+                errors.append(self._scrub(_error_text(err)))
                 break  # the SDK already retried; give up on this ask
             answers += 1
             text = text or ""
