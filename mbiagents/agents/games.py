@@ -21,13 +21,15 @@ DELIVER defaults to an empty text.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .llm import Answer, LLMClient
+from .llm import Answer, LLMClient, json_schema
 from .prompts import render
 
 #: Max. characters of a deliverable text.
@@ -86,6 +88,7 @@ class TeamAction(StrictAnswer):
     usage: float
 
 
+@functools.lru_cache(maxsize=256)
 def team_report_model(value_bounds: Bounds, curvature_bounds: Bounds) -> type[TeamReport]:
     """:class:`TeamReport` with the scenario's bounds in its schema and validation."""
     return create_model(
@@ -96,6 +99,7 @@ def team_report_model(value_bounds: Bounds, curvature_bounds: Bounds) -> type[Te
     )
 
 
+@functools.lru_cache(maxsize=256)
 def team_action_model(usage_bounds: Bounds) -> type[TeamAction]:
     """:class:`TeamAction` with the usage bounds (``lo >= 0``)."""
     if usage_bounds.lo < 0:
@@ -117,13 +121,11 @@ class TeamAgentInfo:
 
 
 def _messages(llm: LLMClient, template: str, ctx: dict[str, Any], schema: type[BaseModel]) -> list[dict[str, str]]:
-    import json
-
     pdir = llm.settings.prompts_dir
     system = render(
         "system.md",
         {"agent_id": ctx["agent_id"], "persona": ctx.get("persona"),
-         "schema": json.dumps(schema.model_json_schema(), separators=(",", ":"))},
+         "schema": json.dumps(json_schema(schema), separators=(",", ":"))},
         pdir,
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": render(template, ctx, pdir)}]
@@ -194,6 +196,11 @@ class TaskBids(StrictAnswer):
 
 def task_bids_model(tasks: Sequence[Task], cost_bounds: Bounds) -> type[TaskBids]:
     """A :class:`TaskBids` model with one required field per task: number in bounds, or null."""
+    return _task_bids_model(tuple(tasks), cost_bounds)
+
+
+@functools.lru_cache(maxsize=256)
+def _task_bids_model(tasks: tuple[Task, ...], cost_bounds: Bounds) -> type[TaskBids]:
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
         raise ValueError("task ids must be unique")

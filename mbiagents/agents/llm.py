@@ -34,8 +34,8 @@ whole SDK call (its retries included) is additionally bounded by
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import math
 import re
 import time
 from typing import Any, Callable, Generic, Sequence, TypeVar
@@ -184,9 +184,15 @@ def _error_text(exc: BaseException) -> str:
     return truncate(f"{name}{f' {status}' if status else ''}: {msg}", ERROR_TEXT_LIMIT)
 
 
+@functools.lru_cache(maxsize=512)
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The (cached) JSON schema of an answer model. Treat as read-only."""
+    return model.model_json_schema()
+
+
 def response_format_for(mode: str, schema_model: type[BaseModel]) -> dict[str, Any] | None:
     """The ``response_format`` body for a mode (None for prompt-only)."""
-    schema = schema_model.model_json_schema()
+    schema = json_schema(schema_model)
     if mode == "json_schema":
         return {
             "type": "json_schema",
@@ -433,10 +439,3 @@ class LLMClient:
         )
 
 
-def schema_instructions(schema: type[BaseModel]) -> str:
-    """Plain-text instructions naming the JSON schema (used by every prompt)."""
-    return json.dumps(schema.model_json_schema(), separators=(",", ":"))
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -221,8 +221,17 @@ class ScriptedOpenAIServer:
             headers=reply.headers,
         )
 
+    async def _debug_requests(self, request: Request) -> JSONResponse:
+        """Requests seen so far (agent, step, injected delay); ``DELETE`` clears them."""
+        with self._lock:
+            out = [{"agent": r.agent, "step": r.step, "delay_s": r.delay_s} for r in self.requests]
+            if request.method == "DELETE":
+                self.requests.clear()
+        return JSONResponse(out)
+
     def _app(self) -> Any:
         app = Starlette(routes=[
+            Route("/_debug/requests", self._debug_requests, methods=["GET", "DELETE"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
         ])
@@ -279,3 +288,28 @@ class ScriptedOpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """Serve in the foreground (a separate process, e.g. for benchmarks); prints the base URL."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MEAN_S", "JITTER_S"))
+    ap.add_argument("--reply", default="{}", help="JSON text every request gets")
+    ap.add_argument("--reject-json-schema", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    srv = ScriptedOpenAIServer(latency=tuple(args.latency), reject_json_schema=args.reject_json_schema, seed=args.seed)
+    srv.default = Reply.text(args.reply)
+    with srv:
+        print(srv.base_url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

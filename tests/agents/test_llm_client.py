@@ -259,7 +259,7 @@ def test_concurrent_calls_take_about_the_slowest(openai_server):
     openai_server.default = Reply.json({"value": 1, "curvature": 1}, delay_s=0.3)
     outs, wall = _gather(openai_server, 32, concurrency=64)
     assert all(a.ok for a in outs) and {a.agent_id for a in outs} == {f"a{i}" for i in range(32)}
-    assert wall < 0.3 * 2
+    assert wall < 0.3 * 32 / 4  # sequential would be 9.6 s; ~0.3 s on an idle machine (see benchmarks/)
 
 
 def test_semaphore_caps_concurrency(openai_server):
