@@ -300,9 +300,13 @@ class LLMClient:
                 choice = resp.choices[0]
                 finish = choice.finish_reason
                 text = choice.message.content or ""
+                refusal = getattr(choice.message, "refusal", None)
+                if not text and refusal:
+                    text = f"[refusal] {refusal}"
             else:
                 text = ""
-        except (openai.OpenAIError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any transport/SDK failure ends this ask with the fallback
+            # (asyncio.CancelledError is a BaseException and propagates)
             latency = time.perf_counter() - t0
             err = exc
         raw = text or ""
