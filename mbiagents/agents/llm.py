@@ -173,8 +173,15 @@ def _format_validation_error(exc: Exception) -> str:
     return truncate(str(exc), ERROR_TEXT_LIMIT)
 
 
-def _is_capability_rejection(exc: Exception) -> bool:
-    return isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError))
+def _is_capability_rejection(exc: BaseException) -> bool:
+    """Did the server refuse the request's ``response_format``?
+
+    400/422 (OpenAI-style servers, FastAPI validation), or a 5xx whose body names
+    ``response_format`` (llama-cpp-python 0.3.36's server wraps its 422 into a 500).
+    """
+    if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
+        return True
+    return isinstance(exc, openai.InternalServerError) and "response_format" in str(exc)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -242,6 +249,8 @@ class LLMClient:
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._mode: str | None = None if settings.response_format == "auto" else settings.response_format
         self._mode_lock = asyncio.Lock()
+        # detection requests: no SDK retries, so a 5xx capability refusal is seen at once
+        self._client_once = self._client.with_options(max_retries=0)
         self.probe_records: list[CallRecord] = []
         self._call_deadline = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
 
@@ -265,7 +274,8 @@ class LLMClient:
 
     # ------------------------------------------------------------------ transport
     async def _request(
-        self, agent_id: str, step: str, attempt: int, mode: str, messages: list[dict[str, str]], schema_model: type[BaseModel]
+        self, agent_id: str, step: str, attempt: int, mode: str, messages: list[dict[str, str]],
+        schema_model: type[BaseModel], *, detecting: bool = False,
     ) -> tuple[CallRecord, str | None, BaseException | None]:
         """One chat-completions request (with the SDK's own retries). Never raises except on cancel."""
         kwargs: dict[str, Any] = {}
@@ -283,7 +293,8 @@ class LLMClient:
             async with self._sem:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(self._call_deadline):
-                    resp = await self._client.chat.completions.create(
+                    client = self._client_once if detecting else self._client
+                    resp = await client.chat.completions.create(
                         model=self.model,
                         messages=messages,  # type: ignore[arg-type]
                         temperature=self.settings.temperature,
@@ -341,11 +352,18 @@ class LLMClient:
             async with self._mode_lock:
                 if self._mode is None:
                     for i, mode in enumerate(MODES):
-                        rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
+                        last = i + 1 == len(MODES)
+                        rec, text, err = await self._request(
+                            agent_id, step, attempt, mode, messages, schema_model, detecting=not last)
                         records.append(rec)
-                        if err is not None and _is_capability_rejection(err) and i + 1 < len(MODES):
+                        if err is not None and not last:
+                            if _is_capability_rejection(err):
+                                attempt += 1
+                                continue  # server refused this response_format: demote
+                            # some other failure: same request again, now with the SDK's retries
                             attempt += 1
-                            continue  # server refused this response_format: demote
+                            rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
+                            records.append(rec)
                         if err is None:
                             self._mode = mode
                         return text, err, attempt

@@ -8,8 +8,8 @@ The real ``openai`` SDK talks to it over HTTP (no monkeypatching). Answers are s
 * ``server.script(fn)``: ``fn(request: RecordedRequest) -> Reply | None`` is asked first;
 * otherwise ``server.default`` (a ``Reply`` or a callable) answers.
 
-Capabilities: ``reject_json_schema=True`` answers 422 to ``response_format.type ==
-"json_schema"`` (as llama-cpp-python's server does); ``reject_response_format=True`` answers
+Capabilities: ``reject_json_schema=True`` answers ``reject_status`` (422, or 500 as
+llama-cpp-python 0.3.36's server really does) to ``response_format.type == "json_schema"``; ``reject_response_format=True`` answers
 400 to any ``response_format``. ``latency=(mean_s, jitter_s)`` adds a uniform random
 delay to every successful reply. Every request is kept in ``server.requests``.
 
@@ -104,12 +104,14 @@ class ScriptedOpenAIServer:
         *,
         reject_json_schema: bool = False,
         reject_response_format: bool = False,
+        reject_status: int = 422,
         latency: tuple[float, float] = (0.0, 0.0),
         seed: int = 0,
         model: str = "scripted-model",
     ) -> None:
         self.reject_json_schema = reject_json_schema
         self.reject_response_format = reject_response_format
+        self.reject_status = reject_status
         self.latency = latency
         self.model = model
         self.default: Reply | Callable[[RecordedRequest], Reply] = Reply.json({})
@@ -141,6 +143,7 @@ class ScriptedOpenAIServer:
         self.default = Reply.json({})
         self.reject_json_schema = False
         self.reject_response_format = False
+        self.reject_status = 422
         self.latency = (0.0, 0.0)
 
     def requests_for(self, agent: str) -> list[RecordedRequest]:
@@ -182,12 +185,14 @@ class ScriptedOpenAIServer:
         if rf is not None and self.reject_response_format:
             return JSONResponse({"error": {"message": "response_format not supported", "type": "invalid_request_error"}}, status_code=400)
         if rf is not None and rf.get("type") == "json_schema" and self.reject_json_schema:
-            # what llama-cpp-python's server (pydantic/FastAPI) answers
-            return JSONResponse(
-                {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
-                             "msg": "Input should be 'text' or 'json_object'", "input": "json_schema"}]},
-                status_code=422,
-            )
+            # what llama-cpp-python's server answers: its FastAPI validation error, as a 422,
+            # or (llama-cpp-python 0.3.36, reject_status=500) wrapped into a 500 text body
+            detail = [{"type": "literal_error", "loc": ["body", "response_format", "type"],
+                       "msg": "Input should be 'text' or 'json_object'", "input": "json_schema"}]
+            if self.reject_status == 422:
+                return JSONResponse({"detail": detail}, status_code=422)
+            return JSONResponse({"error": {"message": f"1 validation error: {detail[0]}", "type": "internal_server_error"}},
+                                status_code=self.reject_status)
         reply = self._choose(req)
         req.reply = reply
         mean, jitter = self.latency

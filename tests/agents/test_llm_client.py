@@ -88,6 +88,24 @@ def test_llama_cpp_style_422_falls_back_to_json_object_once(openai_server):
     assert [r.attempt for r in first] == [1, 2]
 
 
+def test_llama_cpp_0_3_36_style_500_is_a_capability_refusal(openai_server):
+    # llama-cpp-python 0.3.36 wraps its validation error into a 500: no SDK retries, no backoff
+    openai_server.reject_json_schema = True
+    openai_server.reject_status = 500
+    openai_server.default = Reply.json({"value": 2, "curvature": 2})
+    t0 = time.perf_counter()
+    ans, mode = ask(openai_server)
+    assert ans.ok and mode == "json_object" and time.perf_counter() - t0 < 0.4
+    assert [r.response_format["type"] for r in openai_server.requests] == ["json_schema", "json_object"]
+
+
+def test_transient_error_during_detection_keeps_sdk_retries(openai_server):
+    openai_server.queue(Reply.error(503), Reply.error(503), Reply.json({"value": 5, "curvature": 1}))
+    ans, mode = ask(openai_server)
+    assert ans.ok and ans.value.value == 5 and mode == "json_schema"
+    assert [r.error is not None for r in ans.records] == [True, False]
+
+
 def test_no_response_format_support_falls_back_to_prompt_only(openai_server):
     openai_server.reject_response_format = True
     openai_server.default = Reply.text('Here you go:\n```json\n{"value": 4, "curvature": 0.5}\n```')
@@ -135,14 +153,14 @@ def test_forced_mode(openai_server):
                          ids=["429", "500", "503", "drop"])
 def test_transient_failure_then_ok(openai_server, first):
     openai_server.queue(first, Reply.json({"value": 7, "curvature": 1}), agent="a1")
-    ans, _ = ask(openai_server)
+    ans, _ = ask(openai_server, response_format="json_schema")  # mode known: only the SDK retries
     assert ans.ok and ans.value.value == 7
     assert len(openai_server.requests) == 2 and len(ans.records) == 1 and ans.errors == []
 
 
 def test_persistent_5xx_gives_fallback_without_reasking(openai_server):
     openai_server.default = Reply.error(500, "boom")
-    ans, _ = ask(openai_server, max_retries=1)
+    ans, _ = ask(openai_server, max_retries=1, response_format="json_schema")
     assert ans.used_fallback and ans.value == FALLBACK and ans.attempts == 0
     assert len(openai_server.requests) == 2  # one try + one SDK retry, no validation re-ask
     assert "InternalServerError 500" in ans.records[0].error
@@ -151,7 +169,7 @@ def test_persistent_5xx_gives_fallback_without_reasking(openai_server):
 def test_slow_server_times_out(openai_server):
     openai_server.queue(Reply.json({"value": 1, "curvature": 1}, delay_s=3.0))
     t0 = time.perf_counter()
-    ans, _ = ask(openai_server, timeout_s=0.3, max_retries=0)
+    ans, _ = ask(openai_server, timeout_s=0.3, max_retries=0, response_format="json_schema")
     assert time.perf_counter() - t0 < 2.0
     assert ans.used_fallback and "Timeout" in ans.errors[0]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 
 import pytest
@@ -70,4 +69,3 @@ def test_local_server_stops_on_error():
     assert not srv.running
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    del signal
