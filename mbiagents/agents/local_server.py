@@ -115,6 +115,7 @@ class LocalModelServer:
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = None
+        self._temp_log = False  # a temporary log is removed after a clean stop, kept after a failure
 
     @property
     def base_url(self) -> str:
@@ -137,6 +138,7 @@ class LocalModelServer:
             fd, name = tempfile.mkstemp(prefix="mbi-llama-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+            self._temp_log = True
         self.port = free_port()
         cmd = [
             sys.executable, "-m", "llama_cpp.server",
@@ -157,6 +159,7 @@ class LocalModelServer:
         try:
             self._wait_ready()
         except BaseException:
+            self._temp_log = False  # keep the log: the error message points at it
             self.stop()
             raise
         self.startup_s = time.perf_counter() - t0
@@ -205,6 +208,9 @@ class LocalModelServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._temp_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self._temp_log = False
         with _live_lock:
             _live.discard(self)
 
