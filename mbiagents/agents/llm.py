@@ -1,0 +1,463 @@
+"""LLM client: one ``openai.AsyncOpenAI`` per run, structured answers, full call records.
+
+Every model (OpenAI, vLLM, Ollama, llama.cpp's server) is spoken to through the official
+``openai`` SDK; the backend is chosen by ``base_url``/``model``/key in
+:class:`~mbiagents.agents.settings.LLMSettings`.
+
+What :meth:`LLMClient.ask` guarantees:
+
+* The answer is parsed with pydantic, always. The JSON schema of the answer model is sent
+  as ``response_format`` where the server accepts it. The client detects once (on its first
+  request) what the server supports and then keeps it: ``json_schema`` (OpenAI, vLLM,
+  Ollama) -> ``json_object`` + ``schema`` (llama-cpp-python's server, which answers 422 to
+  ``json_schema``) -> ``none`` (prompt-only JSON). A 400/422 to a ``response_format``
+  demotes the mode one step; the rejected requests are recorded like any other call.
+* Invalid JSON, a missing or extra field, NaN/Infinity, a number outside the caller's
+  bounds, a reply cut by ``max_tokens``, or a reply over :data:`MAX_PARSE_CHARS`: the model
+  is asked again with the validation error fed back, at most ``validation_retries`` times;
+  then the caller's ``fallback`` is returned with ``used_fallback=True``.
+* Transport failures (429/5xx/connection/timeouts) are retried by the SDK itself
+  (``max_retries``, exponential backoff, ``Retry-After`` honoured); if the SDK gives up,
+  the ask ends with the fallback at once (no re-asks: they would just multiply timeouts).
+* Every HTTP call made on behalf of an ask is a :class:`CallRecord` (agent, step, attempt,
+  model, latency, tokens, cost, error, raw text truncated to :data:`RAW_TEXT_LIMIT`
+  characters); the :class:`Answer` carries them, so the caller can write them as ledger
+  events. The API key never appears in any record.
+
+Concurrency: one client is safe to share between many coroutines on one event loop
+(LangGraph ``Send`` fan-out): one ``AsyncOpenAI`` (connection pool), one
+``asyncio.Semaphore(concurrency)``. Each request has the SDK timeout ``timeout_s``; the
+whole SDK call (its retries included) is additionally bounded by
+``timeout_s * (max_retries + 1) + 8 s * max_retries`` (the SDK's maximal backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+import time
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import openai
+from openai import AsyncOpenAI
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from .settings import LLMSettings
+
+#: Raw model text stored per call (characters); longer text is cut and flagged.
+RAW_TEXT_LIMIT = 4000
+#: Replies longer than this (characters) are rejected without being parsed.
+MAX_PARSE_CHARS = 20_000
+#: Length of a validation error message fed back to the model / kept in ``errors``.
+ERROR_TEXT_LIMIT = 600
+#: Placeholder key for endpoints that need none (local llama.cpp, most vLLM/Ollama).
+NO_KEY = "not-needed"
+
+MODES: tuple[str, ...] = ("json_schema", "json_object", "none")
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class LLMConfigError(RuntimeError):
+    """The LLM backend is misconfigured (e.g. the OpenAI backend without an API key)."""
+
+
+class CallRecord(BaseModel):
+    """One HTTP request to the model, as the ledger stores it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent_id: str
+    step: str
+    attempt: int = Field(description="1-based attempt within the ask (re-asks and capability probes count)")
+    model: str
+    mode: str = Field(description="response_format mode used: json_schema | json_object | none")
+    started_at: float = Field(description="unix time the request was sent")
+    latency_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    finish_reason: str | None = None
+    error: str | None = None
+    raw_text: str = Field(default="", description=f"model text, cut to {RAW_TEXT_LIMIT} chars")
+    raw_chars: int = Field(default=0, description="length of the full model text")
+    raw_truncated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Answer(BaseModel, Generic[T]):
+    """Result of :meth:`LLMClient.ask`: a validated value or the caller's fallback."""
+
+    agent_id: str
+    step: str
+    value: SerializeAsAny[T]
+    used_fallback: bool
+    attempts: int = Field(description="model answers obtained and judged")
+    errors: list[str] = Field(default_factory=list)
+    raw: list[str] = Field(default_factory=list, description="raw texts, each truncated")
+    records: list[CallRecord] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.used_fallback
+
+    @property
+    def latency_s(self) -> float:
+        return sum(r.latency_s for r in self.records)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(r.prompt_tokens for r in self.records)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.records)
+
+    @property
+    def cost(self) -> float:
+        return sum(r.cost for r in self.records)
+
+
+def truncate(text: str, limit: int = RAW_TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (with a marker when cut)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"...[truncated {len(text) - limit} chars]"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid number")
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def extract_json(text: str) -> Any:
+    """Parse the JSON object in a model reply.
+
+    Accepts a bare object, one in a Markdown code fence, or the first ``{...}`` span of
+    the text (prompt-only mode). ``NaN``/``Infinity`` are rejected. Raises ``ValueError``.
+    """
+    if len(text) > MAX_PARSE_CHARS:
+        raise ValueError(f"reply too long ({len(text)} chars > {MAX_PARSE_CHARS}); answer with a short JSON object")
+    candidates = [text.strip()]
+    m = _FENCE.search(text)
+    if m:
+        candidates.append(m.group(1).strip())
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    last: Exception | None = None
+    for cand in candidates:
+        if not cand:
+            continue
+        try:
+            return json.loads(cand, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            last = exc
+    raise ValueError(f"reply is not valid JSON: {last}" if last else "reply is empty")
+
+
+def _format_validation_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "(answer)"
+            parts.append(f"{loc}: {err.get('msg')}")
+        return truncate("; ".join(parts), ERROR_TEXT_LIMIT)
+    return truncate(str(exc), ERROR_TEXT_LIMIT)
+
+
+def _is_capability_rejection(exc: BaseException) -> bool:
+    """Did the server refuse the request's ``response_format``?
+
+    400/422 (OpenAI-style servers, FastAPI validation), or a 5xx whose body names
+    ``response_format`` (llama-cpp-python 0.3.36's server wraps its 422 into a 500).
+    """
+    if isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError)):
+        return True
+    return isinstance(exc, openai.InternalServerError) and "response_format" in str(exc)
+
+
+def _error_text(exc: BaseException) -> str:
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    msg = str(exc) or name
+    return truncate(f"{name}{f' {status}' if status else ''}: {msg}", ERROR_TEXT_LIMIT)
+
+
+@functools.lru_cache(maxsize=512)
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The (cached) JSON schema of an answer model. Treat as read-only."""
+    return model.model_json_schema()
+
+
+def response_format_for(mode: str, schema_model: type[BaseModel]) -> dict[str, Any] | None:
+    """The ``response_format`` body for a mode (None for prompt-only)."""
+    schema = json_schema(schema_model)
+    if mode == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": _schema_name(schema_model), "schema": schema, "strict": True},
+        }
+    if mode == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return None
+
+
+def _schema_name(model: type[BaseModel]) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "answer"
+
+
+class _Probe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ok: bool
+
+
+class LLMClient:
+    """One OpenAI-compatible endpoint, shared by all agents of a run.
+
+    Use as ``async with LLMClient(settings) as llm: answer = await llm.ask(...)`` inside one
+    event loop. ``base_url`` overrides the settings (the local backend passes the loopback
+    URL of its server here).
+    """
+
+    def __init__(self, settings: LLMSettings, *, base_url: str | None = None) -> None:
+        self.settings = settings
+        self.model = settings.effective_model
+        key = settings.api_key()
+        url = base_url or settings.base_url
+        if key is None:
+            if settings.backend == "openai" and url is None:
+                raise LLMConfigError(
+                    f"the openai backend needs an API key in ${settings.api_key_env}"
+                )
+            key = NO_KEY
+        self.base_url = url
+        self._secret = key if key != NO_KEY and len(key) >= 4 else None
+        self._client = AsyncOpenAI(
+            api_key=key,
+            base_url=url,
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self._mode: str | None = None if settings.response_format == "auto" else settings.response_format
+        self._mode_lock = asyncio.Lock()
+        # detection requests: no SDK retries, so a 5xx capability refusal is seen at once
+        self._client_once = self._client.with_options(max_retries=0)
+        self.probe_records: list[CallRecord] = []
+        self._call_deadline = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
+
+    @property
+    def mode(self) -> str | None:
+        """The response_format mode in use (None until the first request decided it)."""
+        return self._mode
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from text we keep (a server may echo it in an error)."""
+        return text.replace(self._secret, "[redacted]") if self._secret else text
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "LLMClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ transport
+    async def _request(
+        self, agent_id: str, step: str, attempt: int, mode: str, messages: list[dict[str, str]],
+        schema_model: type[BaseModel], *, detecting: bool = False,
+    ) -> tuple[CallRecord, str | None, BaseException | None]:
+        """One chat-completions request (with the SDK's own retries). Never raises except on cancel."""
+        kwargs: dict[str, Any] = {}
+        rf = response_format_for(mode, schema_model)
+        if rf is not None:
+            kwargs["response_format"] = rf
+        started = time.time()
+        t0 = time.perf_counter()
+        text: str | None = None
+        err: BaseException | None = None
+        usage_p = usage_c = 0
+        finish = None
+        model = self.model
+        try:
+            async with self._sem:
+                t0 = time.perf_counter()
+                async with asyncio.timeout(self._call_deadline):
+                    client = self._client_once if detecting else self._client
+                    resp = await client.chat.completions.create(
+                        model=self.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=self.settings.temperature,
+                        max_tokens=self.settings.max_tokens,
+                        extra_headers={"x-mbi-agent": agent_id, "x-mbi-step": step},
+                        **kwargs,
+                    )
+            latency = time.perf_counter() - t0
+            model = resp.model or self.model
+            if resp.usage is not None:
+                usage_p = int(resp.usage.prompt_tokens or 0)
+                usage_c = int(resp.usage.completion_tokens or 0)
+            if resp.choices:
+                choice = resp.choices[0]
+                finish = choice.finish_reason
+                text = choice.message.content or ""
+                refusal = getattr(choice.message, "refusal", None)
+                if not text and refusal:
+                    text = f"[refusal] {refusal}"
+            else:
+                text = ""
+        except Exception as exc:  # noqa: BLE001 - any transport/SDK failure ends this ask with the fallback
+            # (asyncio.CancelledError is a BaseException and propagates)
+            latency = time.perf_counter() - t0
+            err = exc
+        raw = text or ""
+        record = CallRecord(
+            agent_id=agent_id,
+            step=step,
+            attempt=attempt,
+            model=model,
+            mode=mode,
+            started_at=started,
+            latency_s=latency,
+            prompt_tokens=usage_p,
+            completion_tokens=usage_c,
+            cost=(usage_p + usage_c) / 1000.0 * self.settings.price_per_1k_tokens,
+            finish_reason=finish,
+            error=self._scrub(_error_text(err)) if err is not None else None,
+            raw_text=truncate(raw),
+            raw_chars=len(raw),
+            raw_truncated=len(raw) > RAW_TEXT_LIMIT,
+        )
+        return record, text, err
+
+    async def _request_detecting(
+        self, agent_id: str, step: str, attempt: int, messages: list[dict[str, str]], schema_model: type[BaseModel], records: list[CallRecord]
+    ) -> tuple[str | None, BaseException | None, int]:
+        """Request with the decided mode; the first request of the client decides it.
+
+        Concurrent first requests wait for the deciding one (the lock is held only while
+        the mode is undecided), then go out in parallel.
+        """
+        if self._mode is None:
+            async with self._mode_lock:
+                if self._mode is None:
+                    for i, mode in enumerate(MODES):
+                        last = i + 1 == len(MODES)
+                        rec, text, err = await self._request(
+                            agent_id, step, attempt, mode, messages, schema_model, detecting=not last)
+                        records.append(rec)
+                        if err is not None and not last:
+                            if _is_capability_rejection(err):
+                                attempt += 1
+                                continue  # server refused this response_format: demote
+                            # some other failure: same request again, now with the SDK's retries
+                            attempt += 1
+                            rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
+                            records.append(rec)
+                        if err is None:
+                            self._mode = mode
+                        return text, err, attempt
+        rec, text, err = await self._request(agent_id, step, attempt, self._mode, messages, schema_model)
+        records.append(rec)
+        return text, err, attempt
+
+    async def probe(self) -> str:
+        """Decide the response_format mode now with one tiny request (idempotent).
+
+        Without a probe the first ``ask`` decides it, and concurrent first asks wait for
+        that one request (round 1 then takes about two calls' time). The probe's calls are
+        kept in :attr:`probe_records` (agent id ``"_probe"``) for the ledger.
+        """
+        if self._mode is None:
+            msgs = [{"role": "user", "content": 'Reply with this JSON object and nothing else: {"ok": true}'}]
+            recs: list[CallRecord] = []
+            await self._request_detecting("_probe", "probe", 1, msgs, _Probe, recs)
+            self.probe_records.extend(recs)
+            if self._mode is None:  # transport failure: not decided; leave it to the first ask
+                return "undecided"
+        return self._mode
+
+    # ------------------------------------------------------------------ ask
+    async def ask(
+        self,
+        *,
+        agent_id: str,
+        step: str,
+        messages: Sequence[dict[str, str]],
+        schema: type[T],
+        fallback: T,
+        check: Callable[[T], None] | None = None,
+    ) -> Answer[T]:
+        """Ask one agent one question and return a validated answer or the fallback.
+
+        Args:
+          agent_id: the agent (recorded; sent as header ``x-mbi-agent``).
+          step: the step name, e.g. ``"report"``, ``"act"``, ``"deliver"``.
+          messages: chat messages (system + user); the JSON schema of ``schema`` is both
+            sent as ``response_format`` (where supported) and expected in the reply.
+          schema: pydantic model of the answer; put the caller's bounds in it
+            (``Field(ge=..., le=...)``) so that they are in the schema and validated.
+          fallback: the value returned when no valid answer is obtained.
+          check: optional extra validation; raise ``ValueError`` to reject a value.
+
+        Returns:
+          :class:`Answer` with ``value`` (validated or ``fallback``), ``used_fallback``,
+          ``errors``, truncated ``raw`` texts and every :class:`CallRecord`.
+        """
+        convo: list[dict[str, str]] = [dict(m) for m in messages]
+        records: list[CallRecord] = []
+        errors: list[str] = []
+        raws: list[str] = []
+        attempt = 0
+        answers = 0
+        for _ in range(self.settings.validation_retries + 1):
+            attempt += 1
+            text, err, attempt = await self._request_detecting(agent_id, step, attempt, convo, schema, records)
+            if err is not None:
+                errors.append(self._scrub(_error_text(err)))
+                break  # the SDK already retried; give up on this ask
+            answers += 1
+            text = text or ""
+            raws.append(truncate(text))
+            try:
+                if records[-1].finish_reason == "length":
+                    raise ValueError("reply was cut by max_tokens (incomplete JSON); answer with a shorter JSON object")
+                value = schema.model_validate(extract_json(text))
+                if check is not None:
+                    check(value)
+            except (ValueError, ValidationError) as exc:
+                msg = _format_validation_error(exc)
+                errors.append(msg)
+                records[-1] = records[-1].model_copy(update={"error": f"invalid answer: {msg}"})
+                convo = convo[: len(messages)] + [
+                    {"role": "assistant", "content": truncate(text, 1000)},
+                    {
+                        "role": "user",
+                        "content": (
+                            f"Your answer was rejected: {msg}\n"
+                            "Reply again with only one JSON object that matches the schema "
+                            "and respects the bounds. No other text."
+                        ),
+                    },
+                ]
+                continue
+            return Answer[T](
+                agent_id=agent_id, step=step, value=value, used_fallback=False,
+                attempts=answers, errors=errors, raw=raws, records=records,
+            )
+        return Answer[T](
+            agent_id=agent_id, step=step, value=fallback, used_fallback=True,
+            attempts=answers, errors=errors, raw=raws, records=records,
+        )
+
+
