@@ -47,6 +47,10 @@ def run(
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Round limit (default: the scenario's).")] = None,
     ledger: LedgerOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override the scenario's seed.")] = None,
+    llm: Annotated[Optional[str], typer.Option(
+        "--llm", help="Model backend of LLM agents: 'local' (embedded model, offline; needs the "
+                      "'local' extra), 'openai' (OPENAI_API_KEY), or an OpenAI-compatible base URL "
+                      "(vLLM, Ollama, llama.cpp server). Default: the scenario's [llm] table, else local.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a team through rounds of a mechanism and settle every payment in the ledger."""
@@ -70,9 +74,9 @@ def run(
                     info = "  ".join(f"{k}={v:.6g}" for k, v in m.items())
                     bar.update(task, completed=i + 1, info=info)
 
-                result = run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round)
+                result = run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round, llm=llm)
         else:
-            result = run_scenario(sc, ledger_url=ledger, rounds=rounds)
+            result = run_scenario(sc, ledger_url=ledger, rounds=rounds, llm=llm)
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return

@@ -11,17 +11,26 @@ JAX call for all agents; ``settle`` writes the whole round in one ledger transac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypedDict
+from typing import Annotated, Any, Callable, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets.base import Market
 
 
+def merge_llm_answers(old: dict | None, new: dict | None) -> dict:
+    """Reducer of the LLM agents' answers: ``None`` clears (a new round), else merge by key."""
+    if new is None:
+        return {}
+    return {**(old or {}), **new}
+
+
 class RoundState(TypedDict, total=False):
-    """Loop state (numpy arrays and numbers; market-specific keys ride along)."""
+    """Loop state (numpy arrays and numbers). LangGraph keeps only declared keys: a market
+    that needs more state declares it here (or keeps it under ``extra``)."""
 
     round: int
     max_rounds: int
@@ -39,6 +48,9 @@ class RoundState(TypedDict, total=False):
     converged: bool
     last_hash: str
     extra: dict[str, Any]
+    llm_agents: list[str]
+    llm_answers: Annotated[dict, merge_llm_answers]
+    llm_usage: dict[str, dict[str, float]]
 
 
 @dataclass
@@ -47,11 +59,43 @@ class RunContext:
     ledger: Ledger
     run_id: str
     on_round: Callable[[int, dict[str, float]], None] = field(default=lambda i, m: None)
+    llm: Any = None  # the run's LLMClient when the team has LLM agents
 
 
 def elicit(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Agents report their private information."""
-    return runtime.context.market.elicit(state)
+    """Programmatic agents report their private information (one vectorised call)."""
+    return {**runtime.context.market.elicit(state), "llm_answers": None}
+
+
+class AgentTask(TypedDict):
+    agent: str
+    state: dict[str, Any]
+
+
+async def llm_report(task: AgentTask, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """One LLM agent's report (one ``Send`` per LLM agent; all run concurrently)."""
+    ctx = runtime.context
+    answer = await ctx.market.llm_report(ctx.llm, task["agent"], task["state"])
+    return {"llm_answers": {f"report:{task['agent']}": answer}}
+
+
+async def llm_act(task: AgentTask, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """One LLM agent's action on its signal (one ``Send`` per LLM agent)."""
+    ctx = runtime.context
+    answer = await ctx.market.llm_act(ctx.llm, task["agent"], task["state"])
+    return {"llm_answers": {f"act:{task['agent']}": answer}}
+
+
+def _fan_out(node: str, after: str):
+    def route(state: RoundState):
+        agents = state.get("llm_agents") or []
+        if not agents:
+            return after
+        view = {k: state.get(k) for k in ("round", "reports", "signals", "actions", "outcome")}
+        return [Send(node, {"agent": a, "state": view}) for a in agents]
+
+    route.__name__ = f"fan_out_{node}"
+    return route
 
 
 def mechanism(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -82,18 +126,27 @@ def next_round(state: RoundState) -> str:
 
 
 def build_graph(checkpointer=None):
-    """Compile the round loop (optionally with a LangGraph checkpointer)."""
+    """Compile the round loop (optionally with a LangGraph checkpointer).
+
+    ``elicit`` and ``act`` handle the programmatic population in one call each; when the
+    team has LLM agents, each of them gets a ``Send`` to ``llm_report`` / ``llm_act`` (async,
+    concurrent), and the next node runs once all of them have answered.
+    """
     g = StateGraph(RoundState, context_schema=RunContext)
     g.add_node("elicit", elicit)
+    g.add_node("llm_report", llm_report)
     g.add_node("mechanism", mechanism)
     g.add_node("act", act)
+    g.add_node("llm_act", llm_act)
     g.add_node("settle", settle)
     g.add_edge(START, "elicit")
-    g.add_edge("elicit", "mechanism")
+    g.add_conditional_edges("elicit", _fan_out("llm_report", "mechanism"), ["llm_report", "mechanism"])
+    g.add_edge("llm_report", "mechanism")
     g.add_edge("mechanism", "act")
-    g.add_edge("act", "settle")
+    g.add_conditional_edges("act", _fan_out("llm_act", "settle"), ["llm_act", "settle"])
+    g.add_edge("llm_act", "settle")
     g.add_conditional_edges("settle", next_round, ["elicit", END])
     return g.compile(checkpointer=checkpointer)
 
 
-NODES_PER_ROUND = 4
+NODES_PER_ROUND = 6  # supersteps per round, LLM fan-out included

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
+from mbiagents.agents.settings import LLMSettings
 from mbiagents.errors import ScenarioError
 
 
@@ -38,13 +39,20 @@ class TeamGameSettings(Strict):
     """``[game]`` of the team game: congestion ``kappa`` in ``C(X) = kappa X^2 / 2``."""
 
     congestion: PositiveFloat
+    max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
+    max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
 
 
 class TeamAgentSpec(Strict):
-    """One agent of the team game: private type ``(value a_i, curvature b_i)``."""
+    """One agent of the team game: private type ``(value a_i, curvature b_i)``.
+
+    ``backend = "policy"`` agents follow ``policy``; ``backend = "llm"`` agents are asked
+    by a language model (``persona`` goes into their prompt).
+    """
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    backend: Literal["policy"] = "policy"
+    backend: Literal["policy", "llm"] = "policy"
+    persona: str | None = None
     policy: Literal["truthful", "misreport"] = "truthful"
     value: PositiveFloat
     curvature: PositiveFloat
@@ -63,6 +71,7 @@ class TeamAgentSpec(Strict):
 class ScenarioBase(Strict):
     scenario: ScenarioMeta
     agents: list[Any] = Field(min_length=1)
+    llm: LLMSettings | None = None  # the [llm] table: model endpoint of the LLM agents
 
     @model_validator(mode="after")
     def _unique_agent_ids(self) -> "ScenarioBase":

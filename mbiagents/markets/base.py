@@ -97,6 +97,17 @@ class Market(ABC):
     def converged(self, state: dict[str, Any]) -> bool:
         return False
 
+    # ---- LLM agents (one Send each; see mbiagents.graph) -------------------------------
+    @property
+    def llm_agent_ids(self) -> list[str]:
+        return [a.id for a in self.scenario.agents if getattr(a, "backend", "policy") == "llm"]
+
+    async def llm_report(self, llm: Any, agent_id: str, view: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"game {self.game!r} has no LLM report step")
+
+    async def llm_act(self, llm: Any, agent_id: str, view: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"game {self.game!r} has no LLM act step")
+
     @abstractmethod
     def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
         """Recompute round ``rounds[index]`` from the logged rows of it and earlier rounds."""

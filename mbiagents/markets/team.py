@@ -22,6 +22,7 @@ import numpy as np
 from mechanisms import dpm
 from mechanisms.games import team
 from mechanisms.learning import projected_gradient_norm
+from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import from_minor_units, to_minor_units
 from mbiagents.ledger.store import EventRow, RoundRecord
@@ -55,26 +56,71 @@ class TeamMarket(Market):
         super().__init__(scenario)
         self.kappa = float(scenario.game.congestion)
         self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
+        self.index = {a: i for i, a in enumerate(self.agent_ids)}
+        g = scenario.game
+        self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
+        self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
 
     # ---- the round ------------------------------------------------------------------
     def initial_state(self) -> dict[str, Any]:
         n = len(self.agent_ids)
-        return {"actions": np.zeros(n), "reports": None, "logged_reports": None, "paid_total": np.zeros(n)}
+        return {"actions": np.zeros(n), "reports": None, "logged_reports": None, "paid_total": np.zeros(n),
+                "llm_agents": self.llm_agent_ids, "llm_usage": {}}
 
     def elicit(self, state):
         r = self.population.report(state["round"])
         return {"reports": {"value": np.asarray(r.a), "curvature": np.asarray(r.b)}}
 
     def price(self, state):
-        g, residual = _price(state["actions"], _types(state["reports"]), self.kappa)
-        return {"signals": np.asarray(g), "residual": float(residual)}
+        reports = self._with_llm(state, "report", state["reports"])
+        g, residual = _price(state["actions"], _types(reports), self.kappa)
+        return {"reports": reports, "signals": np.asarray(g), "residual": float(residual)}
 
     def act(self, state):
         x_next = self.population.act(state["signals"], state["actions"])
         return {"next_actions": x_next}
 
+    # ---- LLM agents -----------------------------------------------------------------
+    def _info(self, agent_id: str) -> TeamAgentInfo:
+        spec = self.scenario.agents[self.index[agent_id]]
+        return TeamAgentInfo(agent_id=agent_id, value=spec.value, curvature=spec.curvature, kappa=self.kappa,
+                             n_agents=len(self.agent_ids), persona=spec.persona)
+
+    async def llm_report(self, llm, agent_id, view):
+        """Fallback (documented): the agent's previous accepted report, in round 0 its type."""
+        i = self.index[agent_id]
+        prev = view.get("logged_reports") or view["reports"]
+        fallback = TeamReport(value=self.report_bounds.clamp(float(prev["value"][i])),
+                              curvature=self.report_bounds.clamp(float(prev["curvature"][i])))
+        return await team_report(llm, self._info(agent_id), value_bounds=self.report_bounds,
+                                 curvature_bounds=self.report_bounds, fallback=fallback, round=view["round"])
+
+    async def llm_act(self, llm, agent_id, view):
+        """Fallback (documented): keep the current usage."""
+        i = self.index[agent_id]
+        x = view["actions"]
+        return await team_act(llm, self._info(agent_id), signal=float(view["signals"][i]), usage=float(x[i]),
+                              aggregate=float(np.sum(x)), usage_bounds=self.usage_bounds, round=view["round"])
+
+    def _with_llm(self, state, step: str, values):
+        answers = state.get("llm_answers") or {}
+        if not answers:
+            return values
+        if step == "report":
+            out = {k: np.array(v, dtype=np.float64) for k, v in values.items()}
+            for key, ans in answers.items():
+                if key.startswith("report:"):
+                    i = self.index[key.split(":", 1)[1]]
+                    out["value"][i], out["curvature"][i] = ans.value.value, ans.value.curvature
+            return out
+        out = np.array(values, dtype=np.float64)
+        for key, ans in answers.items():
+            if key.startswith("act:"):
+                out[self.index[key.split(":", 1)[1]]] = ans.value.usage
+        return out
+
     def settle(self, state) -> Settlement:
-        x = state["next_actions"]
+        x = self._with_llm(state, "act", state["next_actions"])
         reports = state["reports"]
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, _types(reports), self.kappa))
         events = []
@@ -88,13 +134,25 @@ class TeamMarket(Market):
             EventRow("payments", {"t": t.tolist()}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
         ]
+        answers = state.get("llm_answers") or {}
+        usage = {k: dict(v) for k, v in (state.get("llm_usage") or {}).items()}
+        for key in sorted(answers):
+            ans = answers[key]
+            events.append(EventRow(f"llm_{ans.step}", ans.model_dump(mode="json"), agent=ans.agent_id))
+            u = usage.setdefault(ans.agent_id, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                                "cost": 0.0, "fallbacks": 0})
+            u["calls"] += len(ans.records)
+            u["prompt_tokens"] += ans.prompt_tokens
+            u["completion_tokens"] += ans.completion_tokens
+            u["cost"] += ans.cost
+            u["fallbacks"] += int(ans.used_fallback)
         true_w = float(team.welfare(x, self.population.true_types, self.kappa))
         return Settlement(
             events=events,
             transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
             metrics={"welfare": true_w, "residual": state["residual"]},
             updates={"actions": x, "payments": t, "logged_reports": reports, "paid_total": state["paid_total"] + t,
-                     "operator_cost": float(cost)},
+                     "operator_cost": float(cost), "llm_usage": usage},
         )
 
     def converged(self, state) -> bool:
@@ -147,6 +205,8 @@ class TeamMarket(Market):
             }
             for i, aid in enumerate(self.agent_ids)
         }
+        for aid, u in (state.get("llm_usage") or {}).items():
+            agents[aid]["llm"] = u
         cost = float(team.congestion_cost(x.sum(), self.kappa))
         return {
             "welfare": w,
