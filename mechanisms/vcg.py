@@ -60,6 +60,7 @@ def _received(costs: Array, assign: Array, w: Array, loo: Array) -> Array:
     return assignment.agent_costs(costs, assign) + w - loo
 
 
+@jax.jit
 def clarke_pivot_payments(costs: Array, values: Array, capacities: Array) -> VCGResult:
     """Reference VCG: ``p_i = c_i(A*) + W*(N) - W*(N\\{i})`` from ``N + 1`` assignment solves
     (agent ``i`` removed by setting its costs to ``+inf``)."""
@@ -75,6 +76,7 @@ def clarke_pivot_payments(costs: Array, values: Array, capacities: Array) -> VCG
     return VCGResult(assign, w, loo, _received(costs, assign, w, loo))
 
 
+@jax.jit
 def leave_one_out_gains(costs: Array, values: Array, assign: Array) -> Array:
     """``W*(N) - W*(N\\{i})`` for every agent, unit demand, given an optimal ``assign``:
     matched ``i`` (task ``j``) gets ``(V_j - c_ij) + d(j)``, idle agents 0 (Bellman-Ford
@@ -109,6 +111,7 @@ def leave_one_out_gains(costs: Array, values: Array, assign: Array) -> Array:
     return jnp.where(matched, w_match + d[task_of], 0.0)
 
 
+@jax.jit
 def unit_demand_payments(costs: Array, values: Array) -> VCGResult:
     """Fast VCG for unit demand (``k_i = 1``): one assignment solve + one Bellman-Ford.
 

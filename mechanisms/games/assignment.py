@@ -69,6 +69,7 @@ def solve_host(costs: np.ndarray, values: np.ndarray, capacities: np.ndarray) ->
     return assign
 
 
+@jax.jit
 def optimal_assignment(costs: Array, values: Array, capacities: Array) -> Array:
     """Welfare-maximising ``assign[M]`` (agent doing each task, ``-1`` = not done).
 
