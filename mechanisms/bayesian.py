@@ -198,6 +198,7 @@ def _per_agent_per_sample(fn, reports: team.TeamTypes, samples: team.TeamTypes) 
     return jax.vmap(over_agents, in_axes=(0, 0, None))(samples.a, samples.b, jnp.arange(n))
 
 
+@jax.jit
 def team_expected_externalities(reports: team.TeamTypes, kappa: float, samples: team.TeamTypes) -> Array:
     """``EE_i(r_i) = mean_s W_{-i}(x*(r_i, theta^s_-i))`` with ``W_{-i}`` the others' values
     minus the congestion cost (``team.others_welfare``), all ``i``; ``samples`` ``[S, N]``."""
@@ -209,11 +210,13 @@ def team_expected_externalities(reports: team.TeamTypes, kappa: float, samples: 
     return jnp.mean(_per_agent_per_sample(w_minus, reports, samples), axis=0)
 
 
+@jax.jit
 def team_agv_payments(reports: team.TeamTypes, kappa: float, samples: team.TeamTypes) -> Array:
     """Bayesian-DPM payments (what ``i`` pays): AGV on the DPM outcome, ``sum = 0``."""
     return agv_transfers(team_expected_externalities(reports, kappa, samples))
 
 
+@jax.jit
 def team_agv_utilities(
     reports: team.TeamTypes, true_types: team.TeamTypes, kappa: float, samples: team.TeamTypes
 ) -> Array:
@@ -222,6 +225,7 @@ def team_agv_utilities(
     return team.values(x, true_types) - team_agv_payments(reports, kappa, samples)
 
 
+@jax.jit
 def team_interim_objective(
     reports: team.TeamTypes, true_types: team.TeamTypes, kappa: float, samples: team.TeamTypes
 ) -> Array:
