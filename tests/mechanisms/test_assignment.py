@@ -22,7 +22,7 @@ def instances(draw, max_n=4, max_m=4, unit=False, min_n=1, min_m=1):
     return costs, values, caps
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(instances())
 def test_solver_matches_brute_force(inst):
     costs, values, caps = inst

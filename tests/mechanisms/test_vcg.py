@@ -46,7 +46,7 @@ def cost_deviations(costs, factors=(0.5, 0.8, 0.95, 1.05, 1.3, 2.0), bumps=(-1.0
     return jnp.asarray(np.stack(rows))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(instances(max_n=3, max_m=3))
 def test_reference_matches_brute_force_with_capacities(inst):
     costs, values, caps = inst
@@ -54,7 +54,7 @@ def test_reference_matches_brute_force_with_capacities(inst):
     np.testing.assert_allclose(r.received, brute_force_received(costs, values, caps), atol=1e-9)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(instances(min_n=2, max_n=4, min_m=2, max_m=4, unit=True))
 def test_fast_path_equals_reference_small(inst):
     costs, values, caps = inst
@@ -87,7 +87,7 @@ def _dsic_checks(c, v, k, devs, opponents):
             properties.ir_violation_ex_post(util, jnp.concatenate([c[None], opponents])).amount)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(instances(min_n=3, max_n=3, min_m=3, max_m=3))
 def test_truthful_is_dominant_and_ir(inst):
     costs, values, caps = inst
