@@ -51,6 +51,8 @@ def run(
         "--llm", help="Model backend of LLM agents: 'local' (embedded model, offline; needs the "
                       "'local' extra), 'openai' (OPENAI_API_KEY), or an OpenAI-compatible base URL "
                       "(vLLM, Ollama, llama.cpp server). Default: the scenario's [llm] table, else local.")] = None,
+    report_dir: Annotated[Optional[str], typer.Option(
+        "--report", help="After the run, write its report (PNG plots + index.html) into this folder.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a team through rounds of a mechanism and settle every payment in the ledger."""
@@ -59,6 +61,10 @@ def run(
 
     try:
         sc = load_scenario(scenario)
+        if report_dir is not None:
+            from mbiagents.report import prepare_out_dir
+
+            prepare_out_dir(report_dir)  # fail before the run, not after it
         if seed is not None:
             sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
         max_rounds = rounds or sc.scenario.rounds
@@ -77,13 +83,27 @@ def run(
                 result = run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round, llm=llm)
         else:
             result = run_scenario(sc, ledger_url=ledger, rounds=rounds, llm=llm)
+        written = _write_report(ledger, result.run_id, report_dir) if report_dir is not None else None
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
     if as_json:
-        _print_json(result.as_json())
+        _print_json({**result.as_json(), **({"report": written.as_json()} if written else {})})
         return
     _print_run_summary(sc.scenario.name, result)
+    if written:
+        out.print(f"report: {written.index}")
+
+
+def _write_report(ledger_url: Optional[str], run_id: Optional[str], out_dir: str):
+    from mbiagents.ledger.schema import open_ledger
+    from mbiagents.report import build_report
+
+    led = open_ledger(ledger_url, create=False)
+    try:
+        return build_report(led, run_id, out_dir)
+    finally:
+        led.dispose()
 
 
 def _print_run_summary(name: str, result) -> None:
@@ -133,6 +153,28 @@ def audit(
             table.add_row(c.name, "[green]pass[/]" if c.ok else f"[red]FAIL[/] ({c.failures})", c.detail)
         out.print(table)
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def report(
+    ledger: LedgerOpt = None,
+    run_id: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the PNG plots and index.html (created if needed).")]
+    = "mbi-report",
+    as_json: JsonOpt = False,
+) -> None:
+    """Plot a run from the ledger alone: welfare vs optimum, actions, payments, budget, LLM use, audit verdict."""
+    try:
+        written = _write_report(ledger, run_id, out_dir)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json(written.as_json())
+        return
+    verdict = "[green]pass[/]" if written.audit_ok else "[red]FAIL[/]"
+    out.print(f"report of run {written.run_id} (audit {verdict}): {len(written.files)} files in {written.out}")
+    out.print(f"open {written.index}")
 
 
 @db_app.command("upgrade")

@@ -61,6 +61,81 @@ def signed_minor_from_transfers(agent_ids: list[str], transfers, kind: str) -> n
     return out
 
 
+def _payload(rec: RoundRecord, kind: str) -> Any:
+    try:
+        return rec.payload(kind)
+    except KeyError:
+        return None
+
+
+def default_report_data(agent_ids: list[str], rounds: list[RoundRecord]) -> dict[str, Any]:
+    """The conventional per-round series of ``Market.report_data`` (see there)."""
+    nan = float("nan")
+    n_rounds = len(rounds)
+    out: dict[str, Any] = {}
+
+    def per_agent(kind: str, key: str) -> dict[str, list[float]] | None:
+        rows = []
+        for rec in rounds:
+            p = _payload(rec, kind)
+            v = p.get(key) if isinstance(p, dict) else None
+            rows.append(v if isinstance(v, list) and len(v) == len(agent_ids) else None)
+        if all(r is None for r in rows):
+            return None
+        return {a: [float(r[i]) if r is not None and r[i] is not None else nan for r in rows]
+                for i, a in enumerate(agent_ids)}
+
+    actions = per_agent("actions", "x")
+    if actions:
+        out["actions"] = actions
+    signals = per_agent("signals", "G")
+    if signals:
+        out["signals"], out["signal_label"] = signals, "price signal G_i"
+    outcomes = [_payload(rec, "outcome") or {} for rec in rounds]
+    for key in ("welfare", "optimal_welfare", "operator_cost", "social_cost"):
+        if any(isinstance(o.get(key), (int, float)) for o in outcomes):
+            out[key] = [float(o[key]) if isinstance(o.get(key), (int, float)) else nan for o in outcomes]
+    if any(isinstance(o.get("assignment"), dict) for o in outcomes):
+        out["assignment"] = [dict(o.get("assignment") or {}) for o in outcomes]
+    inc = [o.get("incentives") for o in outcomes]
+    if any(i is not None for i in inc):
+        names: list[str] = []
+        for i in inc:
+            keys = list(i) if isinstance(i, dict) else [f"incentive {k}" for k in range(len(i or []))]
+            names += [k for k in keys if k not in names]
+        series = {k: [nan] * n_rounds for k in names}
+        for r, i in enumerate(inc):
+            items = i.items() if isinstance(i, dict) else ((f"incentive {k}", v) for k, v in enumerate(i or []))
+            for k, v in items:
+                series[k][r] = float(v) if v is not None else nan
+        out["incentives"] = series
+    # reported task costs: reports.costs [agent][task] (carried forward), tasks.ids per round
+    costs, tasks, seen = [], None, False
+    last = None
+    for rec in rounds:
+        t = _payload(rec, "tasks")
+        tasks = t.get("ids") if isinstance(t, dict) and isinstance(t.get("ids"), list) else tasks
+        rep = _payload(rec, "reports")
+        if isinstance(rep, dict) and "costs" in rep:
+            last, seen = rep["costs"], True
+        costs.append(_cost_map(agent_ids, last, tasks))
+    if seen:
+        out["reported_costs"] = costs
+    return out
+
+
+def _cost_map(agent_ids: list[str], costs: Any, tasks: list[str] | None) -> dict[str, dict[str, float]]:
+    if isinstance(costs, dict):
+        return {a: {str(k): float(v) for k, v in (row or {}).items() if v is not None} for a, row in costs.items()}
+    if not isinstance(costs, list):
+        return {}
+    out = {}
+    for a, row in zip(agent_ids, costs):
+        names = tasks if tasks and len(tasks) == len(row) else [f"task {j}" for j in range(len(row))]
+        out[a] = {str(k): float(v) for k, v in zip(names, row) if v is not None}
+    return out
+
+
 class Market(ABC):
     """A game + mechanism + agents. Nodes of the round loop call these methods.
 
@@ -124,3 +199,31 @@ class Market(ABC):
 
     def treasury(self) -> str:
         return TREASURY
+
+    # ---- reports (``mbi report``) ---------------------------------------------------------
+    def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
+        """Per-round series that ``mbi report`` plots, read from the logged rounds alone.
+
+        Every series has one entry per round of ``rounds`` (``nan`` where a round did not
+        log it); a key is left out when the run has no such data, and its section of the
+        report is then not drawn. Keys (all optional):
+
+        - ``welfare``, ``optimal_welfare``: ``list[float]`` true welfare after each
+          round's actions and the optimum it is measured against;
+        - ``actions``, ``signals``: ``{agent: list[float]}``; ``signal_label``: ``str``;
+        - ``values``: ``{agent: list[float]}`` each agent's true value of the round's
+          outcome (utility = value - payment);
+        - ``operator_cost``: ``list[float]`` what the operator bears each round;
+        - ``assignment``: ``list[{task: agent | None}]``; ``reported_costs`` and
+          ``true_costs``: ``list[{agent: {task: float}}]`` (``true_costs`` where known);
+        - ``incentives``: ``{name: list[float]}`` and ``social_cost``: ``list[float]``
+          (social-gradient and principal mechanisms).
+
+        This default reads what a market logs under the conventional event names
+        (``actions.x``, ``signals.G``, ``outcome.{welfare, optimal_welfare,
+        operator_cost, assignment, incentives, social_cost}``, ``reports.costs`` with
+        ``tasks.ids``); a market with private types overrides it to add true welfare.
+        Payments, budget and LLM usage come from the ledger's transfers and ``llm_*``
+        events and are not part of this mapping.
+        """
+        return default_report_data(self.agent_ids, rounds)

@@ -44,6 +44,10 @@ def _settle(x, reports, kappa):
     return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
 
 
+_welfare_rounds = jax.jit(jax.vmap(team.welfare, in_axes=(0, None, None)))
+_values_rounds = jax.jit(jax.vmap(team.values, in_axes=(0, None)))
+
+
 def _types(payload: dict[str, Any]) -> team.TeamTypes:
     return team.TeamTypes(np.asarray(payload["value"], np.float64), np.asarray(payload["curvature"], np.float64))
 
@@ -183,6 +187,27 @@ class TeamMarket(Market):
         bad = int(np.argmax(np.abs(np.asarray(g) - logged_g))) if not ok else -1
         detail = "" if ok else f"agent {self.agent_ids[bad]}: logged G={logged_g[bad]!r}, recomputed {float(g[bad])!r}"
         return Recomputed(payments=t, checks={"signals_recompute": (ok, detail)})
+
+    # ---- report -----------------------------------------------------------------------
+    def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
+        """Logged series plus true welfare and values: the agents' types are the scenario's.
+
+        Round ``t``'s welfare is ``W(x^{t+1})`` of the usage its ``actions`` event logs,
+        under the true types; the optimum is the closed-form ``W*``.
+        """
+        data = super().report_data(rounds)
+        data["signal_label"] = "DPM signal G_i = -dL/dx_i"
+        actions = data.get("actions")
+        if not actions:
+            return data
+        x = np.column_stack([actions[a] for a in self.agent_ids]).astype(np.float64)  # [R, N]
+        truth = self.population.true_types
+        w = np.asarray(_welfare_rounds(x, truth, self.kappa))
+        v = np.asarray(_values_rounds(x, truth))
+        data["welfare"] = w.tolist()
+        data["optimal_welfare"] = [float(team.optimal_welfare(truth, self.kappa))] * len(rounds)
+        data["values"] = {a: v[:, i].tolist() for i, a in enumerate(self.agent_ids)}
+        return data
 
     # ---- summary --------------------------------------------------------------------
     def summary(self, state) -> dict[str, Any]:
