@@ -172,7 +172,8 @@ def tasks_plot(data: ReportData, out: Path) -> Plot | None:
             if t in m:
                 grid[j, r] = -1 if m[t] is None else idx.get(m[t], -1)
     used = sorted({int(v) for v in grid[np.isfinite(grid)].ravel() if v >= 0})
-    colors = ["#dddddd"] + [plt.get_cmap("tab20")(k % 20) for k in range(len(data.agent_ids))]
+    palette, size = ("tab10", 10) if len(data.agent_ids) <= 10 else ("tab20", 20)
+    colors = ["#dddddd"] + [plt.get_cmap(palette)(k % size) for k in range(len(data.agent_ids))]
     cmap = ListedColormap(colors)
     costs = _cost_pairs(data)
     fig, axes = plt.subplots(1, 2 if costs else 1, figsize=(12 if costs else 7, max(3.5, 0.3 * len(tasks) + 1.5)),
@@ -280,7 +281,7 @@ def llm_plot(data: ReportData, out: Path) -> Plot | None:
     ax.barh(y, [x.cost for x in u], color="C2")
     ax.set_yticks(y, agents)
     ax.invert_yaxis()
-    ax.set_xlabel("model cost (price_per_1k_tokens units)")
+    ax.set_xlabel("model cost (currency of [llm] price_per_1k_tokens)")
     ax.set_title("Model cost per LLM agent")
     ax = axes[2]
     r = _rounds(data)
