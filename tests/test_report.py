@@ -218,3 +218,18 @@ def test_cli_run_writes_the_report(tmp_path):
     out = json.loads(res.stdout)
     assert out["report"]["audit_ok"] and (tmp_path / "r" / "index.html").is_file()
     assert math.isfinite(out["welfare"])
+
+
+def test_failed_audit_is_shown_at_the_top(small_run):
+    from dataclasses import replace
+
+    from mbiagents.ledger.audit import AuditReport, Check
+    from mbiagents.report import render_html
+
+    _, _, data, _ = small_run
+    bad = Check("payments_recompute")
+    bad.fail("round 3 agent bob: transferred 5 minor units, recomputed payment 4e-06 rounds to 4")
+    audit = AuditReport(data.run["id"], data.n_rounds, 0, [Check("double_entry"), bad])
+    html = render_html(replace(data, audit=audit), [], {}, "")
+    assert 'class="verdict fail">FAIL' in html and "FAIL (1)" in html
+    assert html.index("round 3 agent bob") < html.index("Summary")
