@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mbiagents.cli import app
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import TREASURY, RoundRecord, canonical_json
-from mbiagents.markets.base import default_report_data
+from mbiagents.markets.report_data import default_report_data
 from mbiagents.report import build_report
 from mbiagents.report.data import ReportData, collect, llm_usage
 from mbiagents.report.plots import MAX_AGENTS_PLOTTED, incentives_plot, llm_plot, plotted_agents, tasks_plot
