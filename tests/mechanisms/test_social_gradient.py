@@ -156,8 +156,8 @@ def test_learning_projected_play_is_a_valid_fast_rule():
 
 
 def test_social_gradient_and_hypergradient_reach_same_optimum():
-    # Pigou from a small toll (at exactly zero toll the equilibrium sits on a kink where the
-    # implicit derivative is zero and hypergradient descent cannot leave: see benchmark notes)
+    # Pigou from a small toll (at zero toll the equilibrium sits on the simplex's kink, where
+    # the implicit derivative is one-sided; start both methods in the interior)
     p0 = jnp.array([0.1, 0.0])
     s_state, _ = _jit(sg.social_gradient_flow)(p0, _pigou_eq, _pigou_cost, 0.25, 60, rt.project_tangent)
     fp = lambda x, p: rt.routing_equilibrium_step(x, p, PIGOU, 0.5)  # noqa: E731
