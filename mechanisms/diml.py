@@ -20,6 +20,7 @@ parameters ``alpha x 0.6, beta x 1.4, eps x 1.5``).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -30,7 +31,7 @@ import optax
 from mechanisms.games import diml_envs as envs
 from mechanisms.games.diml_envs import Mechanism
 from mechanisms.learning import (
-    LogitQParams, logit_q_filter, logit_q_log_likelihood, logit_q_log_policy, logit_q_update,
+    LogitQParams, chosen_log_prob, logit_q_filter, logit_q_log_policy, logit_q_update,
 )
 
 Array = jax.Array
@@ -64,27 +65,61 @@ def _cast(tree: Any, dtype) -> Any:
     return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-FILTER_MAX = 4_000_000  # E*T*n*A up to which the likelihood is one vectorised pass
+FILTER_MAX = 200_000  # E*T*n*A up to which the likelihood is one vectorised pass (O(T^2) per entry)
 
 
+@partial(jax.jit, static_argnames=("mech", "dtype", "remat"))
 def nll(mech: Mechanism, params: Any, actions: Array, learner: LogitQParams = LogitQParams(),
-        dtype=jnp.float64, remat: bool = False) -> Array:
+        dtype=jnp.float64, remat: bool = False, agents: Array | None = None) -> Array:
     """Negative log-likelihood per agent-step of ``actions [E, T, n]`` under ``mech(params)``.
 
-    Small data: all counterfactuals at once, ``Q`` by ``logit_q_filter`` (no sequential
-    loop). Large: ``logit_q_log_likelihood`` (``lax.scan`` over steps, vmapped episodes).
-    Both compute the same number.
+    All counterfactuals ``u_cf [E, T, n, A]`` are computed at once (vmapped; they depend on
+    the observed actions only), then ``Q``: small data by ``logit_q_filter`` (one product,
+    no loop), larger by a ``lax.scan`` of the elementwise update. ``remat`` instead uses
+    ``logit_q_log_likelihood`` with per-step recomputation (memory O(E n A)). ``agents``
+    (indices) restricts the sum to those agents -- the joint actions, hence every ``u_cf``,
+    still use all of them; an unbiased agent-subsampled likelihood for very large ``n``.
+    All paths compute the same number.
     """
     prepared = mech.prepare(_cast(params, dtype))
     learner = _cast(LogitQParams(*map(jnp.asarray, learner)), dtype)
-    if actions.size * mech.n_actions <= FILTER_MAX:
-        u_cf = jax.vmap(jax.vmap(lambda a: mech.counterfactual(prepared, a)))(actions).astype(dtype)
-        log_pi = logit_q_log_policy(logit_q_filter(u_cf, learner.alpha), learner)
-        ll = jnp.sum(jnp.take_along_axis(log_pi, actions[..., None].astype(jnp.int32), axis=-1))
+    if remat:
+        cf = (lambda a: mech.counterfactual(prepared, a)) if agents is None else (
+            lambda a: mech.counterfactual(prepared, a)[agents])
+        obs = actions if agents is None else actions[..., agents]
+        # the replay reads the observed actions of the chosen agents only
+        ll = jax.vmap(lambda full, mine: _replay_subset(cf, full, mine, mech.n_actions, learner, dtype))(actions, obs)
+        return -jnp.sum(ll) / obs.size
+    u_cf = jax.vmap(jax.vmap(lambda a: mech.counterfactual(prepared, a)))(actions).astype(dtype)
+    obs = actions
+    if agents is not None:
+        u_cf, obs = u_cf[:, :, agents], actions[..., agents]
+    if obs.size * mech.n_actions <= FILTER_MAX:
+        q = logit_q_filter(u_cf, learner.alpha)
     else:
-        ll = logit_q_log_likelihood(lambda a: mech.counterfactual(prepared, a), actions, mech.n_actions,
-                                    learner, dtype, remat)
-    return -ll / actions.size
+        def step(q, u):
+            return logit_q_update(q, u, learner), q
+
+        _, q = jax.lax.scan(step, jnp.zeros_like(u_cf[:, 0]), jnp.swapaxes(u_cf, 0, 1))
+        q = jnp.swapaxes(q, 0, 1)
+    log_pi = logit_q_log_policy(q, learner)
+    ll = jnp.sum(jnp.take_along_axis(log_pi, obs[..., None].astype(jnp.int32), axis=-1))
+    return -ll / obs.size
+
+
+def _replay_subset(cf, full: Array, mine: Array, n_actions: int, learner: LogitQParams, dtype) -> Array:
+    """Log-likelihood of one episode, ``cf`` of the full joint, read at the agents of ``mine``."""
+
+    @jax.checkpoint
+    def step(carry, xs):
+        q, acc = carry
+        a_full, a_mine = xs
+        acc = acc + chosen_log_prob(logit_q_log_policy(q, learner), a_mine)
+        return (logit_q_update(q, cf(a_full).astype(dtype), learner), acc), None
+
+    init = (jnp.zeros((mine.shape[-1], n_actions), dtype), jnp.zeros((), dtype))
+    (_, total), _ = jax.lax.scan(step, init, (full, mine))
+    return total
 
 
 def frequency_nll(train: Array, heldout: Array, n_actions: int) -> Array:
@@ -107,6 +142,7 @@ class FitConfig(NamedTuple):
     learning_rate: float = 3e-2
     fit_learner: bool = False
     l2: float = 0.0  # penalty l2 * sum(theta^2) on the mechanism's parameters
+    agents_per_step: int | None = None  # random subset of agents per step (large anonymous games)
     remat: bool = False
     dtype: Any = jnp.float64
 
@@ -117,6 +153,7 @@ class FitState(NamedTuple):
     params: Any
     opt_state: Any
     epoch: Array
+    key: Array
 
 
 class Fitter(NamedTuple):
@@ -141,8 +178,8 @@ def make_fitter(mech: Mechanism, actions: Array, learner: LogitQParams = LogitQP
     opt = optax.adam(config.learning_rate)
     actions = jnp.asarray(actions, jnp.int32)
 
-    def loss(params: Any, acts: Array) -> Array:
-        value = nll(mech, params["mechanism"], acts, learner_of(params, learner), config.dtype, config.remat)
+    def loss(params: Any, acts: Array, agents: Array | None) -> Array:
+        value = nll(mech, params["mechanism"], acts, learner_of(params, learner), config.dtype, config.remat, agents)
         if config.l2:
             value = value + config.l2 * sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(params["mechanism"]))
         return value
@@ -153,19 +190,23 @@ def make_fitter(mech: Mechanism, actions: Array, learner: LogitQParams = LogitQP
             logit = lambda p: jnp.log(p) - jnp.log1p(-p)  # noqa: E731
             lp = (logit(jnp.asarray(0.5)), logit(jnp.asarray(0.1)))
         params = {"mechanism": mech.init(key), "learner": lp}
-        return FitState(params, opt.init(params), jnp.asarray(0))
+        return FitState(params, opt.init(params), jnp.asarray(0), jax.random.fold_in(key, 1))
 
     @jax.jit
     def _epoch(state: FitState, acts: Array) -> tuple[FitState, Array]:
-        def step(carry, _):
+        def step(carry, key):
             params, opt_state = carry
-            value, grads = jax.value_and_grad(loss)(params, acts)  # value includes the l2 term
+            agents = None
+            if config.agents_per_step is not None and config.agents_per_step < mech.n_agents:
+                agents = jax.random.choice(key, mech.n_agents, (config.agents_per_step,), replace=False)
+            value, grads = jax.value_and_grad(loss)(params, acts, agents)  # value includes the l2 term
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), value
 
-        (params, opt_state), values = jax.lax.scan(step, (state.params, state.opt_state), None,
-                                                   length=config.steps_per_epoch)
-        return FitState(params, opt_state, state.epoch + 1), values[-1]
+        key, sub = jax.random.split(state.key)
+        (params, opt_state), values = jax.lax.scan(step, (state.params, state.opt_state),
+                                                   jax.random.split(sub, config.steps_per_epoch))
+        return FitState(params, opt_state, state.epoch + 1, key), values[-1]
 
     return Fitter(init, lambda state: _epoch(state, actions))
 
@@ -255,6 +296,7 @@ def counterfactual_differences(mech: Mechanism, prepared: Any, joint: Array) -> 
     return cf - cf[:, :1]
 
 
+@partial(jax.jit, static_argnames=("mech",))
 def payoff_differences(mech: Mechanism, params: Any, actions: Array) -> Array:
     """Mean over all observed contexts ``(e, t)`` of ``D[i, a]``, ``[n, A]`` (scan over steps)."""
     prepared = mech.prepare(params)
@@ -268,6 +310,7 @@ def payoff_differences(mech: Mechanism, params: Any, actions: Array) -> Array:
     return total / joints.shape[0]
 
 
+@partial(jax.jit, static_argnames=("true", "mech"))
 def diff_mse(true: Mechanism, true_params: Any, mech: Mechanism, params: Any, joints: Array) -> Array:
     """MSE of payoff differences ``D[i, a]``, ``a = 1..A-1``, over the joint actions ``joints [K, n]``."""
     pt, pm = true.prepare(true_params), mech.prepare(params)
@@ -294,6 +337,7 @@ def shifted(learner: LogitQParams, factors: tuple[float, float, float] = (0.6, 1
     return LogitQParams(learner.alpha * factors[0], learner.beta * factors[1], learner.eps * factors[2])
 
 
+@partial(jax.jit, static_argnames=("true", "mech"))
 def policy_kl(true: Mechanism, true_params: Any, mech: Mechanism, params: Any, actions: Array,
               learner_true: LogitQParams, learner_pred: LogitQParams | None = None) -> Array:
     """Mean over agent-steps of ``KL(pi_true || pi_pred)`` along episodes ``actions [E, T, n]``,

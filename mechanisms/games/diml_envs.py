@@ -195,7 +195,7 @@ def public_goods_mechanism(n_agents: int, n_actions: int, hidden: int = 16, subs
 def others_fractions(joint: Array, n_actions: int, dtype=jnp.float64) -> Array:
     """``F[b] = (m - e_b) / (n - 1)``: the others' action fractions seen by an agent playing ``b``."""
     n = joint.shape[0]
-    counts = jnp.zeros((n_actions,), dtype).at[joint].add(1.0)
+    counts = jnp.sum(jax.nn.one_hot(joint, n_actions, dtype=dtype), axis=0)
     return (counts[None, :] - jnp.eye(n_actions, dtype=dtype)) / max(n - 1, 1)
 
 
@@ -258,9 +258,13 @@ class Environment(NamedTuple):
 
 
 def e1_neural(key: Array, n_agents: int = 3, n_actions: int = 6) -> Environment:
-    """E1: payoffs from a random MLP (hidden 128, depth 2) of the joint action."""
+    """E1: payoffs from a random MLP (hidden 128, depth 2) of the joint action, its output
+    layer scaled so that the payoffs have unit standard deviation over all profiles."""
     mech = joint_mlp_mechanism(n_agents, n_actions, 128, 2)
-    return Environment("E1 neural", mech, mech.init(key), None)
+    params = mech.init(key)
+    w, b = params[-1]
+    scale = 1.0 / jnp.std(mech.prepare(params))
+    return Environment("E1 neural", mech, params[:-1] + [(w * scale, b * scale)], None)
 
 
 def e2_congestion(key: Array, n_agents: int = 4, n_actions: int = 5) -> Environment:
