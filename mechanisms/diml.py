@@ -85,15 +85,17 @@ def nll(mech: Mechanism, params: Any, actions: Array, learner: LogitQParams = Lo
     learner = _cast(LogitQParams(*map(jnp.asarray, learner)), dtype)
     if remat:
         cf = (lambda a: mech.counterfactual(prepared, a)) if agents is None else (
-            lambda a: mech.counterfactual(prepared, a)[agents])
+            lambda a: envs.counterfactual_rows(mech, prepared, a, agents))
         obs = actions if agents is None else actions[..., agents]
         # the replay reads the observed actions of the chosen agents only
         ll = jax.vmap(lambda full, mine: _replay_subset(cf, full, mine, mech.n_actions, learner, dtype))(actions, obs)
         return -jnp.sum(ll) / obs.size
-    u_cf = jax.vmap(jax.vmap(lambda a: mech.counterfactual(prepared, a)))(actions).astype(dtype)
-    obs = actions
-    if agents is not None:
-        u_cf, obs = u_cf[:, :, agents], actions[..., agents]
+    if agents is None:
+        u_cf = jax.vmap(jax.vmap(lambda a: mech.counterfactual(prepared, a)))(actions).astype(dtype)
+        obs = actions
+    else:
+        u_cf = jax.vmap(jax.vmap(lambda a: envs.counterfactual_rows(mech, prepared, a, agents)))(actions).astype(dtype)
+        obs = actions[..., agents]
     if obs.size * mech.n_actions <= FILTER_MAX:
         q = logit_q_filter(u_cf, learner.alpha)
     else:

@@ -46,6 +46,14 @@ class Mechanism(NamedTuple):
     init: Callable[[Array], Params]
     prepare: Callable[[Params], Any]
     counterfactual: Callable[[Any, Array], Array]
+    rows: Callable[[Any, Array, Array], Array] | None = None  # (prepared, joint, agents) -> u_cf[agents]
+
+
+def counterfactual_rows(mech: Mechanism, prepared: Any, joint: Array, agents: Array) -> Array:
+    """``u_cf[agents]`` (``[k, A]``) without forming all ``n`` rows where the family allows it."""
+    if mech.rows is not None:
+        return mech.rows(prepared, joint, agents)
+    return mech.counterfactual(prepared, joint)[agents]
 
 
 def payoffs(mech: Mechanism, params: Params, joint: Array) -> Array:
@@ -209,12 +217,12 @@ def anonymous_mechanism(
     of ``g`` per step, whatever ``n``.
     """
 
-    def counterfactual(p: Params, joint: Array) -> Array:
+    def table(p: Params, joint: Array) -> Array:
         dtype = jax.tree_util.tree_leaves(p)[0].dtype
-        table = jax.vmap(lambda f: g(p, f))(others_fractions(joint, n_actions, dtype))  # [A(b), A(a)]
-        return table[joint]
+        return jax.vmap(lambda f: g(p, f))(others_fractions(joint, n_actions, dtype))  # [A(b), A(a)]
 
-    return Mechanism(name, n_agents, n_actions, init, lambda p: p, counterfactual)
+    return Mechanism(name, n_agents, n_actions, init, lambda p: p, lambda p, joint: table(p, joint)[joint],
+                     lambda p, joint, agents: table(p, joint)[joint[agents]])
 
 
 def anonymous_mlp_mechanism(n_agents: int, n_actions: int, hidden: int = 64, depth: int = 2) -> Mechanism:

@@ -89,6 +89,7 @@ def test_structured_congestion_recovers_payoff_differences():
     assert nll_fit <= 1.02 * nll_true
 
 
+@pytest.mark.slow
 def test_neural_diml_recovers_congestion_payoff_differences():
     corr, nll_fit, nll_true = _recovery(envs.e2_congestion(KEY, 3, 4), "neural", 10, 1e-2, 3e-4)
     assert corr >= 0.95
@@ -110,3 +111,15 @@ def test_fit_entry_point_reports_everything():
         diml.fit(acts, 2, "congestion", key=KEY)
     with pytest.raises(ValueError):
         diml.fit(acts, 3, "no-such-model", key=KEY)
+
+
+def test_metrics_vanish_at_the_truth_and_payoff_differences_average_contexts():
+    env = envs.e2_congestion(KEY, 3, 3)
+    m = env.mechanism
+    acts = _data(env, 4, steps=10)
+    joints = acts.reshape(-1, 3)
+    assert float(diml.diff_mse(m, env.params, m, env.params, joints)) == 0.0
+    assert abs(float(diml.policy_kl(m, env.params, m, env.params, acts, LogitQParams()))) < 1e-15
+    d = diml.payoff_differences(m, env.params, acts[:1, :5])
+    brute = np.mean([brute_counterfactual(m, env.params, j) for j in joints[:5]], axis=0)
+    np.testing.assert_allclose(d, brute - brute[:, :1], atol=1e-12)
