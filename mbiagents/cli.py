@@ -101,9 +101,10 @@ def _print_run_summary(name: str, result) -> None:
     if b:
         out.print(f"budget: payments {b['payments']:.6f}  operator cost {b['operator_cost']:.6f}  "
                   f"surplus {b['surplus']:.6f}")
-    out.print(f"run {result.run_id}  ledger {result.ledger_url}")
+    out.print(f"run {result.run_id}  ledger {result.ledger_url}", soft_wrap=True, highlight=False)
     out.print(f"audit it: mbi audit --run {result.run_id}" + (f" --ledger {result.ledger_url}"
-                                                              if "MBI_LEDGER" not in os.environ else ""))
+                                                              if "MBI_LEDGER" not in os.environ else ""),
+              soft_wrap=True, highlight=False)
 
 
 @app.command()
