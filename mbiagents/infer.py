@@ -100,8 +100,7 @@ def infer(
         "agents": list(traj.agent_ids),
         "n_actions": traj.n_actions,
         "episodes": n_episodes, "steps": n_steps,
-        "train_episodes": len(res.train_episodes),
-        "heldout_episodes": len(res.heldout_episodes) if held is None else int(held.shape[0]),
+        "heldout_episodes": [traj.episodes[e] for e in res.heldout_episodes.tolist()] if held is None else None,
         "epochs": config.epochs,
         "seconds": seconds,
     }
