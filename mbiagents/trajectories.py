@@ -49,8 +49,11 @@ class Trajectories:
 def write_jsonl(traj: Trajectories, dest: str | Path | IO[str]) -> None:
     """Write ``traj`` as trajectory JSONL (header line ``{"n_actions": A}`` first)."""
     if isinstance(dest, (str, Path)):
-        with open(dest, "w", encoding="utf-8") as fh:
-            write_jsonl(traj, fh)
+        try:
+            with open(dest, "w", encoding="utf-8") as fh:
+                write_jsonl(traj, fh)
+        except OSError as exc:
+            raise TrajectoryError(f"{dest}: cannot write trajectory file: {exc.strerror or exc}") from None
         return
     dest.write(json.dumps({"n_actions": traj.n_actions}) + "\n")
     for row in traj.rows():
