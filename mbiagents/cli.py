@@ -121,9 +121,10 @@ def _print_run_summary(name: str, result) -> None:
     if b:
         out.print(f"budget: payments {b['payments']:.6f}  operator cost {b['operator_cost']:.6f}  "
                   f"surplus {b['surplus']:.6f}")
-    out.print(f"run {result.run_id}  ledger {result.ledger_url}")
+    out.print(f"run {result.run_id}  ledger {result.ledger_url}", soft_wrap=True, highlight=False)
     out.print(f"audit it: mbi audit --run {result.run_id}" + (f" --ledger {result.ledger_url}"
-                                                              if "MBI_LEDGER" not in os.environ else ""))
+                                                              if "MBI_LEDGER" not in os.environ else ""),
+              soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -175,6 +176,85 @@ def report(
     verdict = "[green]pass[/]" if written.audit_ok else "[red]FAIL[/]"
     out.print(f"report of run {written.run_id} (audit {verdict}): {len(written.files)} files in {written.out}")
     out.print(f"open {written.index}")
+
+
+@app.command()
+def infer(
+    ledger: LedgerOpt = None,
+    run_id: Annotated[Optional[str], typer.Option("--run", help="Run id in the ledger (default: the latest run).")] = None,
+    trajectories: Annotated[Optional[str], typer.Option(
+        "--trajectories", help="Trajectory JSONL file to fit instead of a ledger run (format: README).")] = None,
+    model: Annotated[str, typer.Option(
+        "--model", help="Candidate mechanism: neural, congestion, public-goods, anonymous, tabular.")] = "neural",
+    holdout: Annotated[float, typer.Option("--holdout", help="Fraction of episodes held out for the NLL.")] = 0.2,
+    predict: Annotated[Optional[str], typer.Option(
+        "--predict", help="Fit on all episodes and score the held-out NLL on this trajectory JSONL file.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="PRNG seed of the split and the initialisation.")] = 0,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: per model).")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Learner step (default: the run's, else 0.25).")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="Learner inverse temperature (default: the run's, else 3).")] = None,
+    epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="Learner exploration (default: the run's, else 0.06).")] = None,
+    save_trajectories: Annotated[Optional[str], typer.Option(
+        "--save-trajectories", help="Also write the fitted trajectories to this JSONL file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Infer the incentives agents responded to (DIML): payoff differences per agent and action."""
+    from mbiagents.infer import infer as run_infer
+    from mbiagents.infer import learner_from_scenario
+    from mbiagents.trajectories import read_jsonl, write_jsonl
+
+    try:
+        scenario = None
+        if trajectories is not None:
+            if run_id is not None:
+                raise MbiError("give either --trajectories or --ledger/--run, not both")
+            traj = read_jsonl(trajectories)
+        else:
+            from mbiagents.ledger.schema import open_ledger
+            from mbiagents.replay import trajectories_from_ledger
+
+            led = open_ledger(ledger, create=False)
+            try:
+                _, traj, scenario = trajectories_from_ledger(led, run_id)
+            finally:
+                led.dispose()
+        learner = learner_from_scenario(scenario, alpha, beta, epsilon)
+        held = read_jsonl(predict) if predict is not None else None
+        if save_trajectories is not None:
+            write_jsonl(traj, save_trajectories)
+        if not as_json and err.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("[bold]DIML {task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+                task = bar.add_task(model, total=epochs, info="")
+
+                def on_epoch(s) -> None:
+                    bar.update(task, completed=s.epoch, info=f"train NLL {s.train_nll:.4f}")
+
+                report = run_infer(traj, model, holdout=holdout, predict=held, seed=seed, learner=learner,
+                                   epochs=epochs, callback=on_epoch, on_config=lambda c: bar.update(task, total=c.epochs))
+        else:
+            report = run_infer(traj, model, holdout=holdout, predict=held, seed=seed, learner=learner, epochs=epochs)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json(report)
+        return
+    table = Table(title=f"DIML {report['model']}: payoff differences u_i(a) - u_i(0) "
+                        f"({report['episodes']} episodes x {report['steps']} steps)")
+    table.add_column("agent")
+    for a in range(report["n_actions"]):
+        table.add_column(f"a={a}", justify="right")
+    for agent, row in report["payoff_differences"].items():
+        table.add_row(agent, *(f"{v:+.4f}" for v in row))
+    out.print(table)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    out.print(f"NLL per agent-step: train {fmt(report['train_nll'])}  held-out {fmt(report['heldout_nll'])}  "
+              f"frequency baseline {fmt(report['frequency_baseline_nll'])}")
+    out.print(f"learner alpha {report['alpha']:g}  beta {report['beta']:g}  epsilon {report['epsilon']:g};  "
+              f"{report['epochs']} epochs in {report['seconds']:.1f} s")
 
 
 @db_app.command("upgrade")

@@ -90,9 +90,51 @@ class TeamScenario(ScenarioBase):
     agents: list[TeamAgentSpec] = Field(min_length=1)
 
 
+class CongestionGameSettings(Strict):
+    """``[game]`` of the congestion (tolling) game: per-route costs and posted tolls.
+
+    A user of route ``a`` carrying load ``L`` (agents on it) bears the cost
+    ``c1[a] L + c2[a] L^2`` and pays the posted toll ``tolls[a] L`` to the treasury (a
+    negative toll is a subsidy it receives). Learners reset every ``episode_length`` rounds.
+    """
+
+    c1: list[float] = Field(min_length=2)
+    c2: list[float] = Field(min_length=2)
+    tolls: list[float] = Field(min_length=2)
+    episode_length: PositiveInt = 30
+
+    @model_validator(mode="after")
+    def _same_routes(self) -> "CongestionGameSettings":
+        if not len(self.c1) == len(self.c2) == len(self.tolls):
+            raise ValueError("c1, c2 and tolls need one entry per route (same length)")
+        if min(self.c1 + self.c2) < 0:
+            raise ValueError("route costs c1 and c2 must be >= 0")
+        return self
+
+
+class CongestionAgentSpec(Strict):
+    """A logit-Q learner (``mechanisms.learning``): step ``alpha``, inverse temperature
+    ``beta``, uniform exploration ``eps``."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Literal["policy"] = "policy"
+    policy: Literal["logit-q"] = "logit-q"
+    alpha: float = Field(0.25, gt=0.0, le=1.0)
+    beta: float = Field(3.0, ge=0.0)
+    eps: float = Field(0.06, gt=0.0, lt=1.0)
+
+
+class CongestionScenario(ScenarioBase):
+    """Agents learn routes under posted tolls (``game = "congestion"``, ``mechanism = "tolls"``)."""
+
+    game: CongestionGameSettings
+    agents: list[CongestionAgentSpec] = Field(min_length=1)
+
+
 # game name -> (scenario model, mechanisms it supports)
 GAMES: dict[str, tuple[type[ScenarioBase], tuple[str, ...]]] = {
     "team": (TeamScenario, ("dpm",)),
+    "congestion": (CongestionScenario, ("tolls",)),
 }
 
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from mechanisms.games.team import TeamTypes
-from mechanisms.learning import projected_gradient_play
+from mechanisms.learning import LogitQParams, logit_q_log_policy, logit_q_update, projected_gradient_play
 
 
 @dataclass
@@ -54,3 +54,45 @@ class TeamPopulation:
 
 
 _gradient_play = jax.jit(projected_gradient_play)
+
+
+# ---- logit-Q learners (congestion / tolling game) ----------------------------------------
+
+
+@dataclass
+class LogitQPopulation:
+    """Logit-Q learners (``mechanisms.learning``), one row of ``Q [n, A]`` each, vectorised.
+
+    ``act``: sample ``a_i ~ (1 - eps_i) softmax(beta_i Q_i) + eps_i / A`` with the round's
+    key ``fold_in(PRNGKey(seed), round)`` (reproducible, resumable). ``learn``:
+    ``Q <- (1 - alpha) Q + alpha u_cf`` on the counterfactual payoffs of the round.
+    ``reset``: ``Q = 0`` (uniform policy) at the start of every episode.
+    """
+
+    ids: list[str]
+    n_actions: int
+    seed: int
+    params: LogitQParams  # alpha, beta, eps as [n, 1] arrays
+
+    @classmethod
+    def from_specs(cls, specs, n_actions: int, seed: int) -> "LogitQPopulation":
+        col = lambda name: np.array([[getattr(s, name)] for s in specs], dtype=np.float64)  # noqa: E731
+        return cls([s.id for s in specs], n_actions, seed, LogitQParams(col("alpha"), col("beta"), col("eps")))
+
+    def reset(self) -> np.ndarray:
+        return np.zeros((len(self.ids), self.n_actions))
+
+    def act(self, q: np.ndarray, round_index: int) -> np.ndarray:
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), round_index)
+        return np.asarray(_logit_q_sample(key, q, self.params), dtype=np.int64)
+
+    def learn(self, q: np.ndarray, u_cf: np.ndarray) -> np.ndarray:
+        return np.asarray(_logit_q_learn(q, u_cf, self.params))
+
+
+@jax.jit
+def _logit_q_sample(key, q, params):
+    return jax.random.categorical(key, logit_q_log_policy(q, params), axis=-1)
+
+
+_logit_q_learn = jax.jit(logit_q_update)

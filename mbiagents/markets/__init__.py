@@ -23,6 +23,8 @@ def build_market(scenario: ScenarioBase) -> Market:
 
 
 from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
+from mbiagents.markets import congestion as _congestion  # noqa: E402  (registers itself)
 
 __all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
 del _team
+del _congestion

@@ -1,0 +1,42 @@
+"""Ledger -> trajectories -> DIML (``mbi infer --ledger``).
+
+A run whose market logs discrete actions (an ``actions`` event per round with
+``{"episode": e, "step": s, "a": [action of each agent]}``, as the congestion market
+does) becomes ``Trajectories`` in the agents' account order.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mbiagents.ledger.store import Ledger, agent_account
+from mbiagents.trajectories import Trajectories, TrajectoryError, assemble
+
+
+def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple[str, Trajectories, dict]:
+    """The run's logged actions as ``Trajectories``; also its id and its scenario mapping.
+
+    ``n_actions`` comes from the scenario's route count (``game.tolls``) when it has one.
+    Raises ``TrajectoryError`` when the run logs no discrete actions.
+    """
+    run = ledger.get_run(run_id)
+    scenario = json.loads(run.scenario_json)
+    prefix = agent_account("")
+    agent_ids = [name.removeprefix(prefix) for name, kind in ledger.accounts(run.id) if kind == "agent"]
+    cells: dict[tuple[int, int, str], int] = {}
+    for rec in ledger.read_rounds(run.id):
+        try:
+            logged = rec.payload("actions")
+        except KeyError:
+            continue
+        a = logged.get("a") if isinstance(logged, dict) else None
+        if not isinstance(a, list) or not all(isinstance(x, int) for x in a) or "episode" not in logged:
+            raise TrajectoryError(f"run {run.id} (game {run.game!r}) logs no discrete actions to infer from")
+        if len(a) != len(agent_ids):
+            raise TrajectoryError(f"run {run.id} round {rec.index}: {len(a)} actions for {len(agent_ids)} agents")
+        for agent, action in zip(agent_ids, a):
+            cells[(logged["episode"], logged["step"], agent)] = action
+    if not cells:
+        raise TrajectoryError(f"run {run.id} has no actions")
+    n_actions = len(scenario.get("game", {}).get("tolls", [])) or None
+    return run.id, assemble(cells, agent_ids, n_actions, f"run {run.id}"), scenario

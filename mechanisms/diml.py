@@ -1,0 +1,394 @@
+"""Differentiable inverse mechanism learning (DIML; An & Du 2026, arXiv 2601.17678).
+
+Given episodes of observed joint actions ``actions int[E, T, n]`` of logit-Q learners
+(``mechanisms.learning``), fit a candidate mechanism ``theta`` (``mechanisms.games.diml_envs``)
+by maximum likelihood through the learning dynamics:
+
+    NLL(theta) = -1/(E T n) sum_{e,t,i} log pi_i(a^e_{t,i} | Q^e_t(theta)),
+    Q^e_{t+1} = (1 - alpha) Q^e_t + alpha u_cf(theta; a^e_t),  Q^e_0 = 0,
+
+reverse mode through the whole ``lax.scan`` over steps, vmapped over episodes, one jitted
+function per epoch (``steps_per_epoch`` full-batch optax steps). Only payoff differences
+``u_i(a, a_{-i}) - u_i(0, a_{-i})`` are identified, in the units fixed by ``beta``.
+
+Entry point for tools (``mbi infer``): ``fit`` (or ``make_fitter`` + ``Fitter.epoch`` for
+an epoch-by-epoch loop), returning ``DIMLResult``. Metrics of the paper: ``diff_mse``,
+``nll`` (held-out NLL per agent-step) and ``cfkl`` (counterfactual KL under shifted learner
+parameters ``alpha x 0.6, beta x 1.4, eps x 1.5``).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mechanisms.games import diml_envs as envs
+from mechanisms.games.diml_envs import Mechanism
+from mechanisms.learning import (
+    LogitQParams, chosen_log_prob, logit_q_filter, logit_q_log_policy, logit_q_update,
+)
+
+Array = jax.Array
+
+MODELS = ("neural", "tabular", "congestion", "public_goods", "anonymous", "anonymous_linear")
+
+
+def make_model(name: str, n_agents: int, n_actions: int, **kwargs) -> Mechanism:
+    """A candidate mechanism family by name (one of ``MODELS``)."""
+    factories = {
+        "neural": envs.joint_mlp_mechanism,
+        "tabular": envs.tabular_mechanism,
+        "congestion": envs.congestion_mechanism,
+        "public_goods": envs.public_goods_mechanism,
+        "anonymous": envs.anonymous_mlp_mechanism,
+        "anonymous_linear": envs.anonymous_linear_mechanism,
+    }
+    if name not in factories:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    kw = dict(kwargs)
+    if name == "neural":
+        kw.setdefault("hidden", 64)
+        kw.setdefault("out_scale", 0.1)
+    return factories[name](n_agents, n_actions, **kw)
+
+
+# ------------------------------------------------------------------------ likelihood
+
+
+def _cast(tree: Any, dtype) -> Any:
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+FILTER_MAX = 200_000  # E*T*n*A up to which the likelihood is one vectorised pass (O(T^2) per entry)
+
+
+@partial(jax.jit, static_argnames=("mech", "dtype", "remat"))
+def nll(mech: Mechanism, params: Any, actions: Array, learner: LogitQParams = LogitQParams(),
+        dtype=jnp.float64, remat: bool = False, agents: Array | None = None) -> Array:
+    """Negative log-likelihood per agent-step of ``actions [E, T, n]`` under ``mech(params)``.
+
+    All counterfactuals ``u_cf [E, T, n, A]`` are computed at once (vmapped; they depend on
+    the observed actions only), then ``Q``: small data by ``logit_q_filter`` (one product,
+    no loop), larger by a ``lax.scan`` of the elementwise update. ``remat`` instead uses
+    ``logit_q_log_likelihood`` with per-step recomputation (memory O(E n A)). ``agents``
+    (indices) restricts the sum to those agents -- the joint actions, hence every ``u_cf``,
+    still use all of them; an unbiased agent-subsampled likelihood for very large ``n``.
+    All paths compute the same number.
+    """
+    prepared = mech.prepare(_cast(params, dtype))
+    learner = _cast(LogitQParams(*map(jnp.asarray, learner)), dtype)
+    if remat:
+        cf = (lambda a: mech.counterfactual(prepared, a)) if agents is None else (
+            lambda a: envs.counterfactual_rows(mech, prepared, a, agents))
+        obs = actions if agents is None else actions[..., agents]
+        # the replay reads the observed actions of the chosen agents only
+        ll = jax.vmap(lambda full, mine: _replay_subset(cf, full, mine, mech.n_actions, learner, dtype))(actions, obs)
+        return -jnp.sum(ll) / obs.size
+    if agents is None:
+        u_cf = jax.vmap(jax.vmap(lambda a: mech.counterfactual(prepared, a)))(actions).astype(dtype)
+        obs = actions
+    else:
+        u_cf = jax.vmap(jax.vmap(lambda a: envs.counterfactual_rows(mech, prepared, a, agents)))(actions).astype(dtype)
+        obs = actions[..., agents]
+    if obs.size * mech.n_actions <= FILTER_MAX:
+        q = logit_q_filter(u_cf, learner.alpha)
+    else:
+        def step(q, u):
+            return logit_q_update(q, u, learner), q
+
+        _, q = jax.lax.scan(step, jnp.zeros_like(u_cf[:, 0]), jnp.swapaxes(u_cf, 0, 1))
+        q = jnp.swapaxes(q, 0, 1)
+    log_pi = logit_q_log_policy(q, learner)
+    ll = jnp.sum(jnp.take_along_axis(log_pi, obs[..., None].astype(jnp.int32), axis=-1))
+    return -ll / obs.size
+
+
+def _replay_subset(cf, full: Array, mine: Array, n_actions: int, learner: LogitQParams, dtype) -> Array:
+    """Log-likelihood of one episode, ``cf`` of the full joint, read at the agents of ``mine``."""
+
+    @jax.checkpoint
+    def step(carry, xs):
+        q, acc = carry
+        a_full, a_mine = xs
+        acc = acc + chosen_log_prob(logit_q_log_policy(q, learner), a_mine)
+        return (logit_q_update(q, cf(a_full).astype(dtype), learner), acc), None
+
+    init = (jnp.zeros((mine.shape[-1], n_actions), dtype), jnp.zeros((), dtype))
+    (_, total), _ = jax.lax.scan(step, init, (full, mine))
+    return total
+
+
+def frequency_nll(train: Array, heldout: Array, n_actions: int) -> Array:
+    """Empirical-frequency baseline: per-agent action frequencies on ``train`` (add-one
+    smoothing), NLL per agent-step of ``heldout``."""
+    onehot = jax.nn.one_hot(train, n_actions).sum(axis=(0, 1)) + 1.0  # [n, A]
+    logp = jnp.log(onehot / onehot.sum(-1, keepdims=True))
+    return -jnp.mean(jnp.take_along_axis(logp[None, None], heldout[..., None], axis=-1))
+
+
+# ------------------------------------------------------------------------ fitting
+
+
+class FitConfig(NamedTuple):
+    """Optimisation settings. ``fit_learner`` also fits ``alpha`` and ``eps`` (``beta`` stays
+    fixed: it is confounded with the payoff scale)."""
+
+    epochs: int = 100
+    steps_per_epoch: int = 10
+    learning_rate: float = 3e-2
+    fit_learner: bool = False
+    l2: float = 0.0  # penalty l2 * sum(theta^2) on the mechanism's parameters
+    agents_per_step: int | None = None  # random subset of agents per step (large anonymous games)
+    remat: bool = False
+    dtype: Any = jnp.float64
+
+
+def recommended_config(model: str, n_agents: int = 0, epochs: int | None = None) -> FitConfig:
+    """Settings used in ``benchmarks/bench_diml.py``: neural joint MLP ``lr 1e-2, l2 3e-4``
+    (the l2 keeps it from overfitting 60 x 60 episodes); structured/tabular ``lr 3e-2``;
+    anonymous ``lr 1e-2`` in float32, 2 steps per epoch, 100 sampled agents/step above 200."""
+    if model == "neural":
+        cfg = FitConfig(epochs=30, steps_per_epoch=10, learning_rate=1e-2, l2=3e-4)
+    elif model in ("anonymous", "anonymous_linear"):
+        cfg = FitConfig(epochs=100, steps_per_epoch=2, learning_rate=1e-2, dtype=jnp.float32,
+                        agents_per_step=100 if n_agents > 200 else None)
+    else:
+        cfg = FitConfig(epochs=30, steps_per_epoch=10, learning_rate=3e-2)
+    return cfg if epochs is None else cfg._replace(epochs=epochs)
+
+
+class FitState(NamedTuple):
+    """``params = {"mechanism": ..., "learner": (logit alpha, logit eps) or None}``."""
+
+    params: Any
+    opt_state: Any
+    epoch: Array
+    key: Array
+
+
+class Fitter(NamedTuple):
+    """Pure init/epoch pair: ``init(key) -> FitState``; ``epoch(state) -> (state, train_nll)``
+    runs ``steps_per_epoch`` optax steps in one jitted call (``train_nll`` before the last)."""
+
+    init: Callable[[Array], FitState]
+    epoch: Callable[[FitState], tuple[FitState, Array]]
+
+
+def learner_of(params: Any, learner: LogitQParams) -> LogitQParams:
+    """Learner parameters from the fitted pytree (``sigmoid`` of the free logits) or the fixed ones."""
+    if params["learner"] is None:
+        return learner
+    la, le = params["learner"]
+    return LogitQParams(jax.nn.sigmoid(la), learner.beta, jax.nn.sigmoid(le))
+
+
+def make_fitter(mech: Mechanism, actions: Array, learner: LogitQParams = LogitQParams(),
+                config: FitConfig = FitConfig()) -> Fitter:
+    """Maximum likelihood of ``actions [E, T, n]`` over ``mech``'s params with Adam."""
+    opt = optax.adam(config.learning_rate)
+    actions = jnp.asarray(actions, jnp.int32)
+
+    def loss(params: Any, acts: Array, agents: Array | None) -> Array:
+        value = nll(mech, params["mechanism"], acts, learner_of(params, learner), config.dtype, config.remat, agents)
+        if config.l2:
+            value = value + config.l2 * sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(params["mechanism"]))
+        return value
+
+    def init(key: Array) -> FitState:
+        lp = None
+        if config.fit_learner:
+            logit = lambda p: jnp.log(p) - jnp.log1p(-p)  # noqa: E731
+            lp = (logit(jnp.asarray(0.5)), logit(jnp.asarray(0.1)))
+        params = {"mechanism": mech.init(key), "learner": lp}
+        return FitState(params, opt.init(params), jnp.asarray(0), jax.random.fold_in(key, 1))
+
+    @jax.jit
+    def _epoch(state: FitState, acts: Array) -> tuple[FitState, Array]:
+        def step(carry, key):
+            params, opt_state = carry
+            agents = None
+            if config.agents_per_step is not None and config.agents_per_step < mech.n_agents:
+                agents = jax.random.choice(key, mech.n_agents, (config.agents_per_step,), replace=False)
+            value, grads = jax.value_and_grad(loss)(params, acts, agents)  # value includes the l2 term
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        key, sub = jax.random.split(state.key)
+        (params, opt_state), values = jax.lax.scan(step, (state.params, state.opt_state),
+                                                   jax.random.split(sub, config.steps_per_epoch))
+        return FitState(params, opt_state, state.epoch + 1, key), values[-1]
+
+    return Fitter(init, lambda state: _epoch(state, actions))
+
+
+# ------------------------------------------------------------------------ entry point
+
+
+class EpochStats(NamedTuple):
+    """Progress of one epoch (for a progress bar)."""
+
+    epoch: int
+    train_nll: float
+    seconds: float
+
+
+class DIMLResult(NamedTuple):
+    """What ``fit`` returns. ``payoff_differences[i, a]`` = mean over the observed contexts
+    (every training step) of ``u_i(a, a_{-i}) - u_i(0, a_{-i})``, in units fixed by ``beta``."""
+
+    model: str
+    params: Any
+    learner: LogitQParams
+    train_nll: float
+    heldout_nll: float
+    frequency_nll: float
+    payoff_differences: np.ndarray
+    history: tuple[EpochStats, ...]
+    train_episodes: np.ndarray
+    heldout_episodes: np.ndarray
+
+
+def split_episodes(key: Array, n_episodes: int, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/held-out split of episode indices (held-out empty when ``E = 1``)."""
+    perm = np.asarray(jax.random.permutation(key, n_episodes))
+    n_held = int(round(heldout_fraction * n_episodes)) if n_episodes > 1 else 0
+    n_held = min(max(n_held, 1 if heldout_fraction > 0 and n_episodes > 1 else 0), n_episodes - 1)
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def fit(
+    actions: Array, n_actions: int, model: str | Mechanism = "neural", *, key: Array,
+    learner: LogitQParams = LogitQParams(), config: FitConfig | None = None, heldout_fraction: float = 0.2,
+    model_kwargs: dict | None = None, callback: Callable[[EpochStats], None] | None = None,
+) -> DIMLResult:
+    """Fit a mechanism to observed episodes ``actions int[E, T, n]`` by DIML.
+
+    Splits episodes into train / held-out (``heldout_fraction``), runs ``config.epochs``
+    jitted epochs (``callback(EpochStats)`` after each; ``config`` defaults to
+    ``recommended_config(model)``), and reports train / held-out NLL
+    per agent-step, the empirical-frequency baseline's held-out NLL and the payoff
+    differences relative to action 0 averaged over the training contexts.
+    """
+    actions = jnp.asarray(actions, jnp.int32)
+    if actions.ndim != 3:
+        raise ValueError("actions must be [episodes, steps, agents]")
+    if int(actions.min()) < 0 or int(actions.max()) >= n_actions:
+        raise ValueError(f"actions must lie in [0, {n_actions})")
+    n_agents = actions.shape[-1]
+    mech = model if isinstance(model, Mechanism) else make_model(model, n_agents, n_actions, **(model_kwargs or {}))
+    if config is None:
+        config = recommended_config(mech.name, n_agents)
+    k_split, k_init = jax.random.split(key)
+    tr, te = split_episodes(k_split, actions.shape[0], heldout_fraction)
+    train, held = actions[tr], actions[te]
+    fitter = make_fitter(mech, train, learner, config)
+    state = fitter.init(k_init)
+    history = []
+    for _ in range(config.epochs):
+        t0 = time.perf_counter()
+        state, value = fitter.epoch(state)
+        stats = EpochStats(int(state.epoch), float(value), time.perf_counter() - t0)
+        history.append(stats)
+        if callback is not None:
+            callback(stats)
+    fitted = learner_of(state.params, learner)
+    mparams = state.params["mechanism"]
+    train_nll = float(nll(mech, mparams, train, fitted))
+    held_nll = float(nll(mech, mparams, held, fitted)) if len(te) else float("nan")
+    freq = float(frequency_nll(train, held, n_actions)) if len(te) else float("nan")
+    diffs = np.asarray(payoff_differences(mech, mparams, train))
+    return DIMLResult(mech.name, mparams, fitted, train_nll, held_nll, freq, diffs, tuple(history), tr, te)
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def counterfactual_differences(mech: Mechanism, prepared: Any, joint: Array) -> Array:
+    """``D[i, a] = u_i(a, a_{-i}) - u_i(0, a_{-i})`` at one joint action, ``[n, A]``."""
+    cf = mech.counterfactual(prepared, joint)
+    return cf - cf[:, :1]
+
+
+@partial(jax.jit, static_argnames=("mech",))
+def payoff_differences(mech: Mechanism, params: Any, actions: Array) -> Array:
+    """Mean over all observed contexts ``(e, t)`` of ``D[i, a]``, ``[n, A]`` (scan over steps)."""
+    prepared = mech.prepare(params)
+    joints = actions.reshape(-1, actions.shape[-1])
+
+    def body(acc, joint):
+        return acc + counterfactual_differences(mech, prepared, joint), None
+
+    zero = jnp.zeros((mech.n_agents, mech.n_actions), jax.tree_util.tree_leaves(params)[0].dtype)
+    total, _ = jax.lax.scan(body, zero, joints)
+    return total / joints.shape[0]
+
+
+@partial(jax.jit, static_argnames=("true", "mech"))
+def diff_mse(true: Mechanism, true_params: Any, mech: Mechanism, params: Any, joints: Array) -> Array:
+    """MSE of payoff differences ``D[i, a]``, ``a = 1..A-1``, over the joint actions ``joints [K, n]``."""
+    pt, pm = true.prepare(true_params), mech.prepare(params)
+
+    def body(acc, joint):
+        d = counterfactual_differences(mech, pm, joint) - counterfactual_differences(true, pt, joint)
+        return acc + jnp.sum(d[:, 1:] ** 2), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(()), joints)
+    return total / (joints.shape[0] * mech.n_agents * (mech.n_actions - 1))
+
+
+def seen_and_probe_joints(key: Array, actions: Array, n_actions: int, k: int = 2000) -> tuple[Array, Array]:
+    """Up to ``k`` joint actions drawn from the training data, and ``k`` uniform random probes."""
+    joints = actions.reshape(-1, actions.shape[-1])
+    k1, k2 = jax.random.split(key)
+    seen = joints[jax.random.choice(k1, joints.shape[0], (min(k, joints.shape[0]),), replace=False)]
+    probe = jax.random.randint(k2, (k, actions.shape[-1]), 0, n_actions, jnp.int32)
+    return seen, probe
+
+
+def shifted(learner: LogitQParams, factors: tuple[float, float, float] = (0.6, 1.4, 1.5)) -> LogitQParams:
+    """Shifted learner ``(alpha x 0.6, beta x 1.4, eps x 1.5)`` for counterfactual prediction."""
+    return LogitQParams(learner.alpha * factors[0], learner.beta * factors[1], learner.eps * factors[2])
+
+
+@partial(jax.jit, static_argnames=("true", "mech"))
+def policy_kl(true: Mechanism, true_params: Any, mech: Mechanism, params: Any, actions: Array,
+              learner_true: LogitQParams, learner_pred: LogitQParams | None = None) -> Array:
+    """Mean over agent-steps of ``KL(pi_true || pi_pred)`` along episodes ``actions [E, T, n]``,
+    each model replaying its own ``Q`` on the same realised actions."""
+    learner_pred = learner_true if learner_pred is None else learner_pred
+    pt, pm = true.prepare(true_params), mech.prepare(params)
+    n, a_n = true.n_agents, true.n_actions
+
+    def episode(acts):
+        def step(carry, a):
+            qt, qm, acc = carry
+            lt, lm = logit_q_log_policy(qt, learner_true), logit_q_log_policy(qm, learner_pred)
+            acc = acc + jnp.sum(jnp.exp(lt) * (lt - lm))
+            qt = logit_q_update(qt, true.counterfactual(pt, a), learner_true)
+            qm = logit_q_update(qm, mech.counterfactual(pm, a), learner_pred)
+            return (qt, qm, acc), None
+
+        z = jnp.zeros((n, a_n))
+        (_, _, acc), _ = jax.lax.scan(step, (z, z, jnp.zeros(())), acts)
+        return acc
+
+    return jnp.sum(jax.vmap(episode)(actions)) / actions.size
+
+
+def cfkl(true: Mechanism, true_params: Any, mech: Mechanism, params: Any, key: Array, n_episodes: int,
+         n_steps: int, learner: LogitQParams = LogitQParams(), learner_pred: LogitQParams | None = None) -> Array:
+    """``cfkl_params``: simulate the true mechanism with ``shifted(learner)`` and measure
+    ``policy_kl`` of the fitted mechanism (also under the shifted learner) on those episodes."""
+    from mechanisms.learning import logit_q_simulate_episodes
+
+    sl = shifted(learner)
+    pt = true.prepare(true_params)
+    acts = logit_q_simulate_episodes(key, lambda a: true.counterfactual(pt, a), n_episodes, true.n_agents,
+                                     true.n_actions, n_steps, sl)
+    return policy_kl(true, true_params, mech, params, acts, sl, None if learner_pred is None else shifted(learner_pred))

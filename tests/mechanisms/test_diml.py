@@ -1,0 +1,125 @@
+"""DIML: counterfactual payoffs of every family, likelihood paths, recovery from known mechanisms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mechanisms  # noqa: F401  (x64)
+from mechanisms import diml
+from mechanisms.games import diml_envs as envs
+from mechanisms.learning import LogitQParams, logit_q_log_likelihood, logit_q_simulate_episodes
+
+KEY = jax.random.PRNGKey(0)
+
+
+def brute_counterfactual(mech, params, joint):
+    """``u_cf[i, a]`` by re-evaluating the realised payoffs at every unilateral deviation."""
+    n, a_n = mech.n_agents, mech.n_actions
+    out = np.zeros((n, a_n))
+    for i in range(n):
+        for a in range(a_n):
+            dev = joint.at[i].set(a)
+            out[i, a] = float(envs.payoffs(mech, params, dev)[i])
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: envs.e1_neural(k, 3, 4),
+    lambda k: envs.e2_congestion(k, 4, 3),
+    lambda k: envs.e3_public_goods(k, 3, 4),
+    lambda k: envs.e7_anonymous(k, 6, 4),
+])
+def test_counterfactual_is_unilateral_deviation(make):
+    env = make(KEY)
+    mech = env.mechanism
+    joint = jax.random.randint(jax.random.PRNGKey(1), (mech.n_agents,), 0, mech.n_actions, jnp.int32)
+    cf = mech.counterfactual(mech.prepare(env.params), joint)
+    np.testing.assert_allclose(cf, brute_counterfactual(mech, env.params, joint), atol=1e-12)
+
+
+def test_congestion_payoff_by_hand():
+    p = envs.CongestionParams(jnp.array([1.0, 2.0]), jnp.array([0.5, 0.0]), jnp.array([0.25, 1.0]))
+    mech = envs.congestion_mechanism(3, 2)
+    # loads: resource 0 has 2 agents, resource 1 has 1
+    u = envs.payoffs(mech, p, jnp.array([0, 0, 1]))
+    np.testing.assert_allclose(u, [-(2 + 0.5 * 4) + 0.5, -(2 + 0.5 * 4) + 0.5, -2 + 1.0])
+    # anonymous: u_i depends on own action and the others' fractions only
+    env = envs.e7_anonymous(KEY, 5, 3)
+    a = envs.payoffs(env.mechanism, env.params, jnp.array([0, 1, 2, 2, 1]))
+    b = envs.payoffs(env.mechanism, env.params, jnp.array([1, 0, 2, 1, 2]))
+    np.testing.assert_allclose(a[jnp.array([0, 1, 2])], b[jnp.array([1, 0, 2])], atol=1e-14)
+
+
+def _data(env, episodes, key=1, steps=60):
+    m = env.mechanism
+    pt = m.prepare(env.params)
+    return logit_q_simulate_episodes(jax.random.PRNGKey(key), lambda a: m.counterfactual(pt, a), episodes,
+                                     m.n_agents, m.n_actions, steps)
+
+
+def test_vectorised_and_scan_likelihood_agree():
+    env = envs.e3_public_goods(KEY, 3, 5)
+    acts = _data(env, 6, steps=20)
+    m, pt = env.mechanism, env.mechanism.prepare(env.params)
+    scan = -logit_q_log_likelihood(lambda a: m.counterfactual(pt, a), acts, 5) / acts.size
+    np.testing.assert_allclose(diml.nll(m, env.params, acts), scan, rtol=1e-13)
+
+
+def _recovery(env, model, epochs, lr, l2=0.0):
+    acts = _data(env, 80)
+    train, test = acts[:60], acts[60:]
+    mech = diml.make_model(model, env.mechanism.n_agents, env.mechanism.n_actions)
+    fitter = diml.make_fitter(mech, train, config=diml.FitConfig(steps_per_epoch=20, learning_rate=lr, l2=l2))
+    state = fitter.init(jax.random.PRNGKey(2))
+    for _ in range(epochs):
+        state, _ = fitter.epoch(state)
+    params = state.params["mechanism"]
+    seen = train.reshape(-1, mech.n_agents)[::7]
+    pm, pt = mech.prepare(params), env.mechanism.prepare(env.params)
+    d_hat = jax.vmap(lambda j: diml.counterfactual_differences(mech, pm, j))(seen)[..., 1:]
+    d_true = jax.vmap(lambda j: diml.counterfactual_differences(env.mechanism, pt, j))(seen)[..., 1:]
+    corr = np.corrcoef(np.ravel(d_hat), np.ravel(d_true))[0, 1]
+    return corr, float(diml.nll(mech, params, test)), float(diml.nll(env.mechanism, env.params, test))
+
+
+def test_structured_congestion_recovers_payoff_differences():
+    corr, nll_fit, nll_true = _recovery(envs.e2_congestion(KEY), "congestion", 5, 3e-2)
+    assert corr >= 0.95
+    assert nll_fit <= 1.02 * nll_true
+
+
+@pytest.mark.slow
+def test_neural_diml_recovers_congestion_payoff_differences():
+    corr, nll_fit, nll_true = _recovery(envs.e2_congestion(KEY, 3, 4), "neural", 10, 1e-2, 3e-4)
+    assert corr >= 0.95
+    assert nll_fit <= 1.02 * nll_true
+
+
+def test_fit_entry_point_reports_everything():
+    env = envs.e2_congestion(KEY, 3, 3)
+    acts = _data(env, 20, steps=30)
+    seen = []
+    res = diml.fit(acts, 3, "congestion", key=jax.random.PRNGKey(5), config=diml.FitConfig(epochs=3),
+                   callback=seen.append)
+    assert [s.epoch for s in seen] == [1, 2, 3] and len(res.history) == 3
+    assert res.payoff_differences.shape == (3, 3) and np.all(res.payoff_differences[:, 0] == 0)
+    assert len(res.train_episodes) == 16 and len(res.heldout_episodes) == 4
+    assert np.isfinite([res.train_nll, res.heldout_nll, res.frequency_nll]).all()
+    assert res.learner == LogitQParams()
+    with pytest.raises(ValueError):
+        diml.fit(acts, 2, "congestion", key=KEY)
+    with pytest.raises(ValueError):
+        diml.fit(acts, 3, "no-such-model", key=KEY)
+
+
+def test_metrics_vanish_at_the_truth_and_payoff_differences_average_contexts():
+    env = envs.e2_congestion(KEY, 3, 3)
+    m = env.mechanism
+    acts = _data(env, 4, steps=10)
+    joints = acts.reshape(-1, 3)
+    assert float(diml.diff_mse(m, env.params, m, env.params, joints)) == 0.0
+    assert abs(float(diml.policy_kl(m, env.params, m, env.params, acts, LogitQParams()))) < 1e-15
+    d = diml.payoff_differences(m, env.params, acts[:1, :5])
+    brute = np.mean([brute_counterfactual(m, env.params, j) for j in joints[:5]], axis=0)
+    np.testing.assert_allclose(d, brute - brute[:, :1], atol=1e-12)
