@@ -233,3 +233,16 @@ def test_failed_audit_is_shown_at_the_top(small_run):
     html = render_html(replace(data, audit=audit), [], {}, "")
     assert 'class="verdict fail">FAIL' in html and "FAIL (1)" in html
     assert html.index("round 3 agent bob") < html.index("Summary")
+
+
+def test_other_markets_get_the_generic_sections(tmp_path):
+    """A congestion (tolling) run: logged welfare and tolls plot; no actions or gap without data."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    res = run_scenario(load_scenario(EXAMPLES / "tolling.toml"), ledger_url=url, rounds=10)
+    ledger = open_ledger(url)
+    out = build_report(ledger, res.run_id, tmp_path / "r")
+    data = collect(ledger, res.run_id)
+    ledger.dispose()
+    assert out.audit_ok and out.files == ["welfare.png", "payments.png", "budget.png", "report.json", "index.html"]
+    assert data.welfare_gap() is None and "actions" not in data.series
+    assert float(np.sum(data.collected)) == pytest.approx(sum(sum(p) for p in data.payments.values()))
