@@ -1,4 +1,10 @@
-"""The ledger's write path and readers. One round = one database transaction."""
+"""The ledger's write path and readers. One round = one database transaction.
+
+The write path inserts through the driver (``executemany`` on SQLite, ``COPY`` on
+PostgreSQL); there is no update or delete path for rounds, events or transfers, and the
+database refuses both (triggers of migration 0002). Writers of one run are serialised by
+a row lock on the run (PostgreSQL) or the database write lock (SQLite).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,18 @@ import datetime as _dt
 import hashlib
 import json
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, update
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, update
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mbiagents.errors import LedgerError
+from mbiagents.faults import fault_point
 from mbiagents.ledger.models import Account, Event, Round, Run, Transfer
 from mbiagents.ledger.money import MINOR_UNITS
 
@@ -76,7 +86,16 @@ class RoundRecord:
         raise KeyError(kind)
 
 
+HEADER_FIELDS = ("id", "name", "game", "mechanism", "seed", "scenario_json", "minor_units")
+
+
+def run_header(run: Any) -> dict[str, Any]:
+    """The hashed header fields of a ``Run`` row."""
+    return {k: getattr(run, k) for k in HEADER_FIELDS}
+
+
 def header_hash(run: dict[str, Any]) -> str:
+    """SHA-256 of the run's header fields (id, name, game, mechanism, seed, scenario, units)."""
     fields = [run["id"], run["name"], run["game"], run["mechanism"], run["seed"], run["scenario_json"], run["minor_units"]]
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
 
@@ -156,8 +175,11 @@ class Ledger:
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
+        """Set the run's status and record its final round count and hash (for the audit)."""
         with self._begin() as conn:
-            conn.execute(update(Run).where(Run.id == run_id).values(status=status))
+            last_index, last = self.last_hash(conn, run_id)
+            conn.execute(update(Run).where(Run.id == run_id)
+                         .values(status=status, final_rounds=last_index + 1, final_hash=last))
 
     def get_run(self, run_id: str | None) -> Run:
         """The run with this id (or the latest run if ``None``); ``LedgerError`` if absent."""
@@ -192,14 +214,27 @@ class Ledger:
 
     def write_round(self, run_id: str, round_index: int, events: Sequence[EventRow],
                     transfers: Sequence[TransferRow]) -> WriteResult:
-        """Write one round atomically; a repeat of an already written round is a no-op duplicate."""
+        """Write one round atomically; a repeat of an already written round is a no-op duplicate.
+
+        Raises ``LedgerError`` if the round was written before with different content or
+        if it does not follow the run's last round.
+        """
         ev = [(seq, e.kind, e.agent, canonical_json(e.payload)) for seq, e in enumerate(events)]
         tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
               for t in transfers if t.amount != 0]
         for t in tr:
             if t[4] < 0:
                 raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
+        try:
+            return self._write_round(run_id, round_index, ev, tr)
+        except IntegrityError:
+            # a concurrent writer of the same round committed first: report it as a duplicate
+            # if it wrote the same content (the retry finds the round), else raise
+            return self._write_round(run_id, round_index, ev, tr)
+
+    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple]) -> WriteResult:
         with self._begin() as conn:
+            conn.execute(select(Run.id).where(Run.id == run_id).with_for_update())  # serialise writers of a run
             existing = conn.execute(
                 select(Round.hash, Round.prev_hash).where(Round.run_id == run_id, Round.index == round_index)
             ).first()
@@ -214,27 +249,44 @@ class Ledger:
             h = round_hash(prev, round_index, ev, tr)
             conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
                                               n_events=len(ev), n_transfers=len(tr))])
-            if ev:
-                conn.execute(insert(Event), [dict(run_id=run_id, round_index=round_index, seq=s, kind=k, agent=a,
-                                                  payload=p) for s, k, a, p in ev])
-            if tr:
-                conn.execute(insert(Transfer), [dict(id=i, run_id=run_id, round_index=round_index, kind=k, debit=d,
-                                                     credit=c, amount=m) for i, k, d, c, m in tr])
+            bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
+            fault_point("settle", round_index)
+            bulk_insert(conn, "transfers", TRANSFER_COLUMNS,
+                        [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
         return WriteResult(round_index, h, n_transfers=len(tr))
 
     def read_rounds(self, run_id: str) -> list[RoundRecord]:
         """All rounds of a run with their events and transfers, in order."""
+        return list(self.iter_rounds(run_id))
+
+    def iter_rounds(self, run_id: str) -> Iterator[RoundRecord]:
+        """Stream a run's rounds in index order, one round in memory at a time.
+
+        Rows whose round has no ``rounds`` row (inserted behind the ledger's back) come
+        as a record with empty hashes, so the audit sees them.
+        """
         with self.engine.connect() as conn:
-            rounds = {r.index: RoundRecord(r.index, r.prev_hash, r.hash) for r in conn.execute(
-                select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id).order_by(Round.index))}
-            for r in conn.execute(select(Event.round_index, Event.seq, Event.kind, Event.agent, Event.payload)
-                                  .where(Event.run_id == run_id).order_by(Event.round_index, Event.seq)):
-                rounds.setdefault(r[0], RoundRecord(r[0], "", "")).events.append((r[1], r[2], r[3], r[4]))
-            for r in conn.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
-                                         Transfer.credit, Transfer.amount)
-                                  .where(Transfer.run_id == run_id).order_by(Transfer.round_index, Transfer.id)):
-                rounds.setdefault(r[0], RoundRecord(r[0], "", "")).transfers.append((r[1], r[2], r[3], r[4], r[5]))
-        return [rounds[k] for k in sorted(rounds)]
+            stream = conn.execution_options(stream_results=True, yield_per=20_000)
+            heads = ((i, [(p, h)]) for i, p, h in conn.execute(
+                select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id).order_by(Round.index)))
+            events = stream.execute(select(Event.round_index, Event.seq, Event.kind, Event.agent, Event.payload)
+                                    .where(Event.run_id == run_id).order_by(Event.round_index, Event.seq))
+            transfers = stream.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
+                                              Transfer.credit, Transfer.amount)
+                                       .where(Transfer.run_id == run_id).order_by(Transfer.round_index, Transfer.id))
+            streams = [heads, _by_round(events), _by_round(transfers)]
+            current = [next(it, None) for it in streams]
+            while any(c is not None for c in current):
+                index = min(c[0] for c in current if c is not None)
+                rows = []
+                for j, c in enumerate(current):
+                    if c is not None and c[0] == index:
+                        rows.append(c[1])
+                        current[j] = next(streams[j], None)
+                    else:
+                        rows.append([])
+                (prev, h), = rows[0] or [("", "")]
+                yield RoundRecord(index, prev, h, rows[1], rows[2])
 
     def balances(self, run_id: str) -> dict[str, int]:
         """Derived balances (credits minus debits) of every account of a run."""
@@ -249,11 +301,14 @@ class Ledger:
         return out
 
     # ---- plumbing -------------------------------------------------------------------
-    def _begin(self):
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction; an unreachable or locked database becomes a ``LedgerError``."""
         try:
-            return self.engine.begin()
+            with self.engine.begin() as conn:
+                yield conn
         except OperationalError as exc:
-            raise LedgerError(f"ledger {self.url} cannot be reached: {_short(exc)}") from None
+            raise LedgerError(f"ledger {self.url} cannot be written: {_short(exc)}") from None
 
     def _session(self):
         from sqlalchemy.orm import Session
@@ -262,6 +317,32 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
+TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
+
+
+def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Insert rows through the driver inside ``conn``'s transaction: COPY on PostgreSQL,
+    ``executemany`` elsewhere (several times faster than ORM/Core inserts of dicts)."""
+    if not rows:
+        return
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        with dbapi.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cur = dbapi.cursor()
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
+        cur.close()
+
+
+def _by_round(rows) -> Iterator[tuple[int, list[tuple]]]:
+    """Group rows ``(round_index, *fields)`` sorted by round into ``(round_index, [fields])``."""
+    for index, group in groupby(rows, key=itemgetter(0)):
+        yield index, [tuple(r[1:]) for r in group]
 
 
 def _short(exc: SQLAlchemyError) -> str:

@@ -28,7 +28,8 @@ class Recomputed:
     """A logged round recomputed from its reports and actions (for audit and replay)."""
 
     payments: np.ndarray  # float payments, what each agent pays (agent order)
-    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # extra per-round checks
+    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # per-round checks that must hold
+    info: dict[str, tuple[bool, str]] = field(default_factory=dict)  # properties reported, never failed
 
 
 def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[TransferRow]:
