@@ -43,43 +43,54 @@ def _print_json(obj: Any) -> None:
 
 @app.command()
 def run(
-    scenario: Annotated[str, typer.Argument(help="Scenario TOML file (see examples/).")],
+    scenario: Annotated[Optional[str], typer.Argument(help="Scenario TOML file (see examples/).")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Round limit (default: the scenario's).")] = None,
     ledger: LedgerOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override the scenario's seed.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", metavar="RUN_ID", help="Continue a crashed run from its checkpoint (same run id; "
+                                           "no SCENARIO, --rounds or --seed).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a team through rounds of a mechanism and settle every payment in the ledger."""
-    from mbiagents.runner import run_scenario
+    from mbiagents.runner import resume_run, run_scenario
     from mbiagents.scenario import load_scenario
 
+    if (scenario is None) == (resume is None):
+        _fail("give either SCENARIO or --resume RUN_ID")
+    if resume is not None and (rounds is not None or seed is not None):
+        _fail("--resume continues a run as it was started: --rounds and --seed do not apply")
     try:
-        sc = load_scenario(scenario)
-        if seed is not None:
-            sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
-        max_rounds = rounds or sc.scenario.rounds
-        show = not as_json and err.is_terminal
-        if show:
+        if resume is not None:
+            title, total = f"resume {resume}", None
+            start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round)  # noqa: E731
+        else:
+            sc = load_scenario(scenario)
+            if seed is not None:
+                sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
+            title, total = sc.scenario.name, rounds or sc.scenario.rounds
+            start = lambda on_round: run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round)  # noqa: E731
+        if not as_json and err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
-                task = bar.add_task(sc.scenario.name, total=max_rounds, info="")
+                task = bar.add_task(title, total=total, info="")
 
                 def on_round(i: int, m: dict[str, float]) -> None:
                     info = "  ".join(f"{k}={v:.6g}" for k, v in m.items())
                     bar.update(task, completed=i + 1, info=info)
 
-                result = run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round)
+                result = start(on_round)
         else:
-            result = run_scenario(sc, ledger_url=ledger, rounds=rounds)
+            result = start(None)
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
     if as_json:
         _print_json(result.as_json())
         return
-    _print_run_summary(sc.scenario.name, result)
+    _print_run_summary(title, result)
 
 
 def _print_run_summary(name: str, result) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from mbiagents.faults import fault_point
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets.base import Market
 
@@ -56,7 +57,9 @@ def elicit(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
 
 def mechanism(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The mechanism turns reports (and current actions) into signals or an outcome."""
-    return runtime.context.market.price(state)
+    out = runtime.context.market.price(state)
+    fault_point("mechanism", state["round"])
+    return out
 
 
 def act(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
