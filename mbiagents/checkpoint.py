@@ -13,15 +13,15 @@ round-trips bit-exactly through LangGraph's msgpack serializer (tested).
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
-
-from sqlalchemy import text
 
 from mbiagents.ledger.store import Ledger
 
 CHECKPOINT_SCHEMA = "mbi_checkpoints"
 SQLITE_SUFFIX = "-checkpoints"
+SETUP_LOCK = 0x6D6269_01  # PostgreSQL advisory lock key: checkpointer set-up
 
 
 @contextmanager
@@ -33,13 +33,17 @@ def open_checkpointer(ledger: Ledger) -> Iterator[Any | None]:
         from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
 
-        with ledger.engine.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {CHECKPOINT_SCHEMA}"))
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(conninfo, autocommit=True, prepare_threshold=0, row_factory=dict_row,
                              options=f"-c search_path={CHECKPOINT_SCHEMA}") as conn:
+            # concurrent runs set up one at a time; poll between statements (no open transaction,
+            # which set-up's CREATE INDEX CONCURRENTLY would otherwise wait for: a deadlock)
+            while not conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SETUP_LOCK,)).fetchone()["ok"]:
+                time.sleep(0.05)
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {CHECKPOINT_SCHEMA}")
             saver = PostgresSaver(conn)
             saver.setup()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
             yield saver
         return
     if not url.database or url.database == ":memory:":
