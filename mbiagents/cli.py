@@ -30,6 +30,7 @@ LedgerOpt = Annotated[Optional[str], typer.Option(
     help="SQLAlchemy URL of the ledger [default: sqlite:///mbi-ledger.db; env MBI_LEDGER]. "
          "PostgreSQL: postgresql+psycopg://user@host/db")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -116,7 +117,7 @@ def _print_run_summary(name: str, result) -> None:
 @app.command()
 def audit(
     ledger: LedgerOpt = None,
-    run_id: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    run_id: RunOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed."""
@@ -140,6 +141,65 @@ def audit(
             table.add_row(c.name, "[green]pass[/]" if c.ok else f"[red]FAIL[/] ({c.failures})", c.detail)
         out.print(table)
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def replay(ledger: LedgerOpt = None, run_id: RunOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-execute a run from its logged reports (no agent called); exit 1 naming the first mismatching round."""
+    from mbiagents.ledger.replay import replay_run
+    from mbiagents.ledger.schema import open_ledger
+
+    try:
+        report = replay_run(open_ledger(ledger, create=False), run_id)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    bad = report.first_mismatch
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        names = list(report.rounds[0].checks) if report.rounds else ["payments"]
+        table = Table(title=f"replay of run {report.run_id}: {len(report.rounds)} rounds")
+        table.add_column("round", justify="right")
+        for n in names:
+            table.add_column(n.removesuffix("_recompute"))
+        table.add_column("detail")
+        for r in report.rounds:
+            table.add_row(str(r.index), *("[green]match[/]" if r.checks.get(n) else "[red]MISMATCH[/]" for n in names),
+                          r.detail)
+        out.print(table)
+        if bad is not None:
+            err.print(f"error: round {bad.index} does not replay: {bad.detail}", markup=False, highlight=False)
+    raise typer.Exit(0 if bad is None else 1)
+
+
+@app.command()
+def export(
+    out_path: Annotated[str, typer.Option("--out", help="Output folder (csv, parquet) or file (jsonl).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | parquet")] = "jsonl",
+    ledger: LedgerOpt = None,
+    run_id: RunOpt = None,
+    trajectories: Annotated[bool, typer.Option(
+        "--trajectories", help="With --format jsonl: write the agents' discrete actions in the "
+                               "`mbi infer --trajectories` format instead of the ledger rows.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a run's transfers and events (or its trajectories) for analysis."""
+    from pathlib import Path
+
+    from mbiagents.ledger.export import export_run
+    from mbiagents.ledger.schema import open_ledger
+
+    try:
+        summary = export_run(open_ledger(ledger, create=False), run_id, fmt, Path(out_path), trajectories)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json(summary)
+    else:
+        counts = ", ".join(f"{summary[k]} {k}" for k in ("transfers", "events", "actions") if k in summary)
+        out.print(f"run {summary['run_id']}: {counts} -> {', '.join(summary['files'])}")
 
 
 @db_app.command("upgrade")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from mbiagents.ledger.models import Run
 from mbiagents.ledger.money import to_minor_units, within_rounding
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
 from mbiagents.markets import Market, build_market
-from mbiagents.markets.base import signed_minor_from_transfers
+from mbiagents.markets.base import Recomputed, signed_minor_from_transfers
 from mbiagents.scenario import parse_scenario
 
 
@@ -72,6 +72,27 @@ def market_of(run: Run) -> Market:
     return build_market(parse_scenario(json.loads(run.scenario_json), f"run {run.id}"))
 
 
+def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[list[RoundRecord], RoundRecord]]:
+    """Yield ``(history, round)`` with ``history[-1] is round``: what ``Market.recompute``
+    needs. Earlier rounds keep only their events (transfers are dropped once yielded)."""
+    history: list[RoundRecord] = []
+    for r in rounds:
+        history.append(r)
+        yield history, r
+        history[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [])
+
+
+def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | None:
+    """The first agent whose transfers are not the documented rounding of its recomputed payment."""
+    logged = signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind)
+    ok = within_rounding(logged, rec.payments)
+    if ok.all():
+        return None
+    j = int(np.flatnonzero(~ok)[0])
+    return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
+            f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
+
+
 def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     """Verify a run from the ledger alone, streaming its rounds (one round in memory).
 
@@ -88,9 +109,9 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     if header_hash(run_header(run)) != run.header_hash:
         chain.fail("run header: stored header hash does not match the run's fields")
     seen: set[str] = set()
-    history: list[RoundRecord] = []
-    prev, chain_ok, n_transfers = run.header_hash, chain.ok, 0
-    for expected_index, r in enumerate(ledger.iter_rounds(run.id)):
+    prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
+    for history, r in with_history(ledger.iter_rounds(run.id)):
+        expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         # double entry + idempotency
         for tid, kind, debit, credit, amount in r.transfers:
@@ -114,17 +135,14 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
-        history.append(r)
         _recompute_round(market, history, r, complete, pay, extra)
-        history[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [])
-    n_rounds = len(history)
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
         first = min(n_rounds, run.final_rounds)
         chain.fail(f"round {first}: run finished with {run.final_rounds} rounds (last hash "
                    f"{(run.final_hash or '')[:12]}), the ledger holds {n_rounds} (last hash {prev[:12]})")
     if sum(ledger.balances(run.id).values()) != 0:
         double_entry.fail(f"balances sum to {sum(ledger.balances(run.id).values())}, not 0")
-    if not history:
+    if not n_rounds:
         complete.fail("run has no rounds")
     report = AuditReport(run.id, n_rounds, n_transfers)
     report.checks = [double_entry, idem, chain, complete, pay, *extra.values()]
@@ -143,12 +161,9 @@ def _recompute_round(market: Market, history: list[RoundRecord], r: RoundRecord,
     except (KeyError, ValueError, TypeError) as exc:
         pay.fail(f"round {r.index}: cannot recompute payments ({exc})")
         return
-    logged = signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind)
-    ok = within_rounding(logged, rec.payments)
-    if not ok.all():
-        j = int(np.flatnonzero(~ok)[0])
-        pay.fail(f"round {r.index} agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
-                 f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
+    mismatch = payment_mismatch(market, r, rec)
+    if mismatch:
+        pay.fail(f"round {r.index} {mismatch}")
     for name, (ok_c, detail) in rec.checks.items():
         c = extra.setdefault(name, Check(name))
         if not ok_c:

@@ -71,6 +71,7 @@ class Market(ABC):
 
     game: str
     payment_kind: str = "payment"
+    n_actions: int | None = None  # number of discrete actions; None: continuous actions
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario
@@ -108,6 +109,11 @@ class Market(ABC):
     def required_events(self, index: int) -> tuple[str, ...]:
         """Event kinds every complete round must hold."""
         return ()
+
+    def discrete_actions(self, record: RoundRecord) -> list[int]:
+        """The agents' discrete actions of a logged round (agent order); markets with
+        ``n_actions`` set implement it (``mbi export --trajectories``)."""
+        raise NotImplementedError(f"{self.game} has continuous actions")
 
     def extra_accounts(self) -> tuple[str, ...]:
         return ()
