@@ -127,6 +127,8 @@ def _enable_sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache: bulk rounds stay in memory
+        cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
 
 
