@@ -109,6 +109,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     if header_hash(run_header(run)) != run.header_hash:
         chain.fail("run header: stored header hash does not match the run's fields")
     seen: set[str] = set()
+    rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
     for history, r in with_history(ledger.iter_rounds(run.id)):
         expected_index, n_rounds = n_rounds, n_rounds + 1
@@ -119,7 +120,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
                 double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
             if debit == credit or debit not in accounts or credit not in accounts:
                 double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
-            if tid != transfer_id(run.id, r.index, kind, debit, credit):
+            if tid != transfer_id(rid, r.index, kind, debit, credit):
                 idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
             if tid in seen:
                 idem.fail(f"round {r.index} transfer {tid}: duplicate id")

@@ -78,12 +78,16 @@ class RoundRecord:
     hash: str
     events: list[tuple[int, str, str | None, str]] = field(default_factory=list)  # seq, kind, agent, payload
     transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount
+    _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self, kind: str) -> Any:
-        for _, k, agent, text in self.events:
-            if k == kind and agent is None:
-                return json.loads(text)
-        raise KeyError(kind)
+        """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent."""
+        if kind not in self._parsed:
+            text = next((t for _, k, agent, t in self.events if k == kind and agent is None), None)
+            if text is None:
+                raise KeyError(kind)
+            self._parsed[kind] = json.loads(text)
+        return self._parsed[kind]
 
 
 HEADER_FIELDS = ("id", "name", "game", "mechanism", "seed", "scenario_json", "minor_units")
@@ -275,8 +279,10 @@ class Ledger:
                                     .where(Event.run_id == run_id).order_by(Event.round_index, Event.seq))
             transfers = stream.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
                                               Transfer.credit, Transfer.amount)
-                                       .where(Transfer.run_id == run_id).order_by(Transfer.round_index, Transfer.id))
-            streams = [heads, _by_round(events), _by_round(transfers)]
+                                       .where(Transfer.run_id == run_id).order_by(Transfer.round_index))
+            # transfers come in index order of rounds and are sorted by id within a round here,
+            # which spares the database a sort of the whole run
+            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers))]
             current = [next(it, None) for it in streams]
             while any(c is not None for c in current):
                 index = min(c[0] for c in current if c is not None)

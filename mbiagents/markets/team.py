@@ -139,12 +139,13 @@ class TeamMarket(Market):
         x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
         g, _ = _price(x_prev, reports, self.kappa)
+        outcome = rec.payload("outcome")
         checks = {
             "signals_recompute": _close(self.agent_ids, np.asarray(rec.payload("signals")["G"], np.float64),
                                         np.asarray(g), "G"),
             "outcome_recompute": _close(["aggregate", "operator_cost", "reported_welfare"],
-                                        np.asarray([rec.payload("outcome")[k] for k in
-                                                    ("aggregate", "operator_cost", "reported_welfare")]),
+                                        np.asarray([outcome[k] for k in ("aggregate", "operator_cost",
+                                                                         "reported_welfare")]),
                                         np.asarray([agg, cost, w_rep]), "outcome"),
             # Clarke pivots never subsidise: t_i = W_-i(x*_-i) - W_-i(x) >= 0 at every x
             "budget_balance": _at_least(self.agent_ids, t, 0.0, "payment t_i"),
