@@ -240,16 +240,18 @@ class Ledger:
 
     def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple]) -> WriteResult:
         with self._begin() as conn:
-            conn.execute(select(Run.id).where(Run.id == run_id).with_for_update())  # serialise writers of a run
-            existing = conn.execute(
-                select(Round.hash, Round.prev_hash).where(Round.run_id == run_id, Round.index == round_index)
-            ).first()
-            if existing is not None:
-                h = round_hash(existing[1], round_index, ev, tr)
-                if h != existing[0]:
+            # lock the run row (serialises writers of a run) and read the chain's anchor
+            header = conn.execute(select(Run.header_hash).where(Run.id == run_id).with_for_update()).scalar_one()
+            cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
+            last = conn.execute(cols.order_by(Round.index.desc()).limit(1)).first()
+            if last is not None and last[0] >= round_index:
+                existing = last if last[0] == round_index else conn.execute(
+                    cols.where(Round.index == round_index)).first()
+                h = round_hash(existing[1], round_index, ev, tr) if existing is not None else None
+                if existing is None or h != existing[2]:
                     raise LedgerError(f"run {run_id} round {round_index} was already written with different content")
                 return WriteResult(round_index, h, duplicate=True, n_transfers=len(tr))
-            last_index, prev = self.last_hash(conn, run_id)
+            last_index, prev = (-1, header) if last is None else (last[0], last[2])
             if last_index != round_index - 1:
                 raise LedgerError(f"run {run_id}: round {round_index} written after round {last_index}")
             h = round_hash(prev, round_index, ev, tr)
