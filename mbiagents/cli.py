@@ -30,6 +30,7 @@ LedgerOpt = Annotated[Optional[str], typer.Option(
     help="SQLAlchemy URL of the ledger [default: sqlite:///mbi-ledger.db; env MBI_LEDGER]. "
          "PostgreSQL: postgresql+psycopg://user@host/db")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -43,7 +44,7 @@ def _print_json(obj: Any) -> None:
 
 @app.command()
 def run(
-    scenario: Annotated[str, typer.Argument(help="Scenario TOML file (see examples/).")],
+    scenario: Annotated[Optional[str], typer.Argument(help="Scenario TOML file (see examples/).")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Round limit (default: the scenario's).")] = None,
     ledger: LedgerOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override the scenario's seed.")] = None,
@@ -53,36 +54,48 @@ def run(
                       "(vLLM, Ollama, llama.cpp server). Default: the scenario's [llm] table, else local.")] = None,
     report_dir: Annotated[Optional[str], typer.Option(
         "--report", help="After the run, write its report (PNG plots + index.html) into this folder.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", metavar="RUN_ID", help="Continue a crashed run from its checkpoint (same run id; "
+                                           "no SCENARIO, --rounds or --seed).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a team through rounds of a mechanism and settle every payment in the ledger."""
-    from mbiagents.runner import run_scenario
+    from mbiagents.runner import resume_run, run_scenario
     from mbiagents.scenario import load_scenario
 
+    if (scenario is None) == (resume is None):
+        _fail("give either SCENARIO or --resume RUN_ID")
+    if resume is not None and (rounds is not None or seed is not None):
+        _fail("--resume continues a run as it was started: --rounds and --seed do not apply")
     try:
-        sc = load_scenario(scenario)
         if report_dir is not None:
             from mbiagents.report import prepare_out_dir
 
             prepare_out_dir(report_dir)  # fail before the run, not after it
-        if seed is not None:
-            sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
-        max_rounds = rounds or sc.scenario.rounds
-        show = not as_json and err.is_terminal
-        if show:
+        if resume is not None:
+            title, total = f"resume {resume}", None
+            start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round)  # noqa: E731
+        else:
+            sc = load_scenario(scenario)
+            if seed is not None:
+                sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
+            title, total = sc.scenario.name, rounds or sc.scenario.rounds
+            start = lambda on_round: run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round,  # noqa: E731
+                                                  llm=llm)
+        if not as_json and err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
-                task = bar.add_task(sc.scenario.name, total=max_rounds, info="")
+                task = bar.add_task(title, total=total, info="")
 
                 def on_round(i: int, m: dict[str, float]) -> None:
                     info = "  ".join(f"{k}={v:.6g}" for k, v in m.items())
                     bar.update(task, completed=i + 1, info=info)
 
-                result = run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round, llm=llm)
+                result = start(on_round)
         else:
-            result = run_scenario(sc, ledger_url=ledger, rounds=rounds, llm=llm)
+            result = start(None)
         written = _write_report(ledger, result.run_id, report_dir) if report_dir is not None else None
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
@@ -90,7 +103,7 @@ def run(
     if as_json:
         _print_json({**result.as_json(), **({"report": written.as_json()} if written else {})})
         return
-    _print_run_summary(sc.scenario.name, result)
+    _print_run_summary(title, result)
     if written:
         out.print(f"report: {written.index}")
 
@@ -130,7 +143,7 @@ def _print_run_summary(name: str, result) -> None:
 @app.command()
 def audit(
     ledger: LedgerOpt = None,
-    run_id: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    run_id: RunOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed."""
@@ -255,6 +268,65 @@ def infer(
               f"frequency baseline {fmt(report['frequency_baseline_nll'])}")
     out.print(f"learner alpha {report['alpha']:g}  beta {report['beta']:g}  epsilon {report['epsilon']:g};  "
               f"{report['epochs']} epochs in {report['seconds']:.1f} s")
+
+
+@app.command()
+def replay(ledger: LedgerOpt = None, run_id: RunOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-execute a run from its logged reports (no agent called); exit 1 naming the first mismatching round."""
+    from mbiagents.ledger.replay import replay_run
+    from mbiagents.ledger.schema import open_ledger
+
+    try:
+        report = replay_run(open_ledger(ledger, create=False), run_id)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    bad = report.first_mismatch
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        names = list(report.rounds[0].checks) if report.rounds else ["payments"]
+        table = Table(title=f"replay of run {report.run_id}: {len(report.rounds)} rounds")
+        table.add_column("round", justify="right")
+        for n in names:
+            table.add_column(n.removesuffix("_recompute"))
+        table.add_column("detail")
+        for r in report.rounds:
+            table.add_row(str(r.index), *("[green]match[/]" if r.checks.get(n) else "[red]MISMATCH[/]" for n in names),
+                          r.detail)
+        out.print(table)
+        if bad is not None:
+            err.print(f"error: round {bad.index} does not replay: {bad.detail}", markup=False, highlight=False)
+    raise typer.Exit(0 if bad is None else 1)
+
+
+@app.command()
+def export(
+    out_path: Annotated[str, typer.Option("--out", help="Output folder (csv, parquet) or file (jsonl).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | parquet")] = "jsonl",
+    ledger: LedgerOpt = None,
+    run_id: RunOpt = None,
+    trajectories: Annotated[bool, typer.Option(
+        "--trajectories", help="With --format jsonl: write the agents' discrete actions in the "
+                               "`mbi infer --trajectories` format instead of the ledger rows.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a run's transfers and events (or its trajectories) for analysis."""
+    from pathlib import Path
+
+    from mbiagents.ledger.export import export_run
+    from mbiagents.ledger.schema import open_ledger
+
+    try:
+        summary = export_run(open_ledger(ledger, create=False), run_id, fmt, Path(out_path), trajectories)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json(summary)
+    else:
+        counts = ", ".join(f"{summary[k]} {k}" for k in ("transfers", "events", "actions") if k in summary)
+        out.print(f"run {summary['run_id']}: {counts} -> {', '.join(summary['files'])}")
 
 
 @db_app.command("upgrade")

@@ -17,6 +17,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from mbiagents.faults import fault_point
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets.base import Market
 
@@ -100,7 +101,9 @@ def _fan_out(node: str, after: str):
 
 def mechanism(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The mechanism turns reports (and current actions) into signals or an outcome."""
-    return runtime.context.market.price(state)
+    out = runtime.context.market.price(state)
+    fault_point("mechanism", state["round"])
+    return out
 
 
 def act(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:

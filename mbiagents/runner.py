@@ -1,17 +1,31 @@
-"""Run a validated scenario: open the ledger, create the run, drive the graph, summarise."""
+"""Run a validated scenario: open the ledger, create the run, drive the graph, summarise.
+
+``resume_run`` continues a crashed run (same run id) from its LangGraph checkpoint. The
+checkpointer writes with ``durability="async"`` (a step's checkpoint is saved while the
+next step runs), so after a crash the newest checkpoint may be a step behind the ledger;
+re-running those steps rewrites rounds the ledger already holds, which the idempotent
+write path verifies (same hash) and skips. The result is the ledger an uninterrupted
+run would have written.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mbiagents.errors import MbiError
-
+from mbiagents.checkpoint import open_checkpointer
+from mbiagents.errors import LedgerError, MbiError
 from mbiagents.graph import NODES_PER_ROUND, RunContext, build_graph
+from mbiagents.ledger.audit import market_of
 from mbiagents.ledger.schema import open_ledger
-from mbiagents.markets import build_market
+from mbiagents.ledger.store import Ledger
+from mbiagents.markets import Market, build_market
 from mbiagents.scenario import ScenarioBase
+
+OnRound = Callable[[int, dict[str, float]], None]
+DURABILITY = "async"
 
 
 @dataclass
@@ -21,10 +35,11 @@ class RunResult:
     converged: bool
     summary: dict[str, Any]
     ledger_url: str
+    resumed: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "rounds": self.rounds, "converged": self.converged,
-                "ledger": self.ledger_url, **self.summary}
+                "ledger": self.ledger_url, "resumed": self.resumed, **self.summary}
 
 
 def run_scenario(
@@ -32,37 +47,72 @@ def run_scenario(
     *,
     ledger_url: str | None = None,
     rounds: int | None = None,
-    on_round: Callable[[int, dict[str, float]], None] | None = None,
+    on_round: OnRound | None = None,
+    checkpoint: bool = True,
     llm: str | None = None,
 ) -> RunResult:
     """Run ``scenario`` for up to ``rounds`` rounds (default: the scenario's) into the ledger.
 
-    ``llm`` is the ``--llm`` backend (``local``, ``openai`` or a URL) for LLM agents.
+    ``llm`` is the ``--llm`` backend (``local``, ``openai`` or a URL) of the LLM agents. A
+    run with LLM agents keeps no checkpoint: a model's answers cannot be replayed, so such
+    a run cannot be resumed (its ledger still records every answer).
     """
     market = build_market(scenario)
     llm_settings = _llm_settings(scenario, llm) if market.llm_agent_ids else None
-    max_rounds = rounds or scenario.scenario.rounds
     ledger = open_ledger(ledger_url)
     meta = scenario.scenario
     run_id = ledger.create_run(name=meta.name, game=meta.game, mechanism=meta.mechanism, seed=meta.seed,
                                scenario=scenario.model_dump(mode="json"), agent_ids=market.agent_ids,
                                extra_accounts=market.extra_accounts())
+    state = {"round": 0, "max_rounds": rounds or meta.rounds, "converged": False, **market.initial_state()}
+    return _drive(market, ledger, run_id, state, on_round, checkpoint and llm_settings is None,
+                  llm_settings=llm_settings)
+
+
+def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound | None = None) -> RunResult:
+    """Continue the crashed run ``run_id`` from its newest checkpoint, under the same run id.
+
+    Raises ``LedgerError`` for an unknown or already completed run.
+    """
+    ledger = open_ledger(ledger_url, create=False)
+    run = ledger.get_run(run_id)
+    if run.status == "completed":
+        ledger.dispose()
+        raise LedgerError(f"run {run_id} already completed: nothing to resume")
+    market = market_of(run)
+    if market.llm_agent_ids:
+        ledger.dispose()
+        raise LedgerError(f"run {run_id} has LLM agents, whose answers cannot be replayed: it cannot be resumed")
+    state = {"round": 0, "max_rounds": market.scenario.scenario.rounds, "converged": False, **market.initial_state()}
+    return _drive(market, ledger, run_id, state, on_round, True, resume=True)
+
+
+def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], on_round: OnRound | None,
+           checkpoint: bool, resume: bool = False, llm_settings: Any = None) -> RunResult:
     ctx = RunContext(market=market, ledger=ledger, run_id=run_id, on_round=on_round or (lambda i, m: None))
-    graph = build_graph()
-    state = {"round": 0, "max_rounds": max_rounds, "converged": False, **market.initial_state()}
-    config = {"recursion_limit": NODES_PER_ROUND * max_rounds + 10}
     try:
-        if llm_settings is None:
-            final = graph.invoke(state, context=ctx, config=config)
-        else:
-            final = asyncio.run(_invoke_with_llm(graph, state, ctx, config, llm_settings))
+        with open_checkpointer(ledger) if checkpoint else nullcontext() as saver:
+            graph = build_graph(saver)
+            config = {"configurable": {"thread_id": run_id}}
+            if resume and saver is not None and graph.get_state(config).values:
+                state = None  # continue from the newest checkpoint
+            else:
+                resume = False
+            max_rounds = graph.get_state(config).values["max_rounds"] if state is None else state["max_rounds"]
+            config["recursion_limit"] = NODES_PER_ROUND * max_rounds + 10
+            durability = {"durability": DURABILITY} if saver is not None else {}
+            if llm_settings is None:
+                final = graph.invoke(state, context=ctx, config=config, **durability)
+            else:
+                final = asyncio.run(_invoke_with_llm(graph, state, ctx, config, llm_settings))
     except BaseException:
         ledger.finish_run(run_id, "failed")
         raise
     ledger.finish_run(run_id, "completed")
-    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url)
+    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url, resume)
     ledger.dispose()
     return result
+
 
 
 def _llm_settings(scenario: ScenarioBase, cli: str | None):

@@ -43,3 +43,14 @@ def pg_url(pg_server: str):
     with admin.connect() as conn:
         conn.execute(text(f'drop database if exists "{name}" with (force)'))
     admin.dispose()
+
+
+def drop_append_only_triggers(engine) -> None:
+    """What an attacker with raw SQL does first: drop the ledger's append-only triggers."""
+    with engine.begin() as conn:
+        for table in ("transfers", "events", "rounds"):
+            for action in ("update", "delete", "truncate"):
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text(f"drop trigger if exists {table}_no_{action} on {table}"))
+                else:
+                    conn.execute(text(f"drop trigger if exists {table}_no_{action}"))

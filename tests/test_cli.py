@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mbiagents.cli import app
 from mechanisms.games import team
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, drop_append_only_triggers
 
 runner = CliRunner()
 
@@ -57,6 +57,7 @@ def test_audit_passes_then_catches_a_changed_amount(example_run, tmp_path):
     dst = tmp_path / "tampered.db"
     shutil.copy(src, dst)
     engine = create_engine(f"sqlite:///{dst}")
+    drop_append_only_triggers(engine)  # the database refuses the update until then
     with engine.begin() as conn:
         tid = conn.execute(text("select id from transfers where round_index = 3 order by id limit 1")).scalar_one()
         conn.execute(text("update transfers set amount = amount + 1 where id = :i"), {"i": tid})

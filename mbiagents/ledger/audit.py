@@ -5,34 +5,43 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 - ``double_entry``: every transfer has a positive integer amount between two distinct
   accounts of the run; the derived balances sum to zero.
 - ``idempotency``: every transfer id is the deterministic id of its fields; no round repeats.
-- ``hash_chain``: each round's hash recomputes from its rows and the previous hash.
+- ``hash_chain``: the run header hash recomputes from the run's fields; each round's hash
+  recomputes from its rows and the previous hash; the run ends at the round count and
+  hash recorded when it finished (so a deleted last round is caught).
 - ``rounds_complete``: rounds are 0..R-1 with every event kind the market requires.
 - ``payments_recompute``: every payment recomputes from the logged reports and actions,
   and each transfer is exactly the documented rounding of it.
-- market checks (e.g. ``signals_recompute``) and per-round property checks.
+- market checks (e.g. ``signals_recompute``, ``outcome_recompute``, ``budget_balance``)
+  and informational per-round properties (e.g. ``individual_rationality``), which are
+  reported but do not fail the audit because they need not hold before convergence.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from mbiagents.ledger.models import Run
 from mbiagents.ledger.money import to_minor_units, within_rounding
-from mbiagents.ledger.store import Ledger, RoundRecord, round_hash, transfer_id
-from mbiagents.markets import build_market
-from mbiagents.markets.base import signed_minor_from_transfers
+from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
+from mbiagents.markets import Market, build_market
+from mbiagents.markets.base import Recomputed, signed_minor_from_transfers
 from mbiagents.scenario import parse_scenario
 
 
 @dataclass
 class Check:
+    """One audit check. An ``informational`` check reports a property that need not hold
+    every round (e.g. IR before convergence): its failures never fail the audit."""
+
     name: str
     ok: bool = True
     detail: str = ""
     failures: int = 0
+    informational: bool = False
 
     def fail(self, detail: str) -> None:
         if self.ok:
@@ -50,80 +59,117 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(c.ok or c.informational for c in self.checks)
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "ok": self.ok, "rounds": self.rounds, "transfers": self.transfers,
-                "checks": [{"name": c.name, "ok": c.ok, "failures": c.failures, "first_failure": c.detail or None}
-                           for c in self.checks]}
+                "checks": [{"name": c.name, "ok": c.ok, "informational": c.informational, "failures": c.failures,
+                            "first_failure": c.detail or None} for c in self.checks]}
+
+
+def market_of(run: Run) -> Market:
+    """The market of a logged run, rebuilt from the scenario stored in its header."""
+    return build_market(parse_scenario(json.loads(run.scenario_json), f"run {run.id}"))
+
+
+def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[list[RoundRecord], RoundRecord]]:
+    """Yield ``(history, round)`` with ``history[-1] is round``: what ``Market.recompute``
+    needs. Earlier rounds keep only their events (transfers are dropped once yielded)."""
+    history: list[RoundRecord] = []
+    for r in rounds:
+        history.append(r)
+        yield history, r
+        history[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [])
+
+
+def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | None:
+    """The first agent whose transfers are not the documented rounding of its recomputed payment."""
+    logged = signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind)
+    ok = within_rounding(logged, rec.payments)
+    if ok.all():
+        return None
+    j = int(np.flatnonzero(~ok)[0])
+    return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
+            f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
-    run = ledger.get_run(run_id)
-    scenario = parse_scenario(json.loads(run.scenario_json), f"run {run.id}")
-    market = build_market(scenario)
-    accounts = dict(ledger.accounts(run.id))
-    rounds = ledger.read_rounds(run.id)
-    n_transfers = sum(len(r.transfers) for r in rounds)
-    report = AuditReport(run.id, len(rounds), n_transfers)
+    """Verify a run from the ledger alone, streaming its rounds (one round in memory).
 
+    Only the events of earlier rounds are kept (markets recompute a round from the
+    reports and actions logged before it); transfers are dropped once checked.
+    """
+    run = ledger.get_run(run_id)
+    market = market_of(run)
+    accounts = dict(ledger.accounts(run.id))
     double_entry, idem, chain, complete, pay = (Check(n) for n in (
         "double_entry", "idempotency", "hash_chain", "rounds_complete", "payments_recompute"))
     extra: dict[str, Check] = {}
 
-    # double entry + idempotency
+    if header_hash(run_header(run)) != run.header_hash:
+        chain.fail("run header: stored header hash does not match the run's fields")
     seen: set[str] = set()
-    for r in rounds:
+    rid = run.id
+    prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
+    for history, r in with_history(ledger.iter_rounds(run.id)):
+        expected_index, n_rounds = n_rounds, n_rounds + 1
+        n_transfers += len(r.transfers)
+        # double entry + idempotency
         for tid, kind, debit, credit, amount in r.transfers:
             if not isinstance(amount, int) or amount <= 0:
                 double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
             if debit == credit or debit not in accounts or credit not in accounts:
                 double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
-            if tid != transfer_id(run.id, r.index, kind, debit, credit):
+            if tid != transfer_id(rid, r.index, kind, debit, credit):
                 idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
             if tid in seen:
                 idem.fail(f"round {r.index} transfer {tid}: duplicate id")
             seen.add(tid)
-    balances = ledger.balances(run.id)
-    if sum(balances.values()) != 0:
-        double_entry.fail(f"balances sum to {sum(balances.values())}, not 0")
-
-    # hash chain
-    prev = run.header_hash
-    for expected_index, r in enumerate(rounds):
-        if r.index != expected_index:
-            chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
-            complete.fail(f"round {expected_index} is missing")
-            break
-        h = round_hash(prev, r.index, r.events, r.transfers)
-        if r.prev_hash != prev or h != r.hash:
-            chain.fail(f"round {r.index}: rows do not match the stored hash chain (changed, deleted or inserted rows)")
-            break
-        prev = r.hash
-
-    # completeness and recomputation
-    for i, r in enumerate(rounds):
-        kinds = {k for _, k, a, _ in r.events if a is None}
-        missing = [k for k in market.required_events(r.index) if k not in kinds]
-        if missing:
-            complete.fail(f"round {r.index}: missing events {', '.join(missing)}")
-            continue
-        try:
-            rec = market.recompute(rounds, i)
-        except (KeyError, ValueError, TypeError) as exc:
-            pay.fail(f"round {r.index}: cannot recompute payments ({exc})")
-            continue
-        logged = signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind)
-        ok = within_rounding(logged, rec.payments)
-        if not ok.all():
-            j = int(np.flatnonzero(~ok)[0])
-            pay.fail(f"round {r.index} agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
-                     f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
-        for name, (ok_c, detail) in rec.checks.items():
-            c = extra.setdefault(name, Check(name))
-            if not ok_c:
-                c.fail(f"round {r.index}: {detail}")
-    if not rounds:
+        # hash chain: the first broken link is named, later rounds cannot be trusted
+        if chain_ok:
+            if r.index != expected_index:
+                chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
+                complete.fail(f"round {expected_index} is missing")
+                chain_ok = False
+            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers) != r.hash:
+                chain.fail(f"round {r.index}: rows do not match the stored hash chain "
+                           f"(changed, deleted or inserted rows)")
+                chain_ok = False
+            prev = r.hash
+        _recompute_round(market, history, r, complete, pay, extra)
+    if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
+        first = min(n_rounds, run.final_rounds)
+        chain.fail(f"round {first}: run finished with {run.final_rounds} rounds (last hash "
+                   f"{(run.final_hash or '')[:12]}), the ledger holds {n_rounds} (last hash {prev[:12]})")
+    if sum(ledger.balances(run.id).values()) != 0:
+        double_entry.fail(f"balances sum to {sum(ledger.balances(run.id).values())}, not 0")
+    if not n_rounds:
         complete.fail("run has no rounds")
+    report = AuditReport(run.id, n_rounds, n_transfers)
     report.checks = [double_entry, idem, chain, complete, pay, *extra.values()]
     return report
+
+
+def _recompute_round(market: Market, history: list[RoundRecord], r: RoundRecord, complete: Check, pay: Check,
+                     extra: dict[str, Check]) -> None:
+    kinds = {k for _, k, a, _ in r.events if a is None}
+    missing = [k for k in market.required_events(r.index) if k not in kinds]
+    if missing:
+        complete.fail(f"round {r.index}: missing events {', '.join(missing)}")
+        return
+    try:
+        rec = market.recompute(history, len(history) - 1)
+    except (KeyError, ValueError, TypeError) as exc:
+        pay.fail(f"round {r.index}: cannot recompute payments ({exc})")
+        return
+    mismatch = payment_mismatch(market, r, rec)
+    if mismatch:
+        pay.fail(f"round {r.index} {mismatch}")
+    for name, (ok_c, detail) in rec.checks.items():
+        c = extra.setdefault(name, Check(name))
+        if not ok_c:
+            c.fail(f"round {r.index}: {detail}")
+    for name, (ok_c, detail) in rec.info.items():
+        c = extra.setdefault(name, Check(name, informational=True))
+        if not ok_c:
+            c.fail(f"round {r.index}: {detail}")

@@ -11,7 +11,11 @@ class Base(DeclarativeBase):
 
 
 class Run(Base):
-    """One run of a scenario. ``header_hash`` anchors the round hash chain."""
+    """One run of a scenario. ``header_hash`` anchors the round hash chain.
+
+    ``final_rounds`` and ``final_hash`` are recorded when the run finishes, so the audit
+    notices a deleted last round (the chain alone cannot).
+    """
 
     __tablename__ = "runs"
 
@@ -25,6 +29,8 @@ class Run(Base):
     header_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[str] = mapped_column(String(32))
+    final_rounds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    final_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Account(Base):

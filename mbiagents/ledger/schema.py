@@ -8,12 +8,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from mbiagents.errors import LedgerError
 from mbiagents.ledger.store import DEFAULT_LEDGER_URL, Ledger, _short, make_engine, table_names
 
+MIGRATE_LOCK = 0x6D6269_00  # PostgreSQL advisory lock key: schema migration
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -38,6 +39,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run Alembic migrations up to ``revision`` on this engine, in one transaction."""
     cfg = alembic_config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # concurrent first runs: one migrates, the others find head
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

@@ -1,4 +1,10 @@
-"""The ledger's write path and readers. One round = one database transaction."""
+"""The ledger's write path and readers. One round = one database transaction.
+
+The write path inserts through the driver (``executemany`` on SQLite, ``COPY`` on
+PostgreSQL); there is no update or delete path for rounds, events or transfers, and the
+database refuses both (triggers of migration 0002). Writers of one run are serialised by
+a row lock on the run (PostgreSQL) or the database write lock (SQLite).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,18 @@ import datetime as _dt
 import hashlib
 import json
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, update
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, update
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mbiagents.errors import LedgerError
+from mbiagents.faults import fault_point
 from mbiagents.ledger.models import Account, Event, Round, Run, Transfer
 from mbiagents.ledger.money import MINOR_UNITS
 
@@ -68,15 +78,28 @@ class RoundRecord:
     hash: str
     events: list[tuple[int, str, str | None, str]] = field(default_factory=list)  # seq, kind, agent, payload
     transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount
+    _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self, kind: str) -> Any:
-        for _, k, agent, text in self.events:
-            if k == kind and agent is None:
-                return json.loads(text)
-        raise KeyError(kind)
+        """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent."""
+        if kind not in self._parsed:
+            text = next((t for _, k, agent, t in self.events if k == kind and agent is None), None)
+            if text is None:
+                raise KeyError(kind)
+            self._parsed[kind] = json.loads(text)
+        return self._parsed[kind]
+
+
+HEADER_FIELDS = ("id", "name", "game", "mechanism", "seed", "scenario_json", "minor_units")
+
+
+def run_header(run: Any) -> dict[str, Any]:
+    """The hashed header fields of a ``Run`` row."""
+    return {k: getattr(run, k) for k in HEADER_FIELDS}
 
 
 def header_hash(run: dict[str, Any]) -> str:
+    """SHA-256 of the run's header fields (id, name, game, mechanism, seed, scenario, units)."""
     fields = [run["id"], run["name"], run["game"], run["mechanism"], run["seed"], run["scenario_json"], run["minor_units"]]
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
 
@@ -108,6 +131,8 @@ def _enable_sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache: bulk rounds stay in memory
+        cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
 
 
@@ -156,8 +181,11 @@ class Ledger:
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
+        """Set the run's status and record its final round count and hash (for the audit)."""
         with self._begin() as conn:
-            conn.execute(update(Run).where(Run.id == run_id).values(status=status))
+            last_index, last = self.last_hash(conn, run_id)
+            conn.execute(update(Run).where(Run.id == run_id)
+                         .values(status=status, final_rounds=last_index + 1, final_hash=last))
 
     def get_run(self, run_id: str | None) -> Run:
         """The run with this id (or the latest run if ``None``); ``LedgerError`` if absent."""
@@ -192,49 +220,83 @@ class Ledger:
 
     def write_round(self, run_id: str, round_index: int, events: Sequence[EventRow],
                     transfers: Sequence[TransferRow]) -> WriteResult:
-        """Write one round atomically; a repeat of an already written round is a no-op duplicate."""
+        """Write one round atomically; a repeat of an already written round is a no-op duplicate.
+
+        Raises ``LedgerError`` if the round was written before with different content or
+        if it does not follow the run's last round.
+        """
         ev = [(seq, e.kind, e.agent, canonical_json(e.payload)) for seq, e in enumerate(events)]
         tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
               for t in transfers if t.amount != 0]
         for t in tr:
             if t[4] < 0:
                 raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
+        try:
+            return self._write_round(run_id, round_index, ev, tr)
+        except IntegrityError:
+            # a concurrent writer of the same round committed first: report it as a duplicate
+            # if it wrote the same content (the retry finds the round), else raise
+            return self._write_round(run_id, round_index, ev, tr)
+
+    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple]) -> WriteResult:
         with self._begin() as conn:
-            existing = conn.execute(
-                select(Round.hash, Round.prev_hash).where(Round.run_id == run_id, Round.index == round_index)
-            ).first()
-            if existing is not None:
-                h = round_hash(existing[1], round_index, ev, tr)
-                if h != existing[0]:
+            # lock the run row (serialises writers of a run) and read the chain's anchor
+            header = conn.execute(select(Run.header_hash).where(Run.id == run_id).with_for_update()).scalar_one()
+            cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
+            last = conn.execute(cols.order_by(Round.index.desc()).limit(1)).first()
+            if last is not None and last[0] >= round_index:
+                existing = last if last[0] == round_index else conn.execute(
+                    cols.where(Round.index == round_index)).first()
+                h = round_hash(existing[1], round_index, ev, tr) if existing is not None else None
+                if existing is None or h != existing[2]:
                     raise LedgerError(f"run {run_id} round {round_index} was already written with different content")
                 return WriteResult(round_index, h, duplicate=True, n_transfers=len(tr))
-            last_index, prev = self.last_hash(conn, run_id)
+            last_index, prev = (-1, header) if last is None else (last[0], last[2])
             if last_index != round_index - 1:
                 raise LedgerError(f"run {run_id}: round {round_index} written after round {last_index}")
             h = round_hash(prev, round_index, ev, tr)
             conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
                                               n_events=len(ev), n_transfers=len(tr))])
-            if ev:
-                conn.execute(insert(Event), [dict(run_id=run_id, round_index=round_index, seq=s, kind=k, agent=a,
-                                                  payload=p) for s, k, a, p in ev])
-            if tr:
-                conn.execute(insert(Transfer), [dict(id=i, run_id=run_id, round_index=round_index, kind=k, debit=d,
-                                                     credit=c, amount=m) for i, k, d, c, m in tr])
+            bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
+            fault_point("settle", round_index)
+            bulk_insert(conn, "transfers", TRANSFER_COLUMNS,
+                        [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
         return WriteResult(round_index, h, n_transfers=len(tr))
 
     def read_rounds(self, run_id: str) -> list[RoundRecord]:
         """All rounds of a run with their events and transfers, in order."""
+        return list(self.iter_rounds(run_id))
+
+    def iter_rounds(self, run_id: str) -> Iterator[RoundRecord]:
+        """Stream a run's rounds in index order, one round in memory at a time.
+
+        Rows whose round has no ``rounds`` row (inserted behind the ledger's back) come
+        as a record with empty hashes, so the audit sees them.
+        """
         with self.engine.connect() as conn:
-            rounds = {r.index: RoundRecord(r.index, r.prev_hash, r.hash) for r in conn.execute(
-                select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id).order_by(Round.index))}
-            for r in conn.execute(select(Event.round_index, Event.seq, Event.kind, Event.agent, Event.payload)
-                                  .where(Event.run_id == run_id).order_by(Event.round_index, Event.seq)):
-                rounds.setdefault(r[0], RoundRecord(r[0], "", "")).events.append((r[1], r[2], r[3], r[4]))
-            for r in conn.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
-                                         Transfer.credit, Transfer.amount)
-                                  .where(Transfer.run_id == run_id).order_by(Transfer.round_index, Transfer.id)):
-                rounds.setdefault(r[0], RoundRecord(r[0], "", "")).transfers.append((r[1], r[2], r[3], r[4], r[5]))
-        return [rounds[k] for k in sorted(rounds)]
+            stream = conn.execution_options(stream_results=True, yield_per=20_000)
+            heads = ((i, [(p, h)]) for i, p, h in conn.execute(
+                select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id).order_by(Round.index)))
+            events = stream.execute(select(Event.round_index, Event.seq, Event.kind, Event.agent, Event.payload)
+                                    .where(Event.run_id == run_id).order_by(Event.round_index, Event.seq))
+            transfers = stream.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
+                                              Transfer.credit, Transfer.amount)
+                                       .where(Transfer.run_id == run_id).order_by(Transfer.round_index))
+            # transfers come in index order of rounds and are sorted by id within a round here,
+            # which spares the database a sort of the whole run
+            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers))]
+            current = [next(it, None) for it in streams]
+            while any(c is not None for c in current):
+                index = min(c[0] for c in current if c is not None)
+                rows = []
+                for j, c in enumerate(current):
+                    if c is not None and c[0] == index:
+                        rows.append(c[1])
+                        current[j] = next(streams[j], None)
+                    else:
+                        rows.append([])
+                (prev, h), = rows[0] or [("", "")]
+                yield RoundRecord(index, prev, h, rows[1], rows[2])
 
     def balances(self, run_id: str) -> dict[str, int]:
         """Derived balances (credits minus debits) of every account of a run."""
@@ -249,11 +311,14 @@ class Ledger:
         return out
 
     # ---- plumbing -------------------------------------------------------------------
-    def _begin(self):
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction; an unreachable or locked database becomes a ``LedgerError``."""
         try:
-            return self.engine.begin()
+            with self.engine.begin() as conn:
+                yield conn
         except OperationalError as exc:
-            raise LedgerError(f"ledger {self.url} cannot be reached: {_short(exc)}") from None
+            raise LedgerError(f"ledger {self.url} cannot be written: {_short(exc)}") from None
 
     def _session(self):
         from sqlalchemy.orm import Session
@@ -262,6 +327,32 @@ class Ledger:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
+TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
+
+
+def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Insert rows through the driver inside ``conn``'s transaction: COPY on PostgreSQL,
+    ``executemany`` elsewhere (several times faster than ORM/Core inserts of dicts)."""
+    if not rows:
+        return
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        with dbapi.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cur = dbapi.cursor()
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
+        cur.close()
+
+
+def _by_round(rows) -> Iterator[tuple[int, list[tuple]]]:
+    """Group rows ``(round_index, *fields)`` sorted by round into ``(round_index, [fields])``."""
+    for index, group in groupby(rows, key=itemgetter(0)):
+        yield index, [tuple(r[1:]) for r in group]
 
 
 def _short(exc: SQLAlchemyError) -> str:

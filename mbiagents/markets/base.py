@@ -28,7 +28,8 @@ class Recomputed:
     """A logged round recomputed from its reports and actions (for audit and replay)."""
 
     payments: np.ndarray  # float payments, what each agent pays (agent order)
-    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # extra per-round checks
+    checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # per-round checks that must hold
+    info: dict[str, tuple[bool, str]] = field(default_factory=dict)  # properties reported, never failed
 
 
 def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[TransferRow]:
@@ -70,6 +71,7 @@ class Market(ABC):
 
     game: str
     payment_kind: str = "payment"
+    n_actions: int | None = None  # number of discrete actions; None: continuous actions
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario
@@ -118,6 +120,11 @@ class Market(ABC):
     def required_events(self, index: int) -> tuple[str, ...]:
         """Event kinds every complete round must hold."""
         return ()
+
+    def discrete_actions(self, record: RoundRecord) -> list[int]:
+        """The agents' discrete actions of a logged round (agent order); markets with
+        ``n_actions`` set implement it (``mbi export --trajectories``)."""
+        raise NotImplementedError(f"{self.game} has continuous actions")
 
     def extra_accounts(self) -> tuple[str, ...]:
         return ()

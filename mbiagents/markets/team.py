@@ -52,6 +52,25 @@ def _types(payload: dict[str, Any]) -> team.TeamTypes:
     return team.TeamTypes(np.asarray(payload["value"], np.float64), np.asarray(payload["curvature"], np.float64))
 
 
+def _close(names: list[str], logged: np.ndarray, recomputed: np.ndarray, what: str,
+           tol: float = 1e-9) -> tuple[bool, str]:
+    """(ok, first mismatch) of logged against recomputed values, to ``tol`` (abs and rel)."""
+    ok = np.isclose(recomputed, logged, rtol=tol, atol=tol)
+    if ok.all():
+        return True, ""
+    j = int(np.flatnonzero(~ok)[0])
+    return False, f"{names[j]}: logged {what}={float(logged[j])!r}, recomputed {float(recomputed[j])!r}"
+
+
+def _at_least(names: list[str], values: np.ndarray, bound: float, what: str, slack: float = 1e-9) -> tuple[bool, str]:
+    """(ok, first violation) of ``values >= bound`` up to float ``slack``."""
+    bad = values < bound - slack
+    if not bad.any():
+        return True, ""
+    j = int(np.flatnonzero(bad)[0])
+    return False, f"{names[j]}: {what} = {float(values[j])!r} < {bound}"
+
+
 class TeamMarket(Market):
     game = "team"
     payment_kind = "clarke"
@@ -180,13 +199,23 @@ class TeamMarket(Market):
             raise KeyError("reports")
         x = np.asarray(rec.payload("actions")["x"], np.float64)
         x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
-        t, agg, cost, _ = (np.asarray(v) for v in _settle(x, reports, self.kappa))
+        t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
         g, _ = _price(x_prev, reports, self.kappa)
-        logged_g = np.asarray(rec.payload("signals")["G"], np.float64)
-        ok = bool(np.allclose(np.asarray(g), logged_g, rtol=1e-9, atol=1e-9))
-        bad = int(np.argmax(np.abs(np.asarray(g) - logged_g))) if not ok else -1
-        detail = "" if ok else f"agent {self.agent_ids[bad]}: logged G={logged_g[bad]!r}, recomputed {float(g[bad])!r}"
-        return Recomputed(payments=t, checks={"signals_recompute": (ok, detail)})
+        outcome = rec.payload("outcome")
+        checks = {
+            "signals_recompute": _close(self.agent_ids, np.asarray(rec.payload("signals")["G"], np.float64),
+                                        np.asarray(g), "G"),
+            "outcome_recompute": _close(["aggregate", "operator_cost", "reported_welfare"],
+                                        np.asarray([outcome[k] for k in ("aggregate", "operator_cost",
+                                                                         "reported_welfare")]),
+                                        np.asarray([agg, cost, w_rep]), "outcome"),
+            # Clarke pivots never subsidise: t_i = W_-i(x*_-i) - W_-i(x) >= 0 at every x
+            "budget_balance": _at_least(self.agent_ids, t, 0.0, "payment t_i"),
+        }
+        # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
+        u = np.asarray(team.values(x, reports)) - t
+        return Recomputed(payments=t, checks=checks, info={"individual_rationality": _at_least(
+            self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""``mbi export``: a run's transfers and events as CSV, JSONL or Parquet, or its
+trajectories (discrete actions) as the JSONL that ``mbi infer --trajectories`` reads.
+
+Formats (documented in the README):
+
+- ``csv`` / ``parquet``: ``OUT`` is a folder; it gets ``transfers.{csv,parquet}`` (columns
+  ``run_id, round, id, kind, debit, credit, amount``) and ``events.{csv,parquet}``
+  (``run_id, round, seq, kind, agent, payload``: payload as canonical JSON text).
+- ``jsonl``: ``OUT`` is a file, one JSON object a line, in ledger order: a ``run`` record,
+  then per round its ``event`` records (seq order), ``transfer`` records (id order) and a
+  ``round`` record with the round's hashes.
+- ``--trajectories`` (jsonl only): ``{"n_actions": A}``, then one
+  ``{"episode": 0, "step": ROUND, "agent": ID, "action": INT}`` per agent per round
+  (one run is one episode). Only for markets with discrete actions.
+
+Rows are streamed round by round; a run of 10^6 transfers never sits in memory at once
+(except for Parquet, whose writer takes one round group per round).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+from mbiagents.errors import MbiError
+from mbiagents.ledger.audit import market_of
+from mbiagents.ledger.store import Ledger, RoundRecord
+
+FORMATS = ("csv", "jsonl", "parquet")
+TRANSFER_FIELDS = ("run_id", "round", "id", "kind", "debit", "credit", "amount")
+EVENT_FIELDS = ("run_id", "round", "seq", "kind", "agent", "payload")
+
+
+def transfer_rows(run_id: str, r: RoundRecord) -> Iterator[tuple]:
+    for tid, kind, debit, credit, amount in r.transfers:
+        yield run_id, r.index, tid, kind, debit, credit, amount
+
+
+def event_rows(run_id: str, r: RoundRecord) -> Iterator[tuple]:
+    for seq, kind, agent, payload in r.events:
+        yield run_id, r.index, seq, kind, agent, payload
+
+
+def jsonl_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
+    """The JSONL event format, record by record."""
+    run = ledger.get_run(run_id)
+    yield {"record": "run", "run_id": run.id, "name": run.name, "game": run.game, "mechanism": run.mechanism,
+           "seed": run.seed, "minor_units": run.minor_units, "header_hash": run.header_hash, "status": run.status,
+           "accounts": [name for name, _ in ledger.accounts(run.id)]}
+    for r in ledger.iter_rounds(run.id):
+        for row in event_rows(run.id, r):
+            yield {"record": "event", **dict(zip(EVENT_FIELDS, row)), "payload": json.loads(row[-1])}
+        for row in transfer_rows(run.id, r):
+            yield {"record": "transfer", **dict(zip(TRANSFER_FIELDS, row))}
+        yield {"record": "round", "run_id": run.id, "round": r.index, "prev_hash": r.prev_hash, "hash": r.hash}
+
+
+def write_trajectories(fh: IO[str], agent_ids: list[str], n_actions: int,
+                       steps: Iterable[tuple[int, list[int]]], episode: int = 0) -> int:
+    """Write the ``mbi infer --trajectories`` format; returns the number of action lines."""
+    fh.write(json.dumps({"n_actions": n_actions}) + "\n")
+    n = 0
+    for step, actions in steps:
+        for agent, action in zip(agent_ids, actions, strict=True):
+            if not 0 <= int(action) < n_actions:
+                raise MbiError(f"step {step} agent {agent}: action {action} outside 0..{n_actions - 1}")
+            fh.write(json.dumps({"episode": episode, "step": step, "agent": agent, "action": int(action)}) + "\n")
+            n += 1
+    return n
+
+
+def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajectories: bool = False) -> dict[str, Any]:
+    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``."""
+    if fmt not in FORMATS:
+        raise MbiError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    run = ledger.get_run(run_id)
+    if trajectories:
+        if fmt != "jsonl":
+            raise MbiError("--trajectories writes JSONL: use --format jsonl")
+        market = market_of(run)
+        if market.n_actions is None:
+            raise MbiError(f"run {run.id} ({run.game}) has continuous actions; --trajectories needs discrete actions")
+        with _open(out) as fh:
+            n = write_trajectories(fh, market.agent_ids, market.n_actions,
+                                   ((r.index, market.discrete_actions(r)) for r in ledger.iter_rounds(run.id)))
+        return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": n}
+    counts = {"transfers": 0, "events": 0}
+    if fmt == "jsonl":
+        with _open(out) as fh:
+            for rec in jsonl_records(ledger, run.id):
+                counts[rec["record"] + "s"] = counts.get(rec["record"] + "s", 0) + 1
+                fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+        return {"run_id": run.id, "format": fmt, "files": [str(out)], "transfers": counts["transfers"],
+                "events": counts["events"]}
+    _mkdir(out)
+    paths = {name: out / f"{name}.{fmt}" for name in ("transfers", "events")}
+    writers = {"csv": _CsvTables, "parquet": _ParquetTables}[fmt](paths)
+    try:
+        for r in ledger.iter_rounds(run.id):
+            t, e = list(transfer_rows(run.id, r)), list(event_rows(run.id, r))
+            writers.write("transfers", TRANSFER_FIELDS, t)
+            writers.write("events", EVENT_FIELDS, e)
+            counts["transfers"] += len(t)
+            counts["events"] += len(e)
+    finally:
+        writers.close()
+    return {"run_id": run.id, "format": fmt, "files": [str(p) for p in paths.values()], **counts}
+
+
+class _CsvTables:
+    def __init__(self, paths: dict[str, Path]):
+        self.files = {k: open(p, "w", newline="", encoding="utf-8") for k, p in paths.items()}
+        self.writers = {k: csv.writer(f) for k, f in self.files.items()}
+        self.writers["transfers"].writerow(TRANSFER_FIELDS)
+        self.writers["events"].writerow(EVENT_FIELDS)
+
+    def write(self, name: str, fields: tuple[str, ...], rows: list[tuple]) -> None:
+        self.writers[name].writerows(rows)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class _ParquetTables:
+    def __init__(self, paths: dict[str, Path]):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa, self.paths = pa, paths
+        s, i = pa.string(), pa.int64()
+        self.schemas = {"transfers": pa.schema(list(zip(TRANSFER_FIELDS, (s, i, s, s, s, s, i)))),
+                        "events": pa.schema(list(zip(EVENT_FIELDS, (s, i, i, s, s, s))))}
+        self.writers = {k: pq.ParquetWriter(p, self.schemas[k]) for k, p in paths.items()}
+
+    def write(self, name: str, fields: tuple[str, ...], rows: list[tuple]) -> None:
+        if rows:
+            cols = list(zip(*rows))
+            self.writers[name].write_table(self.pa.table(
+                {f: self.pa.array(c, type=self.schemas[name].field(f).type) for f, c in zip(fields, cols)},
+                schema=self.schemas[name]))
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def _mkdir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MbiError(f"cannot create output folder {out}: {exc.strerror}") from None
+
+
+def _open(out: Path):
+    try:
+        return open(out, "w", encoding="utf-8")
+    except OSError as exc:
+        raise MbiError(f"cannot write {out}: {exc.strerror}") from None
