@@ -21,6 +21,7 @@ class RunResult:
     converged: bool
     summary: dict[str, Any]
     ledger_url: str
+    columns: tuple[str, ...] = ()  # per-agent summary fields the table shows (the market's)
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "rounds": self.rounds, "converged": self.converged,
@@ -60,7 +61,8 @@ def run_scenario(
         ledger.finish_run(run_id, "failed")
         raise
     ledger.finish_run(run_id, "completed")
-    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url)
+    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url,
+                       market.summary_columns)
     ledger.dispose()
     return result
 
