@@ -115,3 +115,58 @@ def test_console_script_help_and_run(tmp_path):
                          text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "mbi-ledger.db").exists()  # the default ledger is a SQLite file in the working folder
+
+
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('tasks') / 'ledger.db'}"
+    return url, run_json(str(EXAMPLES / "task_market.toml"), "--ledger", url)
+
+
+def test_task_market_run_json_shape_and_sign(task_run):
+    _, out = task_run
+    assert {"run_id", "rounds", "converged", "welfare", "optimal_welfare", "agents", "assignment"} <= set(out)
+    assert out["rounds"] == 4 and out["welfare"] <= out["optimal_welfare"] + 1e-9
+    assert out["assignment"] == {"write-docs": "alice", "fix-bug": "bob", "review-pr": "carol", "release": "dan"}
+    for row in out["agents"].values():
+        assert row["utility"] == pytest.approx(-row["cost"] - row["payment"], abs=1e-9)
+        if row["tasks"]:
+            assert row["payment"] < 0  # paid for its work
+    dan = out["agents"]["dan"]
+    assert dan["utility"] < dan["utility_if_truthful"]  # the misreport costs it
+
+
+def test_task_market_summary_table(tmp_path):
+    res = runner.invoke(app, ["run", str(EXAMPLES / "task_market.toml"), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"])
+    assert res.exit_code == 0, res.output
+    assert "tasks" in res.stdout and "fix-bug x4" in res.stdout and "assignment (last round)" in res.stdout
+    assert "utility if" in res.stdout
+
+
+def test_task_market_audit_passes_then_catches_tampering(task_run, tmp_path):
+    url, out = task_run
+    res = runner.invoke(app, ["audit", "--ledger", url, "--run", out["run_id"], "--json"])
+    assert res.exit_code == 0, res.output
+    names = {c["name"] for c in json.loads(res.stdout)["checks"]}
+    assert {"payments_recompute", "assignment_recompute", "ir", "dsic_search", "efficiency"} <= names
+    dst = tmp_path / "tampered.db"
+    shutil.copy(Path(url.removeprefix("sqlite:///")), dst)
+    engine = create_engine(f"sqlite:///{dst}")
+    with engine.begin() as conn:  # a winner claims more money in round 2
+        tid = conn.execute(text("select id from transfers where round_index = 2 order by id limit 1")).scalar_one()
+        conn.execute(text("update transfers set amount = amount + 500000 where id = :i"), {"i": tid})
+    engine.dispose()
+    res = runner.invoke(app, ["audit", "--ledger", f"sqlite:///{dst}", "--run", out["run_id"], "--json"])
+    assert res.exit_code == 1
+    failed = {c["name"]: c["first_failure"] for c in json.loads(res.stdout)["checks"] if not c["ok"]}
+    assert "round 2" in failed["payments_recompute"] and "round 2" in failed["hash_chain"]
+
+
+def test_task_market_bad_input_exit_2_writes_nothing(tmp_path):
+    scen = tmp_path / "s.toml"
+    scen.write_text('[scenario]\nname="x"\ngame="assignment"\nmechanism="vcg"\n[[tasks]]\nid="t"\nvalue=1\n'
+                    '[[agents]]\nid="a"\ncosts={ t = -1.0 }\n')
+    ledger = tmp_path / "l.db"
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{ledger}"])
+    assert res.exit_code == 2 and "agents[0].costs.t" in res.stderr and res.stderr.count("\n") == 1
+    assert not ledger.exists()
