@@ -49,11 +49,15 @@ def test_examples_validate():
     ],
 )
 def test_bad_scenarios_name_file_and_field(tmp_path, edit, where):
-    p = write(tmp_path, edit(GOOD))
+    assert_one_line_error(tmp_path, edit(GOOD), where)
+
+
+def assert_one_line_error(tmp_path, text, where):
+    p = write(tmp_path, text)
     with pytest.raises(ScenarioError) as exc:
         load_scenario(p)
     msg = str(exc.value)
-    assert msg.startswith(str(p)) and where in msg and "\n" not in msg
+    assert msg.startswith(str(p)) and where in msg and "\n" not in msg, msg
 
 
 def test_missing_file(tmp_path):
@@ -108,8 +112,4 @@ def test_task_market_example_validates():
     ],
 )
 def test_bad_task_scenarios_name_file_and_field(tmp_path, edit, where):
-    p = write(tmp_path, edit(TASKS))
-    with pytest.raises(ScenarioError) as exc:
-        load_scenario(p)
-    msg = str(exc.value)
-    assert msg.startswith(str(p)) and where in msg and "\n" not in msg, msg
+    assert_one_line_error(tmp_path, edit(TASKS), where)
