@@ -258,7 +258,7 @@ class TaskMarket(Market):
         r = rec.index
         expected = [t.id for t in self.round_tasks(r)]
         logged_tasks = rec.payload("tasks")["ids"]
-        reports = decode_costs(rec.payload("reports")["costs"]).reshape(len(self.agent_ids), -1)
+        reports = decode_costs(rec.payload("reports")["costs"]).reshape(len(self.agent_ids), len(logged_tasks))
         out = self.run_mechanism(reports, r)
         checks: dict[str, tuple[bool, str]] = {}
         checks["tasks_recompute"] = (logged_tasks == expected,

@@ -101,3 +101,13 @@ def test_agv_balances_exactly_every_round_in_the_ledger(sqlite_url):
     assert ledger.balances(res.run_id).get("treasury", 0) == 0
     rep = audit_run(ledger, res.run_id)
     assert rep.ok and "budget_balance" in {c.name for c in rep.checks}
+
+
+def test_a_round_without_tasks_settles_nothing_and_audits(sqlite_url):
+    sc = parse_scenario({**SMALL, "scenario": {**SMALL["scenario"], "rounds": 2},
+                         "tasks": [{**t, "round": 1} for t in SMALL["tasks"]]})
+    res = run_scenario(sc, ledger_url=sqlite_url)
+    ledger = open_ledger(sqlite_url)
+    first, second = ledger.read_rounds(res.run_id)
+    assert first.transfers == [] and second.transfers
+    assert audit_run(ledger, res.run_id).ok
