@@ -119,21 +119,38 @@ def _write_report(ledger_url: Optional[str], run_id: Optional[str], out_dir: str
         led.dispose()
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    if isinstance(v, (list, tuple)):  # e.g. tasks done over the run: "fix-bug x3, triage"
+        counts = dict.fromkeys(v, 0)
+        for x in v:
+            counts[x] += 1
+        return ", ".join(f"{x} x{c}" if c > 1 else str(x) for x, c in counts.items()) or "-"
+    return str(v)
+
+
 def _print_run_summary(name: str, result) -> None:
+    """The market's per-agent columns (``Market.summary_columns``), welfare, the last
+    round's assignment where there is one, the budget, and the run id."""
     s = result.summary
     table = Table(title=f"{name}: {result.rounds} rounds, {'converged' if result.converged else 'round limit reached'}")
     table.add_column("agent")
-    cols = [k for k in ("action", "payment", "utility", "total_paid") if k in next(iter(s["agents"].values()))]
+    rows = s["agents"].values()
+    cols = [k for k in (result.columns or ("action", "payment", "utility", "total_paid")) if any(k in r for r in rows)]
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(c.replace("_", " "), justify="left" if c == "tasks" else "right")
     for aid, row in s["agents"].items():
-        table.add_row(aid, *(f"{row[c]:.6f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+        table.add_row(aid, *(_cell(row.get(c)) for c in cols))
     out.print(table)
     out.print(f"welfare {s['welfare']:.9g}   optimum {s['optimal_welfare']:.9g}   gap {s['welfare_gap']:.3g}")
+    if "assignment" in s:
+        out.print("assignment (last round): " + ", ".join(f"{t} -> {a or 'not done'}" for t, a in s["assignment"].items()))
     b = s.get("budget")
     if b:
-        out.print(f"budget: payments {b['payments']:.6f}  operator cost {b['operator_cost']:.6f}  "
-                  f"surplus {b['surplus']:.6f}")
+        out.print("budget: " + "  ".join(f"{k.replace('_', ' ')} {v:.6f}" for k, v in b.items()))
     out.print(f"run {result.run_id}  ledger {result.ledger_url}", soft_wrap=True, highlight=False)
     out.print(f"audit it: mbi audit --run {result.run_id}" + (f" --ledger {result.ledger_url}"
                                                               if "MBI_LEDGER" not in os.environ else ""),

@@ -36,6 +36,7 @@ class RunResult:
     summary: dict[str, Any]
     ledger_url: str
     resumed: bool = False
+    columns: tuple[str, ...] = ()  # per-agent summary fields the table shows (the market's)
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "rounds": self.rounds, "converged": self.converged,
@@ -109,7 +110,8 @@ def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], o
         ledger.finish_run(run_id, "failed")
         raise
     ledger.finish_run(run_id, "completed")
-    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url, resume)
+    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url, resume,
+                       market.summary_columns)
     ledger.dispose()
     return result
 

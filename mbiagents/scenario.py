@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from mbiagents.agents.settings import LLMSettings
 from mbiagents.errors import ScenarioError
@@ -43,8 +43,8 @@ class TeamGameSettings(Strict):
     max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
 
 
-class TeamAgentSpec(Strict):
-    """One agent of the team game: private type ``(value a_i, curvature b_i)``.
+class PolicyAgentSpec(Strict):
+    """Fields every agent has: id, backend, persona (LLM), policy and misreport factor.
 
     ``backend = "policy"`` agents follow ``policy``; ``backend = "llm"`` agents are asked
     by a language model (``persona`` goes into their prompt).
@@ -54,18 +54,23 @@ class TeamAgentSpec(Strict):
     backend: Literal["policy", "llm"] = "policy"
     persona: str | None = None
     policy: Literal["truthful", "misreport"] = "truthful"
-    value: PositiveFloat
-    curvature: PositiveFloat
     misreport_factor: PositiveFloat | None = None
-    step: PositiveFloat | None = None
 
     @model_validator(mode="after")
-    def _factor_matches_policy(self) -> "TeamAgentSpec":
+    def _factor_matches_policy(self) -> "PolicyAgentSpec":
         if self.policy == "misreport" and self.misreport_factor is None:
             raise ValueError("policy 'misreport' needs misreport_factor")
         if self.policy == "truthful" and self.misreport_factor not in (None, 1.0):
             raise ValueError("misreport_factor is only for policy 'misreport'")
         return self
+
+
+class TeamAgentSpec(PolicyAgentSpec):
+    """One agent of the team game: private type ``(value a_i, curvature b_i)``."""
+
+    value: PositiveFloat
+    curvature: PositiveFloat
+    step: PositiveFloat | None = None
 
 
 class ScenarioBase(Strict):
@@ -88,6 +93,71 @@ class TeamScenario(ScenarioBase):
 
     game: TeamGameSettings
     agents: list[TeamAgentSpec] = Field(min_length=1)
+
+
+Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class TaskGameSettings(Strict):
+    """``[game]`` of the task market: the public cost prior and the LLM bid bounds.
+
+    Prior: agent ``i``'s cost of task ``j`` is ``Uniform[c_ij (1 - cost_spread), c_ij (1 +
+    cost_spread)]`` around the scenario's listed cost ``c_ij`` (a task left out: cannot do
+    it). AGV's expectations use it with ``samples`` Monte Carlo profiles; with
+    ``redraw_costs`` the agents' private costs are drawn from it every round (seeded by the
+    scenario seed and the round index), else they are the listed costs.
+    """
+
+    cost_spread: float = Field(0.25, ge=0, lt=1)
+    samples: PositiveInt = 64
+    redraw_costs: bool = False
+    max_bid: PositiveFloat = 1000.0  # bounds an LLM agent's cost bid: [0, max_bid]
+
+
+class TaskSpec(Strict):
+    """A task on offer: public ``value``; offered in round ``round`` only (0 = the first
+    round), or in every round when ``round`` is left out."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    value: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    description: str = ""
+    round: NonNegativeInt | None = None
+
+
+class TaskAgentSpec(PolicyAgentSpec):
+    """One agent of the task market: ``capacity`` tasks per round and a private cost per
+    task it can do (``misreport`` scales every reported cost by ``misreport_factor``)."""
+
+    capacity: PositiveInt = 1
+    costs: dict[str, Cost] = Field(default_factory=dict)
+
+
+class TaskScenario(ScenarioBase):
+    """A task market: tasks procured from agents by VCG (``vcg``, ``vcg-fast``) or AGV."""
+
+    game: TaskGameSettings = TaskGameSettings()
+    tasks: list[TaskSpec] = Field(min_length=1)
+    agents: list[TaskAgentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TaskScenario":
+        ids: set[str] = set()
+        for j, t in enumerate(self.tasks):
+            if t.id in ids:
+                raise ValueError(f"tasks[{j}].id: duplicate task id {t.id!r}")
+            ids.add(t.id)
+            if t.round is not None and t.round >= self.scenario.rounds:
+                raise ValueError(f"tasks[{j}].round: {t.round} is never played (rounds = {self.scenario.rounds})")
+        for i, a in enumerate(self.agents):
+            for tid in a.costs:
+                if tid not in ids:
+                    raise ValueError(f"agents[{i}].costs.{tid}: unknown task {tid!r}")
+            if a.backend == "llm" and not a.persona:
+                raise ValueError(f"agents[{i}].persona: an LLM agent needs a persona")
+            if self.scenario.mechanism == "vcg-fast" and a.capacity != 1:
+                raise ValueError(f"agents[{i}].capacity: mechanism 'vcg-fast' is unit demand (capacity 1); "
+                                 "use 'vcg' for other capacities")
+        return self
 
 
 class CongestionGameSettings(Strict):
@@ -135,6 +205,7 @@ class CongestionScenario(ScenarioBase):
 GAMES: dict[str, tuple[type[ScenarioBase], tuple[str, ...]]] = {
     "team": (TeamScenario, ("dpm",)),
     "congestion": (CongestionScenario, ("tolls",)),
+    "assignment": (TaskScenario, ("vcg", "vcg-fast", "agv")),
 }
 
 

@@ -25,10 +25,14 @@ def run_json(*args):
     return json.loads(res.stdout)
 
 
+def run_example(tmp_path_factory, name):
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'ledger.db'}"
+    return url, run_json(str(EXAMPLES / name), "--ledger", url)
+
+
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory):
-    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'ledger.db'}"
-    return url, run_json(str(EXAMPLES / "shared_capacity.toml"), "--ledger", url)
+    return run_example(tmp_path_factory, "shared_capacity.toml")
 
 
 def test_run_reaches_closed_form_optimum(example_run):
@@ -52,21 +56,26 @@ def test_audit_passes_then_catches_a_changed_amount(example_run, tmp_path):
     report = json.loads(res.stdout)
     assert report["ok"] and {c["name"] for c in report["checks"]} >= {
         "double_entry", "idempotency", "hash_chain", "rounds_complete", "payments_recompute"}
-    # tamper with a copy of the ledger
-    src = Path(url.removeprefix("sqlite:///"))
-    dst = tmp_path / "tampered.db"
-    shutil.copy(src, dst)
-    engine = create_engine(f"sqlite:///{dst}")
-    drop_append_only_triggers(engine)  # the database refuses the update until then
-    with engine.begin() as conn:
-        tid = conn.execute(text("select id from transfers where round_index = 3 order by id limit 1")).scalar_one()
-        conn.execute(text("update transfers set amount = amount + 1 where id = :i"), {"i": tid})
-    engine.dispose()
-    res = runner.invoke(app, ["audit", "--ledger", f"sqlite:///{dst}", "--run", out["run_id"], "--json"])
-    assert res.exit_code == 1
-    failed = {c["name"]: c["first_failure"] for c in json.loads(res.stdout)["checks"] if not c["ok"]}
+    failed = audit_tampered_copy(url, out["run_id"], tmp_path, round_index=3, delta=1)
     assert "round 3" in failed["hash_chain"]
     assert "round 3" in failed["payments_recompute"]
+
+
+def audit_tampered_copy(url, run_id, tmp_path, round_index, delta):
+    """Add ``delta`` minor units to one transfer of a round in a copy of the ledger; audit
+    the copy (must exit 1) and return ``{failed check: first failure}``."""
+    dst = tmp_path / "tampered.db"
+    shutil.copy(Path(url.removeprefix("sqlite:///")), dst)
+    engine = create_engine(f"sqlite:///{dst}")
+    drop_append_only_triggers(engine)  # the database refuses the update until then, as for an attacker
+    with engine.begin() as conn:
+        tid = conn.execute(text("select id from transfers where round_index = :r order by id limit 1"),
+                           {"r": round_index}).scalar_one()
+        conn.execute(text("update transfers set amount = amount + :d where id = :i"), {"i": tid, "d": delta})
+    engine.dispose()
+    res = runner.invoke(app, ["audit", "--ledger", f"sqlite:///{dst}", "--run", run_id, "--json"])
+    assert res.exit_code == 1
+    return {c["name"]: c["first_failure"] for c in json.loads(res.stdout)["checks"] if not c["ok"]}
 
 
 def test_misreporting_agent_earns_less_than_truthful(tmp_path):
@@ -116,3 +125,48 @@ def test_console_script_help_and_run(tmp_path):
                          text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "mbi-ledger.db").exists()  # the default ledger is a SQLite file in the working folder
+
+
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory):
+    return run_example(tmp_path_factory, "task_market.toml")
+
+
+def test_task_market_run_json_shape_and_sign(task_run):
+    _, out = task_run
+    assert {"run_id", "rounds", "converged", "welfare", "optimal_welfare", "agents", "assignment"} <= set(out)
+    assert out["rounds"] == 4 and out["welfare"] <= out["optimal_welfare"] + 1e-9
+    assert out["assignment"] == {"write-docs": "alice", "fix-bug": "bob", "review-pr": "carol", "release": "dan"}
+    for row in out["agents"].values():
+        assert row["utility"] == pytest.approx(-row["cost"] - row["payment"], abs=1e-9)
+        if row["tasks"]:
+            assert row["payment"] < 0  # paid for its work
+    dan = out["agents"]["dan"]
+    assert dan["utility"] < dan["utility_if_truthful"]  # the misreport costs it
+
+
+def test_task_market_summary_table(tmp_path):
+    res = runner.invoke(app, ["run", str(EXAMPLES / "task_market.toml"), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"])
+    assert res.exit_code == 0, res.output
+    assert "tasks" in res.stdout and "fix-bug x4" in res.stdout and "assignment (last round)" in res.stdout
+    assert "utility if" in res.stdout
+
+
+def test_task_market_audit_passes_then_catches_tampering(task_run, tmp_path):
+    url, out = task_run
+    res = runner.invoke(app, ["audit", "--ledger", url, "--run", out["run_id"], "--json"])
+    assert res.exit_code == 0, res.output
+    names = {c["name"] for c in json.loads(res.stdout)["checks"]}
+    assert {"payments_recompute", "assignment_recompute", "ir", "dsic_search", "efficiency"} <= names
+    failed = audit_tampered_copy(url, out["run_id"], tmp_path, round_index=2, delta=500_000)  # a winner claims more
+    assert "round 2" in failed["payments_recompute"] and "round 2" in failed["hash_chain"]
+
+
+def test_task_market_bad_input_exit_2_writes_nothing(tmp_path):
+    scen = tmp_path / "s.toml"
+    scen.write_text('[scenario]\nname="x"\ngame="assignment"\nmechanism="vcg"\n[[tasks]]\nid="t"\nvalue=1\n'
+                    '[[agents]]\nid="a"\ncosts={ t = -1.0 }\n')
+    ledger = tmp_path / "l.db"
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{ledger}"])
+    assert res.exit_code == 2 and "agents[0].costs.t" in res.stderr and res.stderr.count("\n") == 1
+    assert not ledger.exists()

@@ -49,13 +49,67 @@ def test_examples_validate():
     ],
 )
 def test_bad_scenarios_name_file_and_field(tmp_path, edit, where):
-    p = write(tmp_path, edit(GOOD))
+    assert_one_line_error(tmp_path, edit(GOOD), where)
+
+
+def assert_one_line_error(tmp_path, text, where):
+    p = write(tmp_path, text)
     with pytest.raises(ScenarioError) as exc:
         load_scenario(p)
     msg = str(exc.value)
-    assert msg.startswith(str(p)) and where in msg and "\n" not in msg
+    assert msg.startswith(str(p)) and where in msg and "\n" not in msg, msg
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(ScenarioError, match="no such scenario file"):
         load_scenario(tmp_path / "nope.toml")
+
+
+TASKS = """
+[scenario]
+name = "t"
+game = "assignment"
+mechanism = "vcg"
+rounds = 2
+[[tasks]]
+id = "write-docs"
+value = 10.0
+[[tasks]]
+id = "fix-bug"
+value = 12.0
+[[agents]]
+id = "alice"
+capacity = 1
+costs = { write-docs = 3.5, fix-bug = 6.0 }
+"""
+
+
+def test_task_market_example_validates():
+    from mbiagents.scenario import TaskScenario
+
+    for name in ("task_market.toml", "llm_task_market.toml"):
+        sc = load_scenario(EXAMPLES / name)
+        assert isinstance(sc, TaskScenario) and sc.tasks
+
+
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (lambda s: s.replace("capacity = 1", "capacity = 1\nskill = 3"), "agents[0].skill: unknown key"),
+        (lambda s: s.replace("fix-bug = 6.0", "fix-bug = 6.0, paint = 1.0"), "agents[0].costs.paint: unknown task"),
+        (lambda s: s.replace("fix-bug = 6.0", "fix-bug = -6.0"), "agents[0].costs.fix-bug"),
+        (lambda s: s.replace("fix-bug = 6.0", "fix-bug = inf"), "agents[0].costs.fix-bug"),
+        (lambda s: s.replace("capacity = 1", "capacity = 0"), "agents[0].capacity"),
+        (lambda s: s.replace('id = "fix-bug"', 'id = "write-docs"'), "tasks[1].id: duplicate task id"),
+        (lambda s: s.replace("value = 12.0", "value = 12.0\nround = 2"), "tasks[1].round"),
+        (lambda s: s.replace("value = 12.0", "value = 0.0"), "tasks[1].value"),
+        (lambda s: s.replace('mechanism = "vcg"', 'mechanism = "dpm"'), "scenario.mechanism"),
+        (lambda s: s.replace('mechanism = "vcg"', 'mechanism = "vcg-fast"').replace("capacity = 1", "capacity = 2"),
+         "agents[0].capacity: mechanism 'vcg-fast'"),
+        (lambda s: s.replace("capacity = 1", 'capacity = 1\nbackend = "llm"'), "agents[0].persona"),
+        (lambda s: s + "[game]\ncost_spread = 1.5\n", "game.cost_spread"),
+        (lambda s: s.replace("[[tasks]]", "[[tasks]]\nid2 = 1", 1), "tasks[0].id2: unknown key"),
+    ],
+)
+def test_bad_task_scenarios_name_file_and_field(tmp_path, edit, where):
+    assert_one_line_error(tmp_path, edit(TASKS), where)

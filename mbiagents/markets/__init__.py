@@ -22,9 +22,9 @@ def build_market(scenario: ScenarioBase) -> Market:
     return MARKETS[scenario.scenario.game](scenario)
 
 
+from mbiagents.markets import tasks as _tasks  # noqa: E402  (registers itself)
 from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
 from mbiagents.markets import congestion as _congestion  # noqa: E402  (registers itself)
 
 __all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
-del _team
-del _congestion
+del _team, _tasks, _congestion

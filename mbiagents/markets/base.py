@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mbiagents.ledger.money import to_minor_units
+from mbiagents.ledger.money import MINOR_UNITS, from_minor_units, to_minor_units
 from mbiagents.ledger.store import TREASURY, EventRow, RoundRecord, TransferRow, agent_account
 from mbiagents.scenario import ScenarioBase
 
@@ -48,6 +48,26 @@ def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> 
     return out
 
 
+def budget_balanced_payments(payments: np.ndarray) -> np.ndarray:
+    """Payments that sum to 0 rounded to minor units, so that they settle *exactly* balanced.
+
+    Each ``t_i`` is rounded half to even (``to_minor_units``); the residual of the sum
+    (at most ``N/2`` units) is taken back one unit each from the agents whose rounding
+    moved them furthest in the residual's direction (largest remainder; ties by agent
+    order). Returns the float payments ``minor / 10**6``, which ``payment_transfers``
+    settles unchanged and the audit recomputes bit for bit.
+    """
+    exact = np.asarray(payments, dtype=np.float64)
+    minor = to_minor_units(exact)
+    residual = int(minor.sum())
+    if residual:
+        step = int(np.sign(residual))
+        err = minor - exact * MINOR_UNITS  # > 0: rounded up
+        order = np.argsort(-step * err, kind="stable")
+        minor[order[: abs(residual)]] -= step
+    return np.asarray(from_minor_units(minor), dtype=np.float64)
+
+
 def signed_minor_from_transfers(agent_ids: list[str], transfers, kind: str) -> np.ndarray:
     """Inverse of ``payment_transfers``: each agent's net payment in minor units."""
     pos = {agent_account(a): i for i, a in enumerate(agent_ids)}
@@ -62,6 +82,29 @@ def signed_minor_from_transfers(agent_ids: list[str], transfers, kind: str) -> n
     return out
 
 
+def llm_events(answers: dict[str, Any], usage: dict[str, dict[str, float]] | None) -> tuple[list[EventRow], dict]:
+    """Ledger events of a round's LLM answers and the updated per-agent usage totals.
+
+    ``answers`` maps ``"report:<agent>"`` / ``"act:<agent>"`` to an ``Answer`` or a list of
+    them; each answer becomes one event ``llm_<step>`` of its agent (raw text, validation
+    errors, tokens, fallback flag). Usage counts calls, tokens, cost and fallbacks.
+    """
+    usage = {k: dict(v) for k, v in (usage or {}).items()}
+    events: list[EventRow] = []
+    for key in sorted(answers):
+        items = answers[key]
+        for ans in items if isinstance(items, list) else [items]:
+            events.append(EventRow(f"llm_{ans.step}", ans.model_dump(mode="json"), agent=ans.agent_id))
+            u = usage.setdefault(ans.agent_id, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                                "cost": 0.0, "fallbacks": 0})
+            u["calls"] += len(ans.records)
+            u["prompt_tokens"] += ans.prompt_tokens
+            u["completion_tokens"] += ans.completion_tokens
+            u["cost"] += ans.cost
+            u["fallbacks"] += int(ans.used_fallback)
+    return events, usage
+
+
 class Market(ABC):
     """A game + mechanism + agents. Nodes of the round loop call these methods.
 
@@ -72,6 +115,8 @@ class Market(ABC):
     game: str
     payment_kind: str = "payment"
     n_actions: int | None = None  # number of discrete actions; None: continuous actions
+    #: per-agent summary fields ``mbi run`` shows as table columns (in this order)
+    summary_columns: tuple[str, ...] = ("action", "payment", "utility", "total_paid")
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario

@@ -27,7 +27,7 @@ from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import from_minor_units, to_minor_units
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers
 from mbiagents.scenario import TeamScenario
 
 
@@ -157,18 +157,8 @@ class TeamMarket(Market):
             EventRow("payments", {"t": t.tolist()}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
         ]
-        answers = state.get("llm_answers") or {}
-        usage = {k: dict(v) for k, v in (state.get("llm_usage") or {}).items()}
-        for key in sorted(answers):
-            ans = answers[key]
-            events.append(EventRow(f"llm_{ans.step}", ans.model_dump(mode="json"), agent=ans.agent_id))
-            u = usage.setdefault(ans.agent_id, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                                "cost": 0.0, "fallbacks": 0})
-            u["calls"] += len(ans.records)
-            u["prompt_tokens"] += ans.prompt_tokens
-            u["completion_tokens"] += ans.completion_tokens
-            u["cost"] += ans.cost
-            u["fallbacks"] += int(ans.used_fallback)
+        llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
+        events += llm
         true_w = float(team.welfare(x, self.population.true_types, self.kappa))
         return Settlement(
             events=events,
