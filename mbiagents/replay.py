@@ -16,7 +16,7 @@ from mbiagents.trajectories import Trajectories, TrajectoryError, assemble
 def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple[str, Trajectories, dict]:
     """The run's logged actions as ``Trajectories``; also its id and its scenario mapping.
 
-    ``n_actions`` comes from the scenario's route count (``game.tolls``) when it has one.
+    ``n_actions`` is the market's (``Market.n_actions``; the congestion market's routes).
     Raises ``TrajectoryError`` when the run logs no discrete actions.
     """
     run = ledger.get_run(run_id)
@@ -38,5 +38,7 @@ def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple
             cells[(logged["episode"], logged["step"], agent)] = action
     if not cells:
         raise TrajectoryError(f"run {run.id} has no actions")
-    n_actions = len(scenario.get("game", {}).get("tolls", [])) or None
+    from mbiagents.ledger.audit import market_of
+
+    n_actions = market_of(run).n_actions
     return run.id, assemble(cells, agent_ids, n_actions, f"run {run.id}"), scenario

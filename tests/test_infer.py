@@ -182,3 +182,15 @@ def test_logit_q_population_resets_each_episode():
     assert np.all(m.act(state)["extra"]["q"] == 1)
     a1, a2 = m.population.act(np.zeros((6, 4)), 5), m.population.act(np.zeros((6, 4)), 5)
     np.testing.assert_array_equal(a1, a2)  # seeded per run and round
+
+
+def test_export_trajectories_is_what_infer_reads(tolling_run, tmp_path):
+    url, run_id = tolling_run
+    out = tmp_path / "t.jsonl"
+    res = runner.invoke(app, ["export", "--ledger", url, "--run", run_id, "--format", "jsonl", "--trajectories",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    traj = read_jsonl(out)
+    _, from_ledger, _ = trajectories_from_ledger(open_ledger(url, create=False), run_id)
+    assert traj.agent_ids == from_ledger.agent_ids and traj.n_actions == from_ledger.n_actions
+    np.testing.assert_array_equal(traj.actions, from_ledger.actions)

@@ -9,9 +9,10 @@ Formats (documented in the README):
 - ``jsonl``: ``OUT`` is a file, one JSON object a line, in ledger order: a ``run`` record,
   then per round its ``event`` records (seq order), ``transfer`` records (id order) and a
   ``round`` record with the round's hashes.
-- ``--trajectories`` (jsonl only): ``{"n_actions": A}``, then one
-  ``{"episode": 0, "step": ROUND, "agent": ID, "action": INT}`` per agent per round
-  (one run is one episode). Only for markets with discrete actions.
+- ``--trajectories`` (jsonl only): the trajectory JSONL of ``mbiagents.trajectories``
+  (``{"n_actions": A}``, then one ``{"episode", "step", "agent", "action"}`` per agent per
+  step), built by ``mbiagents.replay.trajectories_from_ledger``. Only for markets whose
+  actions are discrete (the congestion market).
 
 Rows are streamed round by round; a run of 10^6 transfers never sits in memory at once
 (except for Parquet, whose writer takes one round group per round).
@@ -22,10 +23,9 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from mbiagents.errors import MbiError
-from mbiagents.ledger.audit import market_of
 from mbiagents.ledger.store import Ledger, RoundRecord
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -57,20 +57,6 @@ def jsonl_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
         yield {"record": "round", "run_id": run.id, "round": r.index, "prev_hash": r.prev_hash, "hash": r.hash}
 
 
-def write_trajectories(fh: IO[str], agent_ids: list[str], n_actions: int,
-                       steps: Iterable[tuple[int, list[int]]], episode: int = 0) -> int:
-    """Write the ``mbi infer --trajectories`` format; returns the number of action lines."""
-    fh.write(json.dumps({"n_actions": n_actions}) + "\n")
-    n = 0
-    for step, actions in steps:
-        for agent, action in zip(agent_ids, actions, strict=True):
-            if not 0 <= int(action) < n_actions:
-                raise MbiError(f"step {step} agent {agent}: action {action} outside 0..{n_actions - 1}")
-            fh.write(json.dumps({"episode": episode, "step": step, "agent": agent, "action": int(action)}) + "\n")
-            n += 1
-    return n
-
-
 def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajectories: bool = False) -> dict[str, Any]:
     """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``."""
     if fmt not in FORMATS:
@@ -79,13 +65,13 @@ def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajecto
     if trajectories:
         if fmt != "jsonl":
             raise MbiError("--trajectories writes JSONL: use --format jsonl")
-        market = market_of(run)
-        if market.n_actions is None:
-            raise MbiError(f"run {run.id} ({run.game}) has continuous actions; --trajectories needs discrete actions")
+        from mbiagents.replay import trajectories_from_ledger
+        from mbiagents.trajectories import write_jsonl
+
+        _, traj, _ = trajectories_from_ledger(ledger, run.id)
         with _open(out) as fh:
-            n = write_trajectories(fh, market.agent_ids, market.n_actions,
-                                   ((r.index, market.discrete_actions(r)) for r in ledger.iter_rounds(run.id)))
-        return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": n}
+            write_jsonl(traj, fh)
+        return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": int(traj.actions.size)}
     counts = {"transfers": 0, "events": 0}
     if fmt == "jsonl":
         with _open(out) as fh:

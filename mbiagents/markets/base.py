@@ -166,11 +166,6 @@ class Market(ABC):
         """Event kinds every complete round must hold."""
         return ()
 
-    def discrete_actions(self, record: RoundRecord) -> list[int]:
-        """The agents' discrete actions of a logged round (agent order); markets with
-        ``n_actions`` set implement it (``mbi export --trajectories``)."""
-        raise NotImplementedError(f"{self.game} has continuous actions")
-
     def extra_accounts(self) -> tuple[str, ...]:
         return ()
 

@@ -1,7 +1,6 @@
 """``mbi replay`` and ``mbi export``, and the CLI's one-line errors for bad ledgers."""
 
 import csv
-import io
 import json
 import sqlite3
 
@@ -10,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from mbiagents.cli import app
-from mbiagents.ledger.export import write_trajectories
 from mbiagents.ledger.schema import open_ledger, upgrade
 from mbiagents.ledger.store import make_engine
 from mbiagents.runner import run_scenario
@@ -79,19 +77,11 @@ def test_export_csv_jsonl_parquet(ledger_run, tmp_path):
     assert ev["payload"]["x"] == rounds[0].payload("actions")["x"]
 
 
-def test_trajectories_format_and_refusal_for_continuous_actions(ledger_run, tmp_path):
-    buf = io.StringIO()
-    assert write_trajectories(buf, ["a", "b"], 3, [(0, [0, 2]), (1, [1, 1])]) == 4
-    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
-    assert lines[0] == {"n_actions": 3}
-    assert lines[1:] == [{"episode": 0, "step": 0, "agent": "a", "action": 0},
-                         {"episode": 0, "step": 0, "agent": "b", "action": 2},
-                         {"episode": 0, "step": 1, "agent": "a", "action": 1},
-                         {"episode": 0, "step": 1, "agent": "b", "action": 1}]
+def test_trajectories_refused_for_continuous_actions(ledger_run, tmp_path):
     url, run_id = ledger_run
     res = runner.invoke(app, ["export", "--ledger", url, "--run", run_id, "--format", "jsonl", "--trajectories",
                               "--out", str(tmp_path / "t.jsonl")])
-    assert res.exit_code == 2 and "continuous actions" in res.stderr
+    assert res.exit_code == 2 and "no discrete actions" in res.stderr
 
 
 # ---- bad ledgers: one line, exit 2, nothing written ---------------------------------
