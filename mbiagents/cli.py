@@ -90,13 +90,18 @@ def _print_run_summary(name: str, result) -> None:
     s = result.summary
     table = Table(title=f"{name}: {result.rounds} rounds, {'converged' if result.converged else 'round limit reached'}")
     table.add_column("agent")
-    cols = [k for k in ("action", "payment", "utility", "total_paid") if k in next(iter(s["agents"].values()))]
+    cols = [k for k in ("action", "incentive", "payment", "utility", "total_paid") if k in next(iter(s["agents"].values()))]
     for c in cols:
         table.add_column(c, justify="right")
     for aid, row in s["agents"].items():
         table.add_row(aid, *(f"{row[c]:.6f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
     out.print(table)
     out.print(f"welfare {s['welfare']:.9g}   optimum {s['optimal_welfare']:.9g}   gap {s['welfare_gap']:.3g}")
+    reg = s.get("regret")  # principal runs: welfare regret against the first-best
+    if reg:
+        out.print(f"regret R(T={reg['T']}) {reg['total']:.4g} (exponent in run {reg['exponent_in_run']:.2f})   "
+                  f"no incentives {reg['no_incentives_total']:.4g} (exponent {reg['no_incentives_exponent_in_run']:.2f})"
+                  f"  ({reg['note']})")
     b = s.get("budget")
     if b:
         out.print(f"budget: payments {b['payments']:.6f}  operator cost {b['operator_cost']:.6f}  "

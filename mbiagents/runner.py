@@ -39,6 +39,8 @@ def run_scenario(
 
     ``llm`` is the ``--llm`` backend (``local``, ``openai`` or a URL) for LLM agents.
     """
+    if rounds and rounds != scenario.scenario.rounds:  # recorded: a market may schedule by its horizon
+        scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update={"rounds": rounds})})
     market = build_market(scenario)
     llm_settings = _llm_settings(scenario, llm) if market.llm_agent_ids else None
     max_rounds = rounds or scenario.scenario.rounds

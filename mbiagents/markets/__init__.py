@@ -23,6 +23,8 @@ def build_market(scenario: ScenarioBase) -> Market:
 
 
 from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
+from mbiagents.markets import social_gradient as _social_gradient  # noqa: E402,F401  (routing, quadratic)
+from mbiagents.markets import principal as _principal  # noqa: E402,F401  (principal-mdp)
 
 __all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
 del _team
