@@ -19,14 +19,9 @@ from mechanisms.games import principal_mdp as pm
 from mechanisms.games import routing as rt
 
 from tests.conftest import EXAMPLES
+from tests.test_cli import run_json
 
 runner = CliRunner()
-
-
-def run_json(*args):
-    res = runner.invoke(app, ["run", *args, "--json"])
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
 
 
 def audit_json(url, run_id):
