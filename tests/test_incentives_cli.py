@@ -198,3 +198,18 @@ def test_pigou_example_matches_mechanism_module():
     net = rt.pigou()
     np.testing.assert_array_equal([a.get("a", 0.0) for a in data["agents"]], net.a)
     np.testing.assert_array_equal([a.get("b", 0.0) for a in data["agents"]], net.b)
+
+
+@pytest.mark.slow
+def test_principal_regret_exponent_through_mbi_run(tmp_path):
+    """Regret growth across horizons through the whole loop (graph + ledger), one seed:
+    sublinear with the mechanism, linear without (the fast tests check the loop equals
+    ``pr.simulate``, whose exponent ``tests/mechanisms/test_principal.py`` checks over seeds)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    horizons = (1000, 4000)
+    outs = [run_json(str(EXAMPLES / "principal.toml"), "--ledger", url, "--rounds", str(T)) for T in horizons]
+    k = pr.regret_exponent(horizons, [o["regret"]["total"] for o in outs])
+    k_none = pr.regret_exponent(horizons, [o["regret"]["no_incentives_total"] for o in outs])
+    assert k < 0.9 and k_none > 0.95, (k, k_none)
+    for o in outs:
+        assert audit_json(url, o["run_id"])[0] == 0
