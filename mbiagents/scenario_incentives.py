@@ -19,6 +19,8 @@ Formats (``examples/pigou_tolling.toml``, ``examples/quadratic_tax.toml``,
   (``n_states``, ``r_clean``, ``r_dirty``, ``externality``, ``move``, ``noise``) and the
   schedule (``bisect_steps``, ``tau_max``, ``eps0``); exactly one ``[[agents]]``, the
   Q-learner. The schedule's horizon ``T`` is the run's round limit.
+* ``game = "team"``, ``mechanism = "reinforce"``: the team game's own scenario, run by the
+  model-free baseline (``mbiagents.markets.reinforce``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from mbiagents.scenario import ScenarioBase, Strict, register_game
+from mbiagents.scenario import GAMES, ScenarioBase, Strict, TeamScenario, register_game
 
 AgentId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -126,3 +128,5 @@ class PrincipalScenario(ScenarioBase):
 register_game("routing", RoutingScenario, ("social-gradient",))
 register_game("quadratic", QuadraticScenario, ("social-gradient",))
 register_game("principal-mdp", PrincipalScenario, ("two-phase",))
+# the model-free baseline runs the team game's scenarios (mbiagents.markets.reinforce)
+register_game("team", TeamScenario, (*GAMES["team"][1], "reinforce"))
