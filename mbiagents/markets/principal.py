@@ -36,7 +36,6 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mechanisms import principal as pr
