@@ -142,12 +142,26 @@ def _print_run_summary(name: str, result) -> None:
     cols = [k for k in (result.columns or ("action", "payment", "utility", "total_paid")) if any(k in r for r in rows)]
     for c in cols:
         table.add_column(c.replace("_", " "), justify="left" if c == "tasks" else "right")
+    llm = any("llm" in r for r in rows)  # LLM agents: model use beside the mechanism's payments
+    if llm:
+        for c in ("model calls", "tokens", "model cost", "fallbacks"):
+            table.add_column(c, justify="right")
     for aid, row in s["agents"].items():
-        table.add_row(aid, *(_cell(row.get(c)) for c in cols))
+        cells = [_cell(row.get(c)) for c in cols]
+        if llm:
+            u = row.get("llm")
+            cells += ([str(u["calls"]), str(u["prompt_tokens"] + u["completion_tokens"]), f"{u['cost']:.4f}",
+                       str(u["fallbacks"])] if u else ["", "", "", ""])
+        table.add_row(aid, *cells)
     out.print(table)
     out.print(f"welfare {s['welfare']:.9g}   optimum {s['optimal_welfare']:.9g}   gap {s['welfare_gap']:.3g}")
     if "assignment" in s:
         out.print("assignment (last round): " + ", ".join(f"{t} -> {a or 'not done'}" for t, a in s["assignment"].items()))
+    reg = s.get("regret")  # principal runs: welfare regret against the first-best
+    if reg:
+        out.print(f"regret R(T={reg['T']}) {reg['total']:.4g} (exponent in run {reg['exponent_in_run']:.2f})   "
+                  f"no incentives {reg['no_incentives_total']:.4g} (exponent {reg['no_incentives_exponent_in_run']:.2f})"
+                  f"  ({reg['note']})")
     b = s.get("budget")
     if b:
         out.print("budget: " + "  ".join(f"{k.replace('_', ' ')} {v:.6f}" for k, v in b.items()))

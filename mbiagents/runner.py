@@ -59,6 +59,10 @@ def run_scenario(
     a run cannot be resumed (its ledger still records every answer).
     """
     market = build_market(scenario)
+    if rounds and rounds != scenario.scenario.rounds and market.schedules_by_horizon:
+        # the market plans by its horizon T: record the overridden T so the audit rebuilds it
+        scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update={"rounds": rounds})})
+        market = build_market(scenario)
     llm_settings = _llm_settings(scenario, llm) if market.llm_agent_ids else None
     ledger = open_ledger(ledger_url)
     meta = scenario.scenario
@@ -66,8 +70,8 @@ def run_scenario(
                                scenario=scenario.model_dump(mode="json"), agent_ids=market.agent_ids,
                                extra_accounts=market.extra_accounts())
     state = {"round": 0, "max_rounds": rounds or meta.rounds, "converged": False, **market.initial_state()}
-    return _drive(market, ledger, run_id, state, on_round, checkpoint and llm_settings is None,
-                  llm_settings=llm_settings)
+    return _drive(market, ledger, run_id, state, on_round,
+                  checkpoint and llm_settings is None and market.checkpointable, llm_settings=llm_settings)
 
 
 def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound | None = None) -> RunResult:
@@ -84,6 +88,9 @@ def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound 
     if market.llm_agent_ids:
         ledger.dispose()
         raise LedgerError(f"run {run_id} has LLM agents, whose answers cannot be replayed: it cannot be resumed")
+    if not market.checkpointable:
+        ledger.dispose()
+        raise LedgerError(f"run {run_id} ({run.game}, {run.mechanism}) keeps no checkpoints: it cannot be resumed")
     state = {"round": 0, "max_rounds": market.scenario.scenario.rounds, "converged": False, **market.initial_state()}
     return _drive(market, ledger, run_id, state, on_round, True, resume=True)
 

@@ -266,3 +266,6 @@ def load_scenario(path: str | Path) -> ScenarioBase:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: invalid TOML: {exc}") from None
     return parse_scenario(data, str(p))
+
+
+from mbiagents import scenario_incentives as _incentives  # noqa: E402,F401  (registers routing, quadratic, principal-mdp)

@@ -19,12 +19,16 @@ def register_market(game: str, cls: type[Market]) -> None:
 
 
 def build_market(scenario: ScenarioBase) -> Market:
-    return MARKETS[scenario.scenario.game](scenario)
+    meta = scenario.scenario  # a market registered as "game:mechanism" takes precedence over "game"
+    return MARKETS.get(f"{meta.game}:{meta.mechanism}", MARKETS[meta.game])(scenario)
 
 
 from mbiagents.markets import tasks as _tasks  # noqa: E402  (registers itself)
 from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
 from mbiagents.markets import congestion as _congestion  # noqa: E402  (registers itself)
+from mbiagents.markets import social_gradient as _social_gradient  # noqa: E402,F401  (routing, quadratic)
+from mbiagents.markets import principal as _principal  # noqa: E402,F401  (principal-mdp)
+from mbiagents.markets import reinforce as _reinforce  # noqa: E402,F401  (team:reinforce)
 
 __all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
 del _team, _tasks, _congestion

@@ -116,7 +116,12 @@ class Market(ABC):
     payment_kind: str = "payment"
     n_actions: int | None = None  # number of discrete actions; None: continuous actions
     #: per-agent summary fields ``mbi run`` shows as table columns (in this order)
-    summary_columns: tuple[str, ...] = ("action", "payment", "utility", "total_paid")
+    summary_columns: tuple[str, ...] = ("action", "incentive", "payment", "utility", "total_paid")
+    #: True when the mechanism's schedule depends on the horizon (``--rounds`` is then stored)
+    schedules_by_horizon: bool = False
+    #: False when the market keeps state the LangGraph checkpointer cannot serialise (JAX
+    #: records under ``extra``): its runs keep no checkpoint and cannot be resumed
+    checkpointable: bool = True
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario
