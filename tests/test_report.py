@@ -246,3 +246,18 @@ def test_other_markets_get_the_generic_sections(tmp_path):
     assert out.audit_ok and out.files == ["welfare.png", "payments.png", "budget.png", "report.json", "index.html"]
     assert data.welfare_gap() is None and "actions" not in data.series
     assert float(np.sum(data.collected)) == pytest.approx(sum(sum(p) for p in data.payments.values()))
+
+
+def test_social_gradient_run_reports_tolls_and_social_cost(tmp_path):
+    """Pigou: the posted toll series ends at the Pigouvian 1/2 and welfare at -3/4 (= -S*)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    res = run_scenario(load_scenario(EXAMPLES / "pigou_tolling.toml"), ledger_url=url)
+    ledger = open_ledger(url)
+    out = build_report(ledger, res.run_id, tmp_path / "r")
+    data = collect(ledger, res.run_id)
+    ledger.dispose()
+    assert out.audit_ok and "incentives.png" in out.files
+    tolls = data.series["incentives"]
+    assert max(v[-1] for v in tolls.values()) == pytest.approx(0.5, abs=1e-3)
+    assert data.series["social_cost"][-1] == pytest.approx(0.75, abs=1e-6)
+    assert data.series["welfare"][-1] == pytest.approx(data.series["optimal_welfare"][-1], abs=1e-6)

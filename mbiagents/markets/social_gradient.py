@@ -194,6 +194,26 @@ class SocialGradientMarket(Market):
             "treasury_revenue": float(from_minor_units(to_minor_units(state["paid_total"]).sum())),
         }
 
+    # ---- report -----------------------------------------------------------------------
+    def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
+        """Logged series plus the planner's posted incentives and the social cost per round;
+        welfare is ``-S(x)`` against ``-S*`` of the closed-form optimum."""
+        data = super().report_data(rounds)
+        nan = float("nan")
+        posted = [rec.payload("incentives")["posted"] if _has(rec, "incentives") else None for rec in rounds]
+        data["incentives"] = {aid: [p[i] if p is not None else nan for p in posted]
+                              for i, aid in enumerate(self.agent_ids)}
+        social = [rec.payload("social_cost")["S"] if _has(rec, "social_cost") else nan for rec in rounds]
+        data["social_cost"] = social
+        so = self.optimum()[1]
+        data["welfare"] = [-v for v in social]
+        data["optimal_welfare"] = [-so] * len(rounds)
+        return data
+
+
+def _has(rec: RoundRecord, kind: str) -> bool:
+    return any(k == kind and a is None for _, k, a, _ in rec.events)
+
 
 register_market("routing", SocialGradientMarket)
 register_market("quadratic", SocialGradientMarket)
