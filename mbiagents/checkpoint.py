@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from mbiagents.errors import LedgerError
 from mbiagents.ledger.store import Ledger
 
 CHECKPOINT_SCHEMA = "mbi_checkpoints"
@@ -34,16 +35,23 @@ def open_checkpointer(ledger: Ledger) -> Iterator[Any | None]:
         from psycopg.rows import dict_row
 
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(conninfo, autocommit=True, prepare_threshold=0, row_factory=dict_row,
-                             options=f"-c search_path={CHECKPOINT_SCHEMA}") as conn:
-            # concurrent runs set up one at a time; poll between statements (no open transaction,
-            # which set-up's CREATE INDEX CONCURRENTLY would otherwise wait for: a deadlock)
-            while not conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SETUP_LOCK,)).fetchone()["ok"]:
-                time.sleep(0.05)
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {CHECKPOINT_SCHEMA}")
-            saver = PostgresSaver(conn)
-            saver.setup()
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=0, row_factory=dict_row,
+                                   options=f"-c search_path={CHECKPOINT_SCHEMA}")
+        except psycopg.Error as exc:
+            raise _setup_error(exc) from None
+        with conn:
+            try:
+                # concurrent runs set up one at a time; poll between statements (no open transaction,
+                # which set-up's CREATE INDEX CONCURRENTLY would otherwise wait for: a deadlock)
+                while not conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SETUP_LOCK,)).fetchone()["ok"]:
+                    time.sleep(0.05)
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {CHECKPOINT_SCHEMA}")
+                saver = PostgresSaver(conn)
+                saver.setup()
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+            except psycopg.Error as exc:
+                raise _setup_error(exc) from None
             yield saver
         return
     if not url.database or url.database == ":memory:":
@@ -51,12 +59,23 @@ def open_checkpointer(ledger: Ledger) -> Iterator[Any | None]:
         return
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    conn = sqlite3.connect(url.database + SQLITE_SUFFIX, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        saver = SqliteSaver(conn)
-        saver.setup()
+        conn = sqlite3.connect(url.database + SQLITE_SUFFIX, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _setup_error(exc) from None
+    try:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            saver = SqliteSaver(conn)
+            saver.setup()
+        except sqlite3.Error as exc:
+            raise _setup_error(exc) from None
         yield saver
     finally:
         conn.close()
+
+
+def _setup_error(exc: Exception) -> LedgerError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return LedgerError(f"cannot set up the run's checkpoints beside the ledger: {first}")

@@ -39,7 +39,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (a NaN or infinity is a bug to surface, not ``NaN`` to print)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @app.command()
@@ -68,10 +69,6 @@ def run(
     if resume is not None and (rounds is not None or seed is not None):
         _fail("--resume continues a run as it was started: --rounds and --seed do not apply")
     try:
-        if report_dir is not None:
-            from mbiagents.report import prepare_out_dir
-
-            prepare_out_dir(report_dir)  # fail before the run, not after it
         if resume is not None:
             title, total = f"resume {resume}", None
             start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round)  # noqa: E731
@@ -82,6 +79,10 @@ def run(
             title, total = sc.scenario.name, rounds or sc.scenario.rounds
             start = lambda on_round: run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round,  # noqa: E731
                                                   llm=llm)
+        if report_dir is not None:  # after the scenario is known good, before anything runs
+            from mbiagents.report import prepare_out_dir
+
+            prepare_out_dir(report_dir)
         if not as_json and err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -159,9 +160,10 @@ def _print_run_summary(name: str, result) -> None:
         out.print("assignment (last round): " + ", ".join(f"{t} -> {a or 'not done'}" for t, a in s["assignment"].items()))
     reg = s.get("regret")  # principal runs: welfare regret against the first-best
     if reg:
-        out.print(f"regret R(T={reg['T']}) {reg['total']:.4g} (exponent in run {reg['exponent_in_run']:.2f})   "
-                  f"no incentives {reg['no_incentives_total']:.4g} (exponent {reg['no_incentives_exponent_in_run']:.2f})"
-                  f"  ({reg['note']})")
+        slope = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        out.print(f"regret R(T={reg['T']}) {reg['total']:.4g} (exponent in run {slope(reg['exponent_in_run'])})   "
+                  f"no incentives {reg['no_incentives_total']:.4g} "
+                  f"(exponent {slope(reg['no_incentives_exponent_in_run'])})  ({reg['note']})")
     b = s.get("budget")
     if b:
         out.print("budget: " + "  ".join(f"{k.replace('_', ' ')} {v:.6f}" for k, v in b.items()))
@@ -308,7 +310,11 @@ def replay(ledger: LedgerOpt = None, run_id: RunOpt = None, as_json: JsonOpt = F
     from mbiagents.ledger.schema import open_ledger
 
     try:
-        report = replay_run(open_ledger(ledger, create=False), run_id)
+        led = open_ledger(ledger, create=False)
+        try:
+            report = replay_run(led, run_id)
+        finally:
+            led.dispose()
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
@@ -349,7 +355,11 @@ def export(
     from mbiagents.ledger.schema import open_ledger
 
     try:
-        summary = export_run(open_ledger(ledger, create=False), run_id, fmt, Path(out_path), trajectories)
+        led = open_ledger(ledger, create=False)
+        try:
+            summary = export_run(led, run_id, fmt, Path(out_path), trajectories)
+        finally:
+            led.dispose()
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return

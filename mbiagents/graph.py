@@ -92,7 +92,7 @@ def _fan_out(node: str, after: str):
         agents = state.get("llm_agents") or []
         if not agents:
             return after
-        view = {k: state.get(k) for k in ("round", "reports", "signals", "actions", "outcome")}
+        view = {k: state.get(k) for k in ("round", "reports", "logged_reports", "signals", "actions", "outcome")}
         return [Send(node, {"agent": a, "state": view}) for a in agents]
 
     route.__name__ = f"fan_out_{node}"

@@ -125,12 +125,21 @@ def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], o
 
 
 def _llm_settings(scenario: ScenarioBase, cli: str | None):
+    """The run's LLM settings, checked before anything is written: the backend must be
+    usable (the local extra installed; an API key for OpenAI)."""
+    from mbiagents.agents.local_server import local_backend_available
     from mbiagents.agents.settings import resolve_llm_settings
 
     try:
-        return resolve_llm_settings(scenario.llm, cli=cli)
+        settings = resolve_llm_settings(scenario.llm, cli=cli)
     except ValueError as exc:
         raise MbiError(f"--llm / [llm]: {str(exc).splitlines()[0]}") from None
+    if settings.backend == "local" and settings.base_url is None and not local_backend_available():
+        raise MbiError("the local LLM backend needs the 'local' extra: pip install -e '.[local]' "
+                       "(or pass --llm openai / --llm http://host:port/v1)")
+    if settings.backend == "openai" and settings.base_url is None and settings.api_key() is None:
+        raise MbiError(f"the openai LLM backend needs an API key in ${settings.api_key_env}")
+    return settings
 
 
 async def _invoke_with_llm(graph, state, ctx: RunContext, config, settings):

@@ -237,7 +237,7 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>") -> ScenarioBa
     if not isinstance(meta, dict):
         raise ScenarioError(f"{path}: scenario: missing [scenario] table")
     game = meta.get("game")
-    if game not in GAMES:
+    if not isinstance(game, str) or game not in GAMES:
         known = ", ".join(sorted(GAMES))
         raise ScenarioError(f"{path}: scenario.game: unknown game {game!r} (known: {known})")
     model, mechanisms = GAMES[game]

@@ -170,3 +170,52 @@ def test_task_market_bad_input_exit_2_writes_nothing(tmp_path):
     res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{ledger}"])
     assert res.exit_code == 2 and "agents[0].costs.t" in res.stderr and res.stderr.count("\n") == 1
     assert not ledger.exists()
+
+
+def test_game_of_the_wrong_type_is_a_one_line_error(tmp_path):
+    scen = tmp_path / "s.toml"
+    scen.write_text('[scenario]\nname="x"\ngame=["team"]\nmechanism="dpm"\n')
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"])
+    assert res.exit_code == 2 and "scenario.game: unknown game" in res.stderr and "Traceback" not in res.output
+
+
+def test_unusable_llm_backend_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    ledger = tmp_path / "l.db"
+    res = runner.invoke(app, ["run", str(EXAMPLES / "llm_shared_capacity.toml"), "--llm", "openai",
+                              "--ledger", f"sqlite:///{ledger}"])
+    assert res.exit_code == 2 and "OPENAI_API_KEY" in res.stderr and res.stderr.count("\n") == 1
+    assert not ledger.exists()
+
+
+def test_report_folder_is_not_created_for_a_bad_scenario(tmp_path):
+    scen = tmp_path / "s.toml"
+    scen.write_text('[scenario]\nname="x"\ngame="team"\nmechanism="dpm"\n[game]\ncongestion=0\n')
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{tmp_path / 'l.db'}",
+                              "--report", str(tmp_path / "rep")])
+    assert res.exit_code == 2 and not (tmp_path / "rep").exists()
+
+
+def test_run_json_is_strict_json_for_short_principal_runs(tmp_path):
+    def no_nan(name):
+        raise AssertionError(f"{name} in --json output")
+
+    res = runner.invoke(app, ["run", str(EXAMPLES / "principal.toml"), "--rounds", "10", "--json",
+                              "--ledger", f"sqlite:///{tmp_path / 'l.db'}"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout, parse_constant=no_nan)
+    assert out["regret"]["exponent_in_run"] is None
+
+
+def test_tampered_run_header_fails_the_audit_not_the_input(example_run, tmp_path):
+    url, out = example_run
+    dst = tmp_path / "tampered.db"
+    shutil.copy(Path(url.removeprefix("sqlite:///")), dst)
+    engine = create_engine(f"sqlite:///{dst}")
+    with engine.begin() as conn:  # runs are not append-only (status is set at the end): no trigger to drop
+        conn.execute(text("update runs set scenario_json = '{}' where id = :i"), {"i": out["run_id"]})
+    engine.dispose()
+    res = runner.invoke(app, ["audit", "--ledger", f"sqlite:///{dst}", "--run", out["run_id"], "--json"])
+    assert res.exit_code == 1
+    failed = {c["name"]: c["first_failure"] for c in json.loads(res.stdout)["checks"] if not c["ok"]}
+    assert "run header" in failed["hash_chain"]

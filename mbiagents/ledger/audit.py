@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from mbiagents.errors import ScenarioError
 from mbiagents.ledger.models import Run
 from mbiagents.ledger.money import to_minor_units, within_rounding
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
@@ -100,14 +101,21 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     reports and actions logged before it); transfers are dropped once checked.
     """
     run = ledger.get_run(run_id)
-    market = market_of(run)
-    accounts = dict(ledger.accounts(run.id))
     double_entry, idem, chain, complete, pay = (Check(n) for n in (
         "double_entry", "idempotency", "hash_chain", "rounds_complete", "payments_recompute"))
     extra: dict[str, Check] = {}
 
     if header_hash(run_header(run)) != run.header_hash:
         chain.fail("run header: stored header hash does not match the run's fields")
+    try:
+        market = market_of(run)
+    except ScenarioError as exc:
+        if chain.ok:
+            raise
+        # a tampered header whose scenario no longer validates: a failed audit, not bad input
+        chain.detail += f" (its scenario no longer validates: {exc})"
+        return AuditReport(run.id, 0, 0, [chain])
+    accounts = dict(ledger.accounts(run.id))
     seen: set[str] = set()
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0

@@ -15,7 +15,7 @@ from mbiagents.errors import LedgerError
 from mbiagents.ledger.store import DEFAULT_LEDGER_URL, Ledger, _short, make_engine, table_names
 
 MIGRATE_LOCK = 0x6D6269_00  # PostgreSQL advisory lock key: schema migration
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
 
 def alembic_config(url: str | None = None) -> Config:

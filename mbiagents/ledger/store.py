@@ -170,7 +170,7 @@ class Ledger:
                    scenario_json=canonical_json(scenario), minor_units=MINOR_UNITS)
         row["header_hash"] = header_hash(row)
         row["status"] = "running"
-        row["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        row["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
         accounts = [dict(run_id=run_id, name=agent_account(a), kind="agent", position=i) for i, a in enumerate(agent_ids)]
         accounts.append(dict(run_id=run_id, name=TREASURY, kind="treasury", position=len(agent_ids)))
         accounts += [dict(run_id=run_id, name=n, kind="mechanism", position=len(agent_ids) + 1 + j)

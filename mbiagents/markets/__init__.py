@@ -31,4 +31,4 @@ from mbiagents.markets import principal as _principal  # noqa: E402,F401  (princ
 from mbiagents.markets import reinforce as _reinforce  # noqa: E402,F401  (team:reinforce)
 
 __all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
-del _team, _tasks, _congestion
+del _team, _tasks, _congestion, _social_gradient, _principal, _reinforce

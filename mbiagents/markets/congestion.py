@@ -81,7 +81,7 @@ class CongestionMarket(Market):
     def initial_state(self) -> dict[str, Any]:
         n = len(self.agent_ids)
         return {"actions": np.zeros(n, np.int64), "paid_total": np.zeros(n), "llm_agents": [],
-                "extra": {"q": self.population.reset(), "welfare_sum": 0.0}}
+                "extra": {"q": self.population.reset()}}
 
     def elicit(self, state):
         return {}

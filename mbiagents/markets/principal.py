@@ -67,13 +67,14 @@ def _principal(pst, s, a, menu, mdp, cfg):
     return menu[s, a], pm.welfare(mdp, s, a), pr.principal_update(pst, s, a, model, cfg)
 
 
-def _slope(regret_curve: np.ndarray) -> float:
-    """Slope of ``log R(t)`` on ``log t`` at 20 log-spaced t over the last 90% of the run."""
+def _slope(regret_curve: np.ndarray) -> float | None:
+    """Slope of ``log R(t)`` on ``log t`` at 20 log-spaced t over the last 90% of the run
+    (``None`` when undefined: fewer than 20 rounds, or a regret that is not positive)."""
     T = len(regret_curve)
     ts = np.unique(np.geomspace(max(1, T // 10), T, 20).astype(int))
     r = regret_curve[ts - 1]
     if T < 20 or np.any(r <= 0):
-        return float("nan")
+        return None
     return pr.regret_exponent(ts, r)
 
 

@@ -89,8 +89,6 @@ class TaskMarket(Market):
         self.factors = np.array([a.misreport_factor or 1.0 for a in scenario.agents], dtype=np.float64)
         self.is_llm = np.array([a.backend == "llm" for a in scenario.agents])
         self.bid_bounds = Bounds(lo=0.0, hi=scenario.game.max_bid)
-        if self.mechanism == "vcg-fast" and np.any(self.capacities != 1):
-            raise ValueError("mechanism 'vcg-fast' needs every capacity = 1")
         self._true: dict[int, np.ndarray] = {}
 
     # ---- the round's public data and private costs ------------------------------------
