@@ -27,3 +27,9 @@ def within_rounding(minor: np.ndarray, amounts: np.ndarray) -> np.ndarray:
 
 def from_minor_units(minor: int | np.ndarray) -> float | np.ndarray:
     return np.asarray(minor) / MINOR_UNITS
+
+
+def settled(amounts) -> np.ndarray:
+    """The money that actually moves for float payments: their rounding to minor units,
+    back in units (what summaries show as ``payment``)."""
+    return np.asarray(from_minor_units(to_minor_units(amounts)), dtype=np.float64)

@@ -32,7 +32,7 @@ import numpy as np
 
 from mechanisms.games.diml_envs import CongestionParams, congestion_mechanism
 from mbiagents.agents.policy import LogitQPopulation
-from mbiagents.ledger.money import from_minor_units, to_minor_units
+from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
 from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
@@ -136,7 +136,7 @@ class CongestionMarket(Market):
     # ---- summary --------------------------------------------------------------------
     def summary(self, state) -> dict[str, Any]:
         a = np.asarray(state["actions"], np.int64)
-        t = from_minor_units(to_minor_units(np.asarray(state.get("payments", np.zeros(len(a))))))
+        t = settled(state.get("payments", np.zeros(len(a))))
         payoffs = np.asarray(state["extra"].get("payoffs", np.zeros(len(a))))  # toll included
         loads = np.bincount(a, minlength=self.n_actions)
         w = -float(route_costs(loads, self.c1, self.c2).sum())
@@ -144,7 +144,7 @@ class CongestionMarket(Market):
         agents = {
             aid: {"action": int(a[i]), "payment": float(t[i]), "utility": float(payoffs[i]),
                   "value": float(payoffs[i] + t[i]),
-                  "total_paid": float(from_minor_units(to_minor_units(state["paid_total"][i])))}
+                  "total_paid": float(settled(state["paid_total"][i]))}
             for i, aid in enumerate(self.agent_ids)
         }
         return {

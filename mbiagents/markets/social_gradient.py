@@ -39,7 +39,7 @@ import numpy as np
 
 from mechanisms import social_gradient as sg
 from mechanisms.games import routing as rt
-from mbiagents.ledger.money import from_minor_units, to_minor_units
+from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
 from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
@@ -175,10 +175,10 @@ class SocialGradientMarket(Market):
         s = float(cost(jnp.asarray(x), self.params))
         xo, so, ref = self.optimum()
         posted = np.asarray(state["extra"].get("posted", _post(jnp.asarray(state["extra"]["p"]), self.game)))
-        t = from_minor_units(to_minor_units(np.asarray(state.get("payments", np.zeros_like(x)))))
+        t = settled(state.get("payments", np.zeros_like(x)))
         agents = {
             aid: {"action": float(x[i]), "incentive": float(posted[i]), "payment": float(t[i]),
-                  "total_paid": float(from_minor_units(to_minor_units(state["paid_total"][i]))),
+                  "total_paid": float(settled(state["paid_total"][i])),
                   "optimal_action": float(xo[i])}
             for i, aid in enumerate(self.agent_ids)
         }
@@ -191,7 +191,7 @@ class SocialGradientMarket(Market):
             "agents": agents,
             "incentives": {aid: float(posted[i]) for i, aid in enumerate(self.agent_ids)},
             "reference_incentives": {aid: float(ref[i]) for i, aid in enumerate(self.agent_ids)},
-            "treasury_revenue": float(from_minor_units(to_minor_units(state["paid_total"]).sum())),
+            "treasury_revenue": float(settled(state["paid_total"]).sum()),
         }
 
     # ---- report -----------------------------------------------------------------------

@@ -49,7 +49,7 @@ import numpy as np
 from mechanisms import bayesian, properties, vcg
 from mechanisms.games import assignment as game
 from mbiagents.agents.games import Bounds, Task, TaskAgentInfo, task_bid, task_deliver
-from mbiagents.ledger.money import from_minor_units, to_minor_units
+from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
 from mbiagents.markets.base import (
@@ -203,7 +203,7 @@ class TaskMarket(Market):
     # ---- settlement -----------------------------------------------------------------
     def _utility(self, reports: np.ndarray, r: int, i: int) -> float:
         out = self.run_mechanism(reports, r)
-        t = from_minor_units(to_minor_units(out.payments))
+        t = settled(out.payments)
         return float(-np.sum(self.true_costs(r)[i, out.assignment == i]) - t[i])
 
     def settle(self, state) -> Settlement:
@@ -214,12 +214,12 @@ class TaskMarket(Market):
         assign = np.array([self.index[a] if a is not None else -1 for a in outcome["assignment"].values()],
                           dtype=np.int64)
         t = np.asarray(outcome["payments"], np.float64)
-        settled = np.asarray(from_minor_units(to_minor_units(t)), np.float64)
+        paid = settled(t)
         n = len(self.agent_ids)
         cost = np.array([np.sum(true[i, assign == i]) for i in range(n)])
         welfare = float(np.sum(values[assign >= 0]) - cost.sum())
         optimum = float(game.welfare(true, values, game.solve_host(true, values, self.capacities))) if values.size else 0.0
-        utility = -cost - settled
+        utility = -cost - paid
         truthful = utility.copy()
         for i in np.flatnonzero(self.factors != 1.0):
             honest = reports.copy()
@@ -242,8 +242,8 @@ class TaskMarket(Market):
         return Settlement(
             events=events + llm,
             transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
-            metrics={"welfare": welfare, "optimal_welfare": optimum, "paid_out": float(-settled.sum())},
-            updates={"payments": settled, "paid_total": state["paid_total"] + settled, "extra": extra,
+            metrics={"welfare": welfare, "optimal_welfare": optimum, "paid_out": float(-paid.sum())},
+            updates={"payments": paid, "paid_total": state["paid_total"] + paid, "extra": extra,
                      "llm_usage": usage},
         )
 

@@ -24,7 +24,7 @@ from mechanisms.games import team
 from mechanisms.learning import projected_gradient_norm
 from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
-from mbiagents.ledger.money import from_minor_units, to_minor_units
+from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
 from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers
@@ -233,7 +233,7 @@ class TeamMarket(Market):
         truth = self.population.true_types
         x = np.asarray(state["actions"])
         # the money that moved: payments as settled in minor units
-        t = from_minor_units(to_minor_units(np.asarray(state.get("payments", np.zeros_like(x)))))
+        t = settled(state.get("payments", np.zeros_like(x)))
         v = np.asarray(team.values(x, truth))
         w = float(team.welfare(x, truth, self.kappa))
         w_star = float(team.optimal_welfare(truth, self.kappa))
@@ -245,7 +245,7 @@ class TeamMarket(Market):
                 "utility": float(v[i] - t[i]),
                 "value": float(v[i]),
                 "reported_value": float(reports["value"][i]),
-                "total_paid": float(from_minor_units(to_minor_units(state["paid_total"][i]))),
+                "total_paid": float(settled(state["paid_total"][i])),
             }
             for i, aid in enumerate(self.agent_ids)
         }
