@@ -123,3 +123,15 @@ def test_metrics_vanish_at_the_truth_and_payoff_differences_average_contexts():
     d = diml.payoff_differences(m, env.params, acts[:1, :5])
     brute = np.mean([brute_counterfactual(m, env.params, j) for j in joints[:5]], axis=0)
     np.testing.assert_allclose(d, brute - brute[:, :1], atol=1e-12)
+
+
+def test_environment_scale_multiplies_payoffs():
+    """``scale`` (calibrated defaults E1_SCALE, E7_SCALE) multiplies every payoff of E1 and E7."""
+    e1 = envs.e1_neural(KEY, 3, 4)
+    np.testing.assert_allclose(jnp.std(e1.mechanism.prepare(e1.params)), envs.E1_SCALE, rtol=1e-12)
+    np.testing.assert_allclose(e1.mechanism.prepare(envs.e1_neural(KEY, 3, 4, scale=1.0).params) * envs.E1_SCALE,
+                               e1.mechanism.prepare(e1.params), atol=1e-12)
+    joint = jnp.array([0, 1, 2, 2, 1, 0])
+    u = envs.payoffs(envs.e7_anonymous(KEY, 6, 4).mechanism, envs.e7_anonymous(KEY, 6, 4).params, joint)
+    u1 = envs.payoffs(envs.e7_anonymous(KEY, 6, 4).mechanism, envs.e7_anonymous(KEY, 6, 4, scale=1.0).params, joint)
+    np.testing.assert_allclose(u, envs.E7_SCALE * u1, atol=1e-12)
