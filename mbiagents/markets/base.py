@@ -32,6 +32,11 @@ class Recomputed:
     info: dict[str, tuple[bool, str]] = field(default_factory=dict)  # properties reported, never failed
 
 
+def welfare_gap(welfare: float, optimum: float) -> float:
+    """Relative shortfall ``(W* - W) / |W*|`` of the summary (the absolute one when ``W* = 0``)."""
+    return (optimum - welfare) / abs(optimum) if optimum else optimum - welfare
+
+
 def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[TransferRow]:
     """One transfer per agent for its payment ``t_i`` (what it pays; negative = it is paid).
 

@@ -35,7 +35,7 @@ from mbiagents.agents.policy import LogitQPopulation
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
 from mbiagents.scenario import CongestionScenario
 
 
@@ -150,7 +150,7 @@ class CongestionMarket(Market):
         return {
             "welfare": w,
             "optimal_welfare": w_star,
-            "welfare_gap": (w_star - w) / abs(w_star) if w_star else 0.0,
+            "welfare_gap": welfare_gap(w, w_star),
             "loads": loads.tolist(),
             "agents": agents,
             "budget": {"payments": float(t.sum()), "operator_cost": 0.0, "surplus": float(t.sum())},

@@ -42,7 +42,7 @@ from mechanisms import principal as pr
 from mechanisms.games import principal_mdp as pm
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -189,7 +189,7 @@ class PrincipalMarket(Market):
         return {
             "welfare": mean_w,  # average social welfare per round (transfers excluded)
             "optimal_welfare": g,  # first-best average welfare per round
-            "welfare_gap": (g - mean_w) / abs(g) if g else g - mean_w,
+            "welfare_gap": welfare_gap(mean_w, g),
             "agents": {aid: {"action": int(state["actions"][0]), "payment": float(state["payments"][0]) if T else 0.0,
                              "total_paid": -paid, "total_received": paid}},
             "incentives": {"menu": menu.tolist(), "estimated_minimal_transfers": np.asarray(pr.estimated_transfers(pst)).tolist(),

@@ -29,7 +29,7 @@ from mechanisms.games import team
 from mbiagents.errors import ScenarioError
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement
+from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 
 LR, SIGMA, BASELINE_RATE, TARGET = 0.1, 0.3, 0.05, 0.99
 _OPT = optax.adam(LR)
@@ -112,7 +112,7 @@ class ReinforceMarket(Market):
         return {
             "welfare": w,  # welfare of the mean policy
             "optimal_welfare": self.w_star,
-            "welfare_gap": (self.w_star - w) / abs(self.w_star) if self.w_star else 0.0,
+            "welfare_gap": welfare_gap(w, self.w_star),
             "target_welfare": TARGET * self.w_star,
             "agents": {aid: {"action": float(mu[i]), "payment": 0.0} for i, aid in enumerate(self.agent_ids)},
         }

@@ -42,7 +42,7 @@ from mechanisms.games import routing as rt
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
 
 
 def _game_fns(game: str):
@@ -185,7 +185,7 @@ class SocialGradientMarket(Market):
         return {
             "welfare": -s,  # welfare = -social cost (transfers excluded)
             "optimal_welfare": -so,
-            "welfare_gap": (s - so) / abs(so) if so else s,
+            "welfare_gap": welfare_gap(-s, -so),
             "social_cost": s,
             "optimal_social_cost": so,
             "agents": agents,

@@ -54,8 +54,7 @@ from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
 from mbiagents.markets.base import (
     Market, Recomputed, Settlement, budget_balanced_payments, llm_events, payment_transfers,
-    signed_minor_from_transfers,
-)
+    signed_minor_from_transfers, welfare_gap)
 from mbiagents.scenario import TaskScenario, TaskSpec
 
 BRUTE_FORCE_LIMIT = 20_000  # (N+1)^M profiles up to which the audit checks efficiency by enumeration
@@ -318,7 +317,7 @@ class TaskMarket(Market):
         return {
             "welfare": w,
             "optimal_welfare": w_star,
-            "welfare_gap": (w_star - w) / abs(w_star) if w_star else 0.0,
+            "welfare_gap": welfare_gap(w, w_star),
             "assignment": ex["assignment"],
             "agents": agents,
             "budget": {"payments": round(float(paid.sum()), 6), "task_value": value_done, "surplus": value_done + float(paid.sum())},

@@ -27,7 +27,7 @@ from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -255,7 +255,7 @@ class TeamMarket(Market):
         return {
             "welfare": w,
             "optimal_welfare": w_star,
-            "welfare_gap": (w_star - w) / abs(w_star) if w_star else 0.0,
+            "welfare_gap": welfare_gap(w, w_star),
             "agents": agents,
             "budget": {"payments": float(t.sum()), "operator_cost": cost, "surplus": float(t.sum()) - cost},
         }
