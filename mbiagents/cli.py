@@ -197,7 +197,9 @@ def audit(
         table.add_column("result")
         table.add_column("first failure")
         for c in report.checks:
-            table.add_row(c.name, "[green]pass[/]" if c.ok else f"[red]FAIL[/] ({c.failures})", c.detail)
+            result = ("[green]pass[/]" if c.ok else f"[yellow]info[/] ({c.failures})" if c.informational
+                      else f"[red]FAIL[/] ({c.failures})")  # informational checks never fail an audit
+            table.add_row(c.name, result, c.detail)
         out.print(table)
     raise typer.Exit(0 if report.ok else 1)
 
