@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from mbiagents.agents.settings import LLMSettings
 from mbiagents.errors import ScenarioError
 
+#: an agent or task id: safe in account names, transfer ids and the hash encoding
+AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,7 +53,7 @@ class PolicyAgentSpec(Strict):
     by a language model (``persona`` goes into their prompt).
     """
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: AgentId
     backend: Literal["policy", "llm"] = "policy"
     persona: str | None = None
     policy: Literal["truthful", "misreport"] = "truthful"
@@ -118,7 +121,7 @@ class TaskSpec(Strict):
     """A task on offer: public ``value``; offered in round ``round`` only (0 = the first
     round), or in every round when ``round`` is left out."""
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: AgentId
     value: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     description: str = ""
     round: NonNegativeInt | None = None
@@ -186,7 +189,7 @@ class CongestionAgentSpec(Strict):
     """A logit-Q learner (``mechanisms.learning``): step ``alpha``, inverse temperature
     ``beta``, uniform exploration ``eps``."""
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: AgentId
     backend: Literal["policy"] = "policy"
     policy: Literal["logit-q"] = "logit-q"
     alpha: float = Field(0.25, gt=0.0, le=1.0)

@@ -29,9 +29,8 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from mbiagents.scenario import GAMES, ScenarioBase, Strict, TeamScenario, register_game
+from mbiagents.scenario import GAMES, AgentId, ScenarioBase, Strict, TeamScenario, register_game
 
-AgentId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class PlannerDynamics(Strict):
@@ -52,7 +51,7 @@ class RoutingGameSettings(PlannerDynamics):
 class LinkSpec(Strict):
     """One parallel link's user population: latency ``a + b x^degree`` (``degree >= 1``)."""
 
-    id: str = AgentId
+    id: AgentId
     backend: Literal["policy"] = "policy"
     a: NonNegativeFloat = 0.0
     b: NonNegativeFloat = 0.0
@@ -77,7 +76,7 @@ class QuadraticGameSettings(PlannerDynamics):
 class QuadraticAgentSpec(Strict):
     """One agent: private cost ``q x^2/2 - r x + c x X`` (``q > 0``)."""
 
-    id: str = AgentId
+    id: AgentId
     backend: Literal["policy"] = "policy"
     q: PositiveFloat
     r: float
@@ -113,7 +112,7 @@ class PrincipalGameSettings(Strict):
 class PrincipalAgentSpec(Strict):
     """The learning agent: an epsilon-greedy Q-learner on its private reward + transfers."""
 
-    id: str = AgentId
+    id: AgentId
     backend: Literal["policy"] = "policy"
     policy: Literal["q-learning"] = "q-learning"
 

@@ -42,6 +42,7 @@ from mechanisms.games import routing as rt
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
+from mbiagents.markets.report_data import _payload
 from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
 
 
@@ -200,19 +201,15 @@ class SocialGradientMarket(Market):
         welfare is ``-S(x)`` against ``-S*`` of the closed-form optimum."""
         data = super().report_data(rounds)
         nan = float("nan")
-        posted = [rec.payload("incentives")["posted"] if _has(rec, "incentives") else None for rec in rounds]
+        posted = [(_payload(rec, "incentives") or {}).get("posted") for rec in rounds]
         data["incentives"] = {aid: [p[i] if p is not None else nan for p in posted]
                               for i, aid in enumerate(self.agent_ids)}
-        social = [rec.payload("social_cost")["S"] if _has(rec, "social_cost") else nan for rec in rounds]
+        social = [(_payload(rec, "social_cost") or {}).get("S", nan) for rec in rounds]
         data["social_cost"] = social
         so = self.optimum()[1]
         data["welfare"] = [-v for v in social]
         data["optimal_welfare"] = [-so] * len(rounds)
         return data
-
-
-def _has(rec: RoundRecord, kind: str) -> bool:
-    return any(k == kind and a is None for _, k, a, _ in rec.events)
 
 
 register_market("routing", SocialGradientMarket)
