@@ -1,6 +1,7 @@
 """Agent learning dynamics as pure functions (state in, state out).
 
 - ``projected_gradient_play``: gradient play on a price signal, projected onto ``x >= 0``.
+- ``free_coordinates``: the coordinates a projected step can move (not pinned at ``x = 0``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ def projected_gradient_play(x: Array, gradient: Array, step: Array) -> Array:
     return jnp.maximum(0.0, x + step * gradient)
 
 
+def free_coordinates(x: Array, gradient: Array) -> Array:
+    """Mask of the coordinates not blocked by ``x >= 0``: ``x_i > 0`` or ``g_i >= 0``."""
+    return ~((x <= 0.0) & (gradient < 0.0))
+
+
 def projected_gradient_norm(x: Array, gradient: Array) -> Array:
     """Stationarity on ``x >= 0``: ``max_i |g_i|``, ignoring ``g_i < 0`` where ``x_i = 0``.
 
     Zero exactly at a KKT point of ``max U`` subject to ``x >= 0``.
     """
-    blocked = (x <= 0.0) & (gradient < 0.0)
-    return jnp.max(jnp.where(blocked, 0.0, jnp.abs(gradient)), initial=0.0)
+    return jnp.max(jnp.where(free_coordinates(x, gradient), jnp.abs(gradient), 0.0), initial=0.0)
 
 
 # ---------------------------------------------------------------------------------------

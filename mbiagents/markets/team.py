@@ -3,8 +3,9 @@
 Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 
 1. elicit: agents report ``theta_hat`` (logged when it changes; always in round 0);
-2. mechanism: signals ``G = -dL/dx`` at ``x^t`` and the projected residual;
-3. act: agents move to ``x^{t+1}``;
+2. mechanism: signals ``G = -dL/dx`` at ``x^t``, the projected residual and, under the
+   ``newton`` step rule (``[game] step``), the public price move ``pi`` (logged with ``G``);
+3. act: agents move to ``x^{t+1}`` (policy agents: ``max(0, x + eta (G - pi))``);
 4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
    transfer per agent (agent -> treasury), plus the outcome.
 
@@ -31,10 +32,10 @@ from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, p
 from mbiagents.scenario import TeamScenario
 
 
-@partial(jax.jit, static_argnames=())
-def _price(x, reports, kappa):
+@partial(jax.jit, static_argnames=("rule",))
+def _price(x, reports, kappa, rule="fixed"):
     g = dpm.team_signals(x, reports, kappa)
-    return g, projected_gradient_norm(x, g)
+    return g, projected_gradient_norm(x, g), dpm.announced_price_move(x, g, reports, kappa, rule)
 
 
 @jax.jit
@@ -78,7 +79,8 @@ class TeamMarket(Market):
     def __init__(self, scenario: TeamScenario):
         super().__init__(scenario)
         self.kappa = float(scenario.game.congestion)
-        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
+        self.step_rule = scenario.game.step
+        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
         self.index = {a: i for i, a in enumerate(self.agent_ids)}
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
@@ -96,11 +98,12 @@ class TeamMarket(Market):
 
     def price(self, state):
         reports = self._with_llm(state, "report", state["reports"])
-        g, residual = _price(state["actions"], _types(reports), self.kappa)
-        return {"reports": reports, "signals": np.asarray(g), "residual": float(residual)}
+        g, residual, move = _price(state["actions"], _types(reports), self.kappa, self.step_rule)
+        return {"reports": reports, "signals": np.asarray(g), "residual": float(residual),
+                "extra": {"price_move": float(move)}}
 
     def act(self, state):
-        x_next = self.population.act(state["signals"], state["actions"])
+        x_next = self.population.act(state["signals"], state["actions"], state["extra"]["price_move"])
         return {"next_actions": x_next}
 
     # ---- LLM agents -----------------------------------------------------------------
@@ -152,7 +155,8 @@ class TeamMarket(Market):
         if changed:
             events.append(EventRow("reports", {k: v.tolist() for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": state["signals"].tolist(), "residual": state["residual"]}),
+            EventRow("signals", {"G": state["signals"].tolist(), "residual": state["residual"],
+                                 **self._logged_move(state["extra"]["price_move"])}),
             EventRow("actions", {"x": x.tolist()}),
             EventRow("payments", {"t": t.tolist()}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
@@ -167,6 +171,10 @@ class TeamMarket(Market):
             updates={"actions": x, "payments": t, "logged_reports": reports, "paid_total": state["paid_total"] + t,
                      "operator_cost": float(cost), "llm_usage": usage},
         )
+
+    def _logged_move(self, move: float) -> dict[str, float]:
+        """The broadcast price move as logged: only under ``newton`` (``fixed`` logs are unchanged)."""
+        return {"price_move": move} if self.step_rule == "newton" else {}
 
     def converged(self, state) -> bool:
         return state.get("residual", np.inf) <= self.scenario.scenario.tolerance
@@ -190,11 +198,17 @@ class TeamMarket(Market):
         x = np.asarray(rec.payload("actions")["x"], np.float64)
         x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
-        g, _ = _price(x_prev, reports, self.kappa)
+        g, _, move = _price(x_prev, reports, self.kappa, self.step_rule)
+        signals = rec.payload("signals")
         outcome = rec.payload("outcome")
+        # G and, under newton, the broadcast price move pi
+        extra = ["price_move"] if self.step_rule == "newton" else []
         checks = {
-            "signals_recompute": _close(self.agent_ids, np.asarray(rec.payload("signals")["G"], np.float64),
-                                        np.asarray(g), "G"),
+            "signals_recompute": _close(self.agent_ids + extra,
+                                        np.asarray(signals["G"] + [signals[k] for k in extra], np.float64),
+                                        np.append(np.asarray(g), [float(move)] * len(extra)), "G"),
+            # policy agents' moves, bit for bit, from the recomputed signals and price move
+            "actions_recompute": self._policy_actions_match(x, x_prev, np.asarray(g), float(move)),
             "outcome_recompute": _close(["aggregate", "operator_cost", "reported_welfare"],
                                         np.asarray([outcome[k] for k in ("aggregate", "operator_cost",
                                                                          "reported_welfare")]),
@@ -206,6 +220,17 @@ class TeamMarket(Market):
         u = np.asarray(team.values(x, reports)) - t
         return Recomputed(payments=t, checks=checks, info={"individual_rationality": _at_least(
             self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
+
+    def _policy_actions_match(self, x: np.ndarray, x_prev: np.ndarray, g: np.ndarray, move: float) -> tuple[bool, str]:
+        """(ok, first mismatch): each policy agent's logged action is exactly its rule's move."""
+        expected = self.population.act(g, x_prev, move)
+        llm = set(self.llm_agent_ids)
+        policy = np.array([a not in llm for a in self.agent_ids])
+        bad = policy & (expected != x)
+        if not bad.any():
+            return True, ""
+        j = int(np.flatnonzero(bad)[0])
+        return False, f"{self.agent_ids[j]}: logged x={float(x[j])!r}, policy rule gives {float(expected[j])!r}"
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
