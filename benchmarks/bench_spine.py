@@ -121,8 +121,7 @@ def bench_convergence(sizes, fixed_cap: int) -> Table:
     (the issue's setting: the optimal active set shrinks like N^{-1/2}) and at congestion
     per capita ``kappa = 50 / N`` (the shares of active agents stay fixed)."""
     table = Table(title=f"DPM rounds to a {TOL:g} residual from x = 0 (mechanism loop, no ledger)")
-    for c in ("N", "newton, κ=0.5", "fixed, κ=0.5", "newton, κ=50/N", "fixed, κ=50/N", "newton ms (κ=0.5)",
-              "max |x - x*| (newton)"):
+    for c in ("N", "newton κ=.5", "fixed κ=.5", "newton κ=50/N", "fixed κ=50/N", "newton ms κ=.5", "|x-x*| max"):
         table.add_column(c, justify="right")
     for n in sizes:
         types = random_types(n)
@@ -133,7 +132,7 @@ def bench_convergence(sizes, fixed_cap: int) -> Table:
                 cap = 1000 if rule == "newton" else fixed_cap
                 rounds, residual, x = jax.block_until_ready(solve_rounds(types, kappa, rule, cap))
                 if int(rounds) >= cap and float(residual) > TOL:
-                    row.append(f"> {cap:,} (res {float(residual):.1e})")
+                    row.append(f">{cap} ({float(residual):.0e})")
                 else:
                     row.append(f"{int(rounds):,}")
                 if rule == "newton":
