@@ -18,7 +18,9 @@ def projected_gradient_play(x: Array, gradient: Array, step: Array) -> Array:
     Each agent ascends its own utility gradient ``g_i`` with its own step ``eta_i``. With
     the DPM signal as ``g`` and ``eta_i <= 1 / (b_i + kappa N)`` in the team game the joint
     map is a contraction onto the team optimum (the Jacobian of ``-g`` is
-    ``diag(b) + kappa 11^T``, whose eigenvalues scaled by ``eta`` lie in ``(0, 2)``).
+    ``diag(b) + kappa 11^T``, whose eigenvalues scaled by ``eta`` lie in ``(0, 2)``), but
+    with factor ``1 - O(b / (kappa N))``: rounds grow like ``N``. ``mechanisms.dpm``'s
+    ``newton`` rule calls this with ``g - pi`` and ``eta_i = 1 / b_i`` instead.
     """
     return jnp.maximum(0.0, x + step * gradient)
 
