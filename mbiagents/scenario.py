@@ -23,9 +23,12 @@ from mbiagents.scenario_incentives import PrincipalScenario, QuadraticScenario, 
 
 
 class TeamGameSettings(Strict):
-    """``[game]`` of the team game: congestion ``kappa`` in ``C(X) = kappa X^2 / 2``."""
+    """``[game]`` of the team game: congestion ``kappa`` in ``C(X) = kappa X^2 / 2``; ``step``:
+    the agents' step rule (``mechanisms.dpm``): ``"newton"`` (rounds that do not grow like
+    N) or ``"fixed"`` (gradient play with ``1 / (b_i + kappa N)``, rounds that grow like N)."""
 
     congestion: PositiveFloat
+    step: Literal["newton", "fixed"] = "newton"
     max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
     max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
 

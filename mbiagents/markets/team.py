@@ -3,8 +3,9 @@
 Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 
 1. elicit: agents report ``theta_hat`` (logged when it changes; always in round 0);
-2. mechanism: signals ``G = -dL/dx`` at ``x^t`` and the projected residual;
-3. act: agents move to ``x^{t+1}``;
+2. mechanism: signals ``G = -dL/dx`` at ``x^t``, the projected residual and, under the
+   ``newton`` step rule (``[game] step``), the public price move ``pi`` (logged with ``G``);
+3. act: agents move to ``x^{t+1}`` (policy agents: ``max(0, x + eta (G - pi))``);
 4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
    transfer per agent (agent -> treasury), plus the outcome.
 
@@ -32,10 +33,10 @@ from mbiagents.markets.base import Market, Recomputed, Settlement, converged_bel
 from mbiagents.scenario import TeamScenario
 
 
-@partial(jax.jit, static_argnames=())
-def _price(x, reports, kappa):
+@partial(jax.jit, static_argnames=("rule",))
+def _price(x, reports, kappa, rule="fixed"):
     g = dpm.team_signals(x, reports, kappa)
-    return g, projected_gradient_norm(x, g)
+    return g, projected_gradient_norm(x, g), dpm.announced_price_move(x, g, reports, kappa, rule)
 
 
 @jax.jit
@@ -87,6 +88,7 @@ class TeamStep(TypedDict, total=False):
     reports: dict[str, np.ndarray]
     signals: np.ndarray
     residual: float
+    price_move: float  # the broadcast price move of the step rule (0 under ``fixed``)
     next_actions: np.ndarray
 
 
@@ -104,7 +106,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
     def __init__(self, scenario: TeamScenario):
         super().__init__(scenario)
         self.kappa = float(scenario.game.congestion)
-        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
+        self.step_rule = scenario.game.step
+        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
         self.index = {a: i for i, a in enumerate(self.agent_ids)}
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
@@ -121,12 +124,13 @@ class TeamMarket(Market[TeamState, TeamAudit]):
 
     def price(self, state) -> TeamStep:
         reports = self._with_llm(state, "report", state["step"]["reports"])
-        g, residual = _price(state["market"]["actions"], _types(reports), self.kappa)
-        return TeamStep(reports=reports, signals=np.asarray(g), residual=float(residual))
+        g, residual, move = _price(state["market"]["actions"], _types(reports), self.kappa, self.step_rule)
+        return TeamStep(reports=reports, signals=np.asarray(g), residual=float(residual), price_move=float(move))
 
     def act(self, state) -> TeamStep:
         step = state["step"]
-        return {**step, "next_actions": self.population.act(step["signals"], state["market"]["actions"])}
+        return {**step, "next_actions": self.population.act(step["signals"], state["market"]["actions"],
+                                                            step["price_move"])}
 
     # ---- LLM agents -----------------------------------------------------------------
     def _info(self, agent_id: str) -> TeamAgentInfo:
@@ -178,7 +182,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         if changed:
             events.append(EventRow("reports", {k: v.tolist() for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": step["signals"].tolist(), "residual": step["residual"]}),
+            EventRow("signals", {"G": step["signals"].tolist(), "residual": step["residual"],
+                                 **self._logged_move(step["price_move"])}),
             EventRow("actions", {"x": x.tolist()}),
             EventRow("payments", {"t": t.tolist()}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
@@ -191,6 +196,10 @@ class TeamMarket(Market[TeamState, TeamAudit]):
             done=converged_below(step["residual"], self.tolerance),
             metrics={"welfare": true_w, "residual": step["residual"]},
         )
+
+    def _logged_move(self, move: float) -> dict[str, float]:
+        """The broadcast price move as logged: only under ``newton`` (``fixed`` logs are unchanged)."""
+        return {"price_move": move} if self.step_rule == "newton" else {}
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
@@ -210,11 +219,17 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         x = np.asarray(rec.payload("actions")["x"], np.float64)
         x_prev = a["actions"] if a["actions"] is not None else np.zeros_like(x)
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
-        g, _ = _price(x_prev, reports, self.kappa)
+        g, _, move = _price(x_prev, reports, self.kappa, self.step_rule)
+        signals = rec.payload("signals")
         outcome = rec.payload("outcome")
+        # G and, under newton, the broadcast price move pi
+        extra = ["price_move"] if self.step_rule == "newton" else []
         checks = {
-            "signals_recompute": _close(self.agent_ids, np.asarray(rec.payload("signals")["G"], np.float64),
-                                        np.asarray(g), "G"),
+            "signals_recompute": _close(self.agent_ids + extra,
+                                        np.asarray(signals["G"] + [signals[k] for k in extra], np.float64),
+                                        np.append(np.asarray(g), [float(move)] * len(extra)), "G"),
+            # policy agents' moves, bit for bit, from the recomputed signals and price move
+            "actions_recompute": self._policy_actions_match(x, x_prev, np.asarray(g), float(move)),
             "outcome_recompute": _close(["aggregate", "operator_cost", "reported_welfare"],
                                         np.asarray([outcome[k] for k in ("aggregate", "operator_cost",
                                                                          "reported_welfare")]),
@@ -226,6 +241,17 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         u = np.asarray(team.values(x, reports)) - t
         return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, info={
             "individual_rationality": _at_least(self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
+
+    def _policy_actions_match(self, x: np.ndarray, x_prev: np.ndarray, g: np.ndarray, move: float) -> tuple[bool, str]:
+        """(ok, first mismatch): each policy agent's logged action is exactly its rule's move."""
+        expected = self.population.act(g, x_prev, move)
+        llm = set(self.llm_agent_ids)
+        policy = np.array([a not in llm for a in self.agent_ids])
+        bad = policy & (expected != x)
+        if not bad.any():
+            return True, ""
+        j = int(np.flatnonzero(bad)[0])
+        return False, f"{self.agent_ids[j]}: logged x={float(x[j])!r}, policy rule gives {float(expected[j])!r}"
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
