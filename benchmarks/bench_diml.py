@@ -1,21 +1,30 @@
 """DIML benchmark: the paper's environments and metrics, beside its released figures.
 
-    PYTHONPATH=. python benchmarks/bench_diml.py            # E1, E2, E3, E7 (40x10, 120x25)
-    PYTHONPATH=. python benchmarks/bench_diml.py --quick    # fewer epochs, E7 40x10 only
+    PYTHONPATH=. python benchmarks/bench_diml.py            # E1, E2, E3, E7 (released protocol, our draw)
+    PYTHONPATH=. python benchmarks/bench_diml.py --quick    # fewer epochs, E7 40x10 (released protocol) only
     PYTHONPATH=. python benchmarks/bench_diml.py --scale    # E7 1000 agents x 50 actions
-    PYTHONPATH=. python benchmarks/bench_diml.py --only E1,E7   # a subset of environments
+    PYTHONPATH=. python benchmarks/bench_diml.py --only E7 --e7 40x10   # a subset of environments / sizes
 
-Protocol (diml-notes.md): logit-Q learners alpha = 0.25, beta = 3, eps = 0.06; 60 training
-episodes x 60 steps, plus 20 held-out episodes from the same truth. Metrics: diff_mse of
-payoff differences ``u_i(a, a_-i) - u_i(0, a_-i)`` on 2000 seen joint actions and 2000
-uniform probes, held-out NLL per agent-step (fitted, true model, frequency baseline), cfkl
-(20 episodes of the truth under alpha x 0.6, beta x 1.4, eps x 1.5). Fit time: the first
-epoch (includes jit compilation) and the mean of the others; metrics are evaluated outside
-the timed region. Our truths are our own draws of the paper's families (diml_envs); the E1
-and E7 payoff scales (E1_SCALE, E7_SCALE) are calibrated so that the true model's held-out
-NLL matches the paper's ("true" column beside "paper"); E2 and E3 are not rescaled. diff_mse
-is also given relative to the variance of the true differences ("rel"). The --scale run
-(E7 1000x50, no paper figure) keeps the uncalibrated scale 1.
+Small games (E1-E3, diml-notes.md): logit-Q learners alpha = 0.25, beta = 3, eps = 0.06; 60
+training episodes x 60 steps, plus 20 held-out episodes from the same truth.
+
+E7 ("E7" rows) follows the released script's own E7 settings, which differ from the small
+games': learners alpha = 0.2, beta = 6, eps = 0.02; 24 episodes x 30 steps, the first 19 for
+training; the truth a freshly initialised network of the script's symmetric count family
+(``diml_envs.e7_released``). "E7ours" rows are our earlier E7 draw (linear truth at
+``E7_SCALE``) under the small games' protocol.
+
+Metrics: diff_mse of payoff differences ``u_i(a, a_-i) - u_i(0, a_-i)`` on 2000 seen joint
+actions and 2000 uniform probes; "pair (test)" is the released script's diff_mse (random
+action pairs ``a, a'``, held-out contexts; ``diml.pair_diff_mse``), which its E7 figures
+report; held-out NLL per agent-step (fitted, true model, frequency baseline); cfkl (20
+episodes of the truth under alpha x 0.6, beta x 1.4, eps x 1.5). Fit time: the first epoch
+(includes jit compilation) and the mean of the others; metrics are evaluated outside the
+timed region. Our E1-E3 truths are our own draws of the paper's families (diml_envs); E1's
+payoff scale (E1_SCALE) is calibrated so that the true model's held-out NLL matches the
+paper's ("true" column beside "paper"). diff_mse is also given relative to the variance of
+the true differences ("rel"). The --scale run (E7 1000x50, no paper figure) keeps our
+linear truth at scale 1.
 """
 
 from __future__ import annotations
@@ -126,6 +135,8 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="only E7 with 1000 agents x 50 actions")
     ap.add_argument("--scale-epochs", type=int, default=200)
     ap.add_argument("--only", default="", help="comma-separated environments to run (E1, E2, E3, E7, E7ours)")
+    ap.add_argument("--e7", default="40x10,120x25", help="E7 sizes (n x A) to run, comma-separated")
+    ap.add_argument("--methods", default="", help="comma-separated candidate models to run (e.g. tabular)")
     args = ap.parse_args()
     console = Console(width=200)
     small = 15 if args.quick else 30
@@ -155,7 +166,8 @@ def main() -> None:
             Job("E3", e3, "neural", neural, paper=PAPER["E3", "neural"]),
             Job("E3", e3, "public_goods", struct, paper=PAPER["E3", "public_goods"]),
         ]
-        sizes = [(40, 10)] if args.quick else [(40, 10), (120, 25)]
+        sizes = [tuple(map(int, x.split("x"))) for x in args.e7.split(",")]
+        sizes = [(40, 10)] if args.quick else sizes
         for n, a in sizes:  # the released script's E7: its truth family, learners and data
             env = envs.e7_released(key, n, a)
             paper = PAPER[f"E7 {n}x{a}", "anonymous"]
@@ -165,7 +177,7 @@ def main() -> None:
                 jobs.append(Job(f"E7 {n}x{a}", env, "anonymous", before._replace(payoff_l2=10.0), RELEASED_E7,
                                 "anonymous, payoff_l2 10", paper))
         if not args.quick:
-            for n, a in [(40, 10), (120, 25)]:  # our own draw (linear truth at E7_SCALE), the small games' protocol
+            for n, a in sizes:  # our own draw (linear truth at E7_SCALE), the small games' protocol
                 env = envs.e7_anonymous(key, n, a)
                 jobs += [Job(f"E7ours {n}x{a}", env, "anonymous", anon, SMALL, "anonymous, l2 1e-3"),
                          Job(f"E7ours {n}x{a}", env, "anonymous_linear", diml.recommended_config("anonymous_linear"),
@@ -173,6 +185,9 @@ def main() -> None:
     if args.only:
         keep = {t.strip() for t in args.only.split(",")}
         jobs = [j for j in jobs if j.tag.split()[0] in keep]
+    if args.methods:
+        keep = {t.strip() for t in args.methods.split(",")}
+        jobs = [j for j in jobs if j.model in keep]
     rows = []
     t_all = time.perf_counter()
     for job in jobs:

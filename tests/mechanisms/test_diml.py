@@ -198,3 +198,29 @@ def test_payoff_l2_reduces_overfitting_of_the_tabular_mle_on_a_small_data_set():
     nll_true = float(diml.nll(m, env.params, test))
     assert err[1.0] < 0.5 * err[0.0], err
     assert held[1.0] < held[0.0] and held[0.0] > nll_true, (held, nll_true)
+
+
+@pytest.mark.slow
+def test_weight_l2_keeps_the_anonymous_fit_from_overfitting_the_released_e7_draw():
+    """The released script's E7 protocol (its truth family, learners 0.2 / 6 / 0.02, 24 x 30
+    episodes, 19 for training) at 20 agents x 5 actions: the unpenalised anonymous MLP fits
+    the others'-fraction interaction to noise; the recommended weight l2 does not."""
+    proto = envs.E7_RELEASED_PROTOCOL
+    learner = LogitQParams(*proto["learner"])
+    env = envs.e7_released(KEY, 20, 5)
+    m, pt = env.mechanism, env.mechanism.prepare(env.params)
+    acts = logit_q_simulate_episodes(jax.random.PRNGKey(1), lambda a: m.counterfactual(pt, a), 24, 20, 5, 30,
+                                     learner)
+    train, test = acts[:19], acts[19:]
+    contexts = test[:, :-1].reshape(-1, 20)
+    cfg = diml.recommended_config("anonymous", epochs=20)
+    assert cfg.l2 == 1e-3
+    err = {}
+    for l2 in (0.0, cfg.l2):
+        mech = diml.make_model("anonymous", 20, 5)
+        fitter = diml.make_fitter(mech, train, learner, cfg._replace(l2=l2))
+        state = fitter.init(jax.random.PRNGKey(3))
+        for _ in range(cfg.epochs):
+            state, _ = fitter.epoch(state)
+        err[l2] = float(diml.pair_diff_mse(m, env.params, mech, state.params["mechanism"], contexts))
+    assert err[cfg.l2] < 0.3 * err[0.0], err
