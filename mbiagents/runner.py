@@ -59,9 +59,11 @@ def run_scenario(
     a run cannot be resumed (its ledger still records every answer).
     """
     market = build_market(scenario)
-    if rounds and rounds != scenario.scenario.rounds and market.schedules_by_horizon:
-        # the market plans by its horizon T: record the overridden T so the audit rebuilds it
-        scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update={"rounds": rounds})})
+    if rounds and rounds != scenario.scenario.rounds:
+        # record the limit so that --resume without a checkpoint honours it; a market that
+        # plans by its horizon T also gets T overridden, so that the audit rebuilds it
+        update = {"round_limit": rounds, **({"rounds": rounds} if market.schedules_by_horizon else {})}
+        scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update=update)})
         market = build_market(scenario)
     llm_settings = _llm_settings(scenario, llm) if market.llm_agent_ids else None
     ledger = open_ledger(ledger_url)
@@ -91,7 +93,8 @@ def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound 
     if not market.checkpointable:
         ledger.dispose()
         raise LedgerError(f"run {run_id} ({run.game}, {run.mechanism}) keeps no checkpoints: it cannot be resumed")
-    state = {"round": 0, "max_rounds": market.scenario.scenario.rounds, "converged": False, **market.initial_state()}
+    meta = market.scenario.scenario
+    state = {"round": 0, "max_rounds": meta.round_limit or meta.rounds, "converged": False, **market.initial_state()}
     return _drive(market, ledger, run_id, state, on_round, True, resume=True)
 
 

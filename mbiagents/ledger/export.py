@@ -14,6 +14,10 @@ Formats (documented in the README):
   step), built by ``mbiagents.replay.trajectories_from_ledger``. Only for markets whose
   actions are discrete (the congestion market).
 
+Output files are checked first (``mbiagents.outfiles``): an existing file is written over
+only with ``force``, a file of the ledger's own database never; each file is written under
+a temporary name and renamed into place when complete.
+
 Rows are streamed round by round; a run of 10^6 transfers never sits in memory at once
 (except for Parquet, whose writer takes one round group per round).
 """
@@ -27,6 +31,7 @@ from typing import Any, Iterator
 
 from mbiagents.errors import MbiError
 from mbiagents.ledger.store import Ledger, RoundRecord
+from mbiagents.outfiles import atomic_path, atomic_text, check_outputs, database_files
 
 FORMATS = ("csv", "jsonl", "parquet")
 TRANSFER_FIELDS = ("run_id", "round", "id", "kind", "debit", "credit", "amount")
@@ -57,11 +62,23 @@ def jsonl_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
         yield {"record": "round", "run_id": run.id, "round": r.index, "prev_hash": r.prev_hash, "hash": r.hash}
 
 
-def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajectories: bool = False) -> dict[str, Any]:
-    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``."""
+def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajectories: bool = False, *,
+               force: bool = False) -> dict[str, Any]:
+    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``.
+
+    ``MbiError`` before anything is written if an output file exists (unless ``force``) or
+    is a file of the ledger's database (always).
+    """
     if fmt not in FORMATS:
         raise MbiError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     run = ledger.get_run(run_id)
+    protected = database_files(ledger.engine)
+    if fmt == "jsonl":
+        check_outputs([out], force=force, protected=protected)
+    else:
+        if out.exists() and not out.is_dir():
+            raise MbiError(f"--out {out}: exists and is not a folder")
+        check_outputs([out / f"{name}.{fmt}" for name in ("transfers", "events")], force=force, protected=protected)
     if trajectories:
         if fmt != "jsonl":
             raise MbiError("--trajectories writes JSONL: use --format jsonl")
@@ -69,12 +86,12 @@ def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajecto
         from mbiagents.trajectories import write_jsonl
 
         _, traj, _ = trajectories_from_ledger(ledger, run.id)
-        with _open(out) as fh:
+        with atomic_text(out) as fh:
             write_jsonl(traj, fh)
         return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": int(traj.actions.size)}
     counts = {"transfers": 0, "events": 0}
     if fmt == "jsonl":
-        with _open(out) as fh:
+        with atomic_text(out) as fh:
             for rec in jsonl_records(ledger, run.id):
                 counts[rec["record"] + "s"] = counts.get(rec["record"] + "s", 0) + 1
                 fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -82,16 +99,17 @@ def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajecto
                 "events": counts["events"]}
     _mkdir(out)
     paths = {name: out / f"{name}.{fmt}" for name in ("transfers", "events")}
-    writers = {"csv": _CsvTables, "parquet": _ParquetTables}[fmt](paths)
-    try:
-        for r in ledger.iter_rounds(run.id):
-            t, e = list(transfer_rows(run.id, r)), list(event_rows(run.id, r))
-            writers.write("transfers", TRANSFER_FIELDS, t)
-            writers.write("events", EVENT_FIELDS, e)
-            counts["transfers"] += len(t)
-            counts["events"] += len(e)
-    finally:
-        writers.close()
+    with atomic_path(paths["transfers"]) as tmp_t, atomic_path(paths["events"]) as tmp_e:
+        writers = {"csv": _CsvTables, "parquet": _ParquetTables}[fmt]({"transfers": tmp_t, "events": tmp_e})
+        try:
+            for r in ledger.iter_rounds(run.id):
+                t, e = list(transfer_rows(run.id, r)), list(event_rows(run.id, r))
+                writers.write("transfers", TRANSFER_FIELDS, t)
+                writers.write("events", EVENT_FIELDS, e)
+                counts["transfers"] += len(t)
+                counts["events"] += len(e)
+        finally:
+            writers.close()
     return {"run_id": run.id, "format": fmt, "files": [str(p) for p in paths.values()], **counts}
 
 
@@ -139,9 +157,3 @@ def _mkdir(out: Path) -> None:
     except OSError as exc:
         raise MbiError(f"cannot create output folder {out}: {exc.strerror}") from None
 
-
-def _open(out: Path):
-    try:
-        return open(out, "w", encoding="utf-8")
-    except OSError as exc:
-        raise MbiError(f"cannot write {out}: {exc.strerror}") from None
