@@ -48,23 +48,33 @@ def current_revision(engine: Engine) -> str | None:
 @contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
     """Exclusive ``flock`` on an SQLite ledger's file while it is migrated (no-op otherwise;
-    re-entrant within a process)."""
+    re-entrant within a process).
+
+    The descriptor is kept open for the life of the process: closing any descriptor of a
+    database file drops every POSIX lock the process holds on it, SQLite's own included.
+    """
     db = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not db or db == ":memory:" or db.startswith("file:") or os.path.realpath(db) in _HELD:
+    if not db or db == ":memory:" or db.startswith("file:"):
         yield
         return
     key = os.path.realpath(db)
-    fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o644)
+    if key in _HELD:
+        yield
+        return
+    fd = _LOCK_FDS.get(key)
+    if fd is None:
+        fd = _LOCK_FDS[key] = os.open(db, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _HELD.add(key)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _HELD.add(key)
         yield
     finally:
         _HELD.discard(key)
-        os.close(fd)  # releases the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 _HELD: set[str] = set()  # SQLite files whose migration lock this process holds
+_LOCK_FDS: dict[str, int] = {}  # never closed (see migration_lock)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
