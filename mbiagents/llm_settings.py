@@ -173,8 +173,8 @@ def resolve_llm_settings(
         data: dict[str, Any] = table.model_dump(exclude_unset=True)
     else:
         data = dict(table or {})
-        if data.get("base_url") and "backend" not in data:
-            data["backend"] = "custom"
+    if data.get("base_url") and "backend" not in data:
+        data["backend"] = "custom"
     key_var = data.get("api_key_env")
     allowed = {v.strip() for v in env.get(KEY_VARS_ENV, "").split(",") if v.strip()}
     if isinstance(key_var, str) and not re.match(KEY_VAR_PATTERN, key_var) and key_var not in allowed:

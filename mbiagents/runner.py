@@ -141,6 +141,9 @@ def _llm_settings(scenario: ScenarioBase, cli: str | None):
                        "(or pass --llm openai / --llm http://host:port/v1)")
     if settings.backend == "openai" and settings.base_url is None and settings.api_key() is None:
         raise MbiError(f"the openai LLM backend needs an API key in ${settings.api_key_env}")
+    from mbiagents.agents.prompts import check_templates
+
+    check_templates(settings.prompts_dir)  # a broken template fails here, before anything is written
     return settings
 
 
