@@ -61,7 +61,6 @@ import httpx2
 import openai
 from httpcore2._utils import is_socket_readable
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from mbiagents.llm_settings import LLMSettings
@@ -454,24 +453,26 @@ class LLMClient:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(self._call_deadline):
                     client = self._client_once if detecting else self._client
-                    resp = await client.post("/chat/completions", body=body, cast_to=ChatCompletion,
+                    resp = await client.post("/chat/completions", body=body, cast_to=httpx2.Response,
                                              options=options)  # type: ignore[arg-type]
+                    data = resp.json()  # a plain dict: no SDK model is built from what the server sent
             latency = time.perf_counter() - t0
-            model = resp.model or self.model
-            if resp.usage is not None:
-                usage_p = _count(resp.usage.prompt_tokens)
-                usage_c = _count(resp.usage.completion_tokens)
-            if resp.choices:
-                choice = resp.choices[0]
-                finish = choice.finish_reason
-                text = choice.message.content or ""
-                refusal = getattr(choice.message, "refusal", None)
-                if not text and refusal:
-                    text = f"[refusal] {refusal}"
-                if not isinstance(text, str):
-                    text = json.dumps(text)
-            else:
-                text = ""
+            if not isinstance(data, dict):
+                raise ValueError(f"the server answered a JSON {type(data).__name__}, not an object")
+            model = data.get("model") or self.model
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                usage_p = _count(usage.get("prompt_tokens"))
+                usage_c = _count(usage.get("completion_tokens"))
+            choices = data.get("choices")
+            choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+            message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+            finish = choice.get("finish_reason")
+            text = message.get("content") or ""
+            if not text and message.get("refusal"):
+                text = f"[refusal] {message['refusal']}"
+            if not isinstance(text, str):
+                text = json.dumps(text)
         except Exception as exc:  # noqa: BLE001 - any transport/SDK failure ends this ask with the fallback
             # (asyncio.CancelledError is a BaseException and propagates)
             latency = time.perf_counter() - t0
