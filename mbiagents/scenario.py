@@ -28,6 +28,9 @@ class TeamGameSettings(Strict):
     congestion: PositiveFloat
     max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
     max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
+    #: the operator's prior on each agent's type: an LLM agent's reported value (curvature)
+    #: must lie within this factor of the value (curvature) the scenario gives it
+    prior_ratio: float = Field(default=4.0, gt=1.0, le=1e6)
 
 
 class PolicyAgentSpec(Strict):

@@ -162,3 +162,35 @@ def test_db_upgrade_refuses_an_unrelated_database_unless_forced(tmp_path):
     assert res.exit_code == 0, res.output
     # an mbiagents ledger or an empty database needs no --force
     assert runner.invoke(app, ["db", "upgrade", "--ledger", f"sqlite:///{tmp_path / 'fresh.db'}"]).exit_code == 0
+
+
+# ---- 7 (mechanism). capped Clarke payments: IR under the reports at every x, Clarke at x* ------
+def test_capped_clarke_payments_are_ir_everywhere_and_clarke_at_the_optimum():
+    import numpy as np
+
+    from mechanisms import dpm
+    from mechanisms.games import team
+
+    rng = np.random.default_rng(0)
+    kappa = 0.5
+    for _ in range(50):
+        n = int(rng.integers(2, 7))
+        rep = team.TeamTypes(rng.uniform(0.5, 100, n), rng.uniform(1e-3, 5, n))
+        x = rng.uniform(0, 5, n) * rng.integers(0, 2, n)  # some agents use nothing
+        t = np.asarray(dpm.capped_clarke_payments(x, rep, kappa))
+        v = np.asarray(team.values(x, rep))
+        # independent recomputation of the Clarke pivot: the others' values minus the whole congestion cost
+        others = lambda y, i: float(np.sum(np.delete(rep.a * y - rep.b * y * y / 2, i))  # noqa: E731
+                                    - kappa * np.sum(y) ** 2 / 2)
+        x_star = np.asarray(team.optimal_usage(rep, kappa))
+        for i in range(n):
+            sub = team.TeamTypes(np.delete(rep.a, i), np.delete(rep.b, i))
+            best = float(team.optimal_welfare(sub, kappa))
+            clarke = best - others(x, i)
+            assert t[i] == pytest.approx(min(clarke, max(v[i], 0.0)), abs=1e-9)
+            assert 0.0 <= t[i] <= max(v[i], 0.0) + 1e-12
+            if x[i] == 0:
+                assert t[i] == 0.0
+        # at the reported optimum the cap does not bind: the payments are Clarke's
+        np.testing.assert_allclose(dpm.capped_clarke_payments(x_star, rep, kappa),
+                                   dpm.clarke_pivot_payments(x_star, rep, kappa), atol=1e-9)

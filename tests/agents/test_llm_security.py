@@ -236,3 +236,48 @@ def test_act_step_scrubs_the_key_from_validation_errors(openai_server, monkeypat
 
     ans = asyncio.run(go())
     assert ans.used_fallback and SECRET not in ans.model_dump_json()
+
+
+# ---- 7. reports at the bounds are harmless to truthful agents -------------------------------
+def test_hostile_reports_at_the_bounds_cannot_make_truthful_agents_pay(openai_server, sqlite_url):
+    import numpy as np
+
+    from mbiagents.markets import market_of
+    from mbiagents.verify.audit import audit_run
+    from mechanisms import dpm
+    from mechanisms.games import team
+
+    def at_the_bounds(req: RecordedRequest):
+        if req.step == "report":  # the largest value and the smallest curvature the schema allows
+            props = req.response_format["json_schema"]["schema"]["properties"]
+            return Reply.json({"value": props["value"]["maximum"], "curvature": props["curvature"]["minimum"]})
+        if req.step == "act":
+            return Reply.json({"usage": 0.0})  # ... and then use nothing
+        return None
+
+    openai_server.default = Reply.json({"ok": True})
+    openai_server.script(at_the_bounds)
+    sc = load_scenario(LLM_SCENARIO)
+    res = run_scenario(sc, ledger_url=sqlite_url, rounds=4, llm=openai_server.base_url)
+    led = open_ledger(sqlite_url)
+    run = led.get_run(res.run_id)
+    market = market_of(run)
+    rounds = led.read_rounds(res.run_id)
+    truthful = [i for i, a in enumerate(sc.agents) if a.backend != "llm"]
+    truth = market.population.true_types
+    uncapped_max = 0.0
+    for k, r in enumerate(rounds):
+        x = np.asarray(r.payload("actions")["x"])
+        t = np.asarray(r.payload("payments")["t"])
+        reports = next(rr.payload("reports") for rr in reversed(rounds[: k + 1]) if "reports" in
+                       {kind for _, kind, a, _ in rr.events if a is None})
+        rep = team.TeamTypes(np.asarray(reports["value"]), np.asarray(reports["curvature"]))
+        uncapped_max = max(uncapped_max, float(np.max(np.asarray(dpm.clarke_pivot_payments(x, rep, market.kappa))[truthful])))
+        v = np.asarray(team.values(x, truth))
+        for i in truthful:  # a truthful agent never pays more than its usage is worth to it
+            assert t[i] <= max(v[i], 0.0) + 1e-6, (k, sc.agents[i].id, t[i], v[i])
+    assert uncapped_max > 1.0  # the plain Clarke rule would have charged them (the attack is real)
+    report = audit_run(led, res.run_id)
+    checks = {c.name: c for c in report.checks}
+    assert report.ok and checks["individual_rationality"].ok and not checks["individual_rationality"].informational
+    led.dispose()
