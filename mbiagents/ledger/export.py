@@ -11,10 +11,11 @@ Formats (documented in the README):
   ``round`` record with the round's hashes.
 - ``--trajectories`` (jsonl only): the trajectory JSONL of ``mbiagents.trajectories``
   (``{"n_actions": A}``, then one ``{"episode", "step", "agent", "action"}`` per agent per
-  step), built by ``mbiagents.replay.trajectories_from_ledger``. Only for markets whose
-  actions are discrete (the congestion market).
+  step), written by ``mbiagents.replay.export_trajectories`` (the ledger only stores and
+  streams rows; it knows no market). Only for markets whose actions are discrete (the
+  congestion market).
 
-Output files are checked first (``mbiagents.outfiles``): an existing file is written over
+Output files are checked first (``mbiagents.ledger.outfiles``): an existing file is written over
 only with ``force``, a file of the ledger's own database never; each file is written under
 a temporary name and renamed into place when complete.
 
@@ -31,7 +32,7 @@ from typing import Any, Iterator
 
 from mbiagents.errors import MbiError
 from mbiagents.ledger.store import Ledger, RoundRecord
-from mbiagents.outfiles import atomic_path, atomic_text, check_outputs, database_files
+from mbiagents.ledger.outfiles import atomic_path, atomic_text, check_outputs, database_files
 
 FORMATS = ("csv", "jsonl", "parquet")
 TRANSFER_FIELDS = ("run_id", "round", "id", "kind", "debit", "credit", "amount")
@@ -62,43 +63,32 @@ def jsonl_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
         yield {"record": "round", "run_id": run.id, "round": r.index, "prev_hash": r.prev_hash, "hash": r.hash}
 
 
-def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajectories: bool = False, *,
-               force: bool = False) -> dict[str, Any]:
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise MbiError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``.
 
     ``MbiError`` before anything is written if an output file exists (unless ``force``) or
     is a file of the ledger's database (always).
     """
-    if fmt not in FORMATS:
-        raise MbiError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_format(fmt)
     run = ledger.get_run(run_id)
-    protected = database_files(ledger.engine)
-    if fmt == "jsonl":
-        check_outputs([out], force=force, protected=protected)
-    else:
-        if out.exists() and not out.is_dir():
-            raise MbiError(f"--out {out}: exists and is not a folder")
-        check_outputs([out / f"{name}.{fmt}" for name in ("transfers", "events")], force=force, protected=protected)
-    if trajectories:
-        if fmt != "jsonl":
-            raise MbiError("--trajectories writes JSONL: use --format jsonl")
-        from mbiagents.replay import trajectories_from_ledger
-        from mbiagents.trajectories import write_jsonl
-
-        _, traj, _ = trajectories_from_ledger(ledger, run.id)
-        with atomic_text(out) as fh:
-            write_jsonl(traj, fh)
-        return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": int(traj.actions.size)}
     counts = {"transfers": 0, "events": 0}
     if fmt == "jsonl":
-        with atomic_text(out) as fh:
+        with open_output(out, ledger, force) as fh:
             for rec in jsonl_records(ledger, run.id):
                 counts[rec["record"] + "s"] = counts.get(rec["record"] + "s", 0) + 1
                 fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
         return {"run_id": run.id, "format": fmt, "files": [str(out)], "transfers": counts["transfers"],
                 "events": counts["events"]}
-    _mkdir(out)
+    if out.exists() and not out.is_dir():
+        raise MbiError(f"--out {out}: exists and is not a folder")
     paths = {name: out / f"{name}.{fmt}" for name in ("transfers", "events")}
+    check_outputs(list(paths.values()), force=force, protected=database_files(ledger.engine))
+    _mkdir(out)
     with atomic_path(paths["transfers"]) as tmp_t, atomic_path(paths["events"]) as tmp_e:
         writers = {"csv": _CsvTables, "parquet": _ParquetTables}[fmt]({"transfers": tmp_t, "events": tmp_e})
         try:
@@ -157,3 +147,10 @@ def _mkdir(out: Path) -> None:
     except OSError as exc:
         raise MbiError(f"cannot create output folder {out}: {exc.strerror}") from None
 
+
+
+def open_output(out: Path, ledger: Ledger, force: bool = False):
+    """``out`` checked (``outfiles.check_outputs``: not over a file without ``force``, never
+    over the ledger's database) and opened for writing under a temporary name."""
+    check_outputs([out], force=force, protected=database_files(ledger.engine))
+    return atomic_text(out)

@@ -22,7 +22,7 @@ import numpy as np
 
 from mbiagents.errors import MbiError
 from mbiagents.ledger.store import Ledger
-from mbiagents.outfiles import check_outputs, database_files
+from mbiagents.ledger.outfiles import check_outputs, database_files
 from mbiagents.report.data import ReportData, collect
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -50,7 +50,7 @@ def prepare_out_dir(out: str | os.PathLike, *, force: bool = False, protected: s
     """Create ``out`` if needed and prove it writable; ``MbiError`` (one line) otherwise.
 
     A report file already there is written over only with ``force``; a database file in
-    ``protected`` (the ledger's) never (``mbiagents.outfiles.check_outputs``).
+    ``protected`` (the ledger's) never (``mbiagents.ledger.outfiles.check_outputs``).
     """
     path = Path(out)
     if path.exists() and not path.is_dir():

@@ -22,17 +22,17 @@ from mbiagents.errors import MbiError
 
 #: files SQLite keeps beside a database file
 SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+#: the run checkpoints' SQLite file beside an SQLite ledger (``mbiagents.checkpoint``)
+CHECKPOINT_FILE_SUFFIX = "-checkpoints"
 
 
 def database_files(engine) -> set[Path]:
     """The files an SQLAlchemy engine's SQLite database (and its checkpoints) live in; empty otherwise."""
-    from mbiagents.checkpoint import SQLITE_SUFFIX
-
     url = engine.url
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return set()
     base = Path(url.database)
-    return {_resolved(Path(f"{base}{suffix}{side}")) for suffix in ("", SQLITE_SUFFIX) for side in SQLITE_SIDE_FILES}
+    return {_resolved(Path(f"{base}{suffix}{side}")) for suffix in ("", CHECKPOINT_FILE_SUFFIX) for side in SQLITE_SIDE_FILES}
 
 
 def _resolved(path: Path) -> Path:
