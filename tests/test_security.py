@@ -114,7 +114,7 @@ def _first_run(url: str, barrier, results) -> None:
 
 def test_simultaneous_first_runs_migrate_a_new_sqlite_ledger_once(tmp_path):
     ctx = multiprocessing.get_context("fork")
-    for trial in range(3):
+    for trial in range(2):
         url = f"sqlite:///{tmp_path / f'new{trial}.db'}"
         n = 12
         barrier, results = ctx.Barrier(n), ctx.Queue()

@@ -196,7 +196,8 @@ class Scrubber:
         import os
 
         env = os.environ if env is None else env
-        found = {v for k, v in env.items() if SECRET_VAR.search(k) and len(v) >= 8}
+        found = {v for k, v in env.items()
+                 if SECRET_VAR.search(k) and not k.startswith("MBI_LLM_") and len(v) >= 8}  # MBI_LLM_*: names
         if key and key != NO_KEY and len(key) >= 4:
             found.add(key)
         self.secrets = sorted(found, key=len, reverse=True)  # longest first: no partial leftovers

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -110,16 +110,15 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     engine = make_engine(url)
     shown = display_url(url)  # never a password in a message
     try:
-        tables = table_names(engine)
-        rev = current_revision(engine) if "alembic_version" in tables else None
         head = head_revision()
-        if rev is None and create:
-            with migration_lock(engine):  # another first run may be migrating it right now
-                tables = table_names(engine)
-                rev = current_revision(engine) if "alembic_version" in tables else None
-                if rev is None and not [t for t in tables if t != "alembic_version"]:
-                    upgrade(engine)
-                    rev = head
+        # a first run may be creating this SQLite file right now (switching it to WAL,
+        # migrating it): look at it, and migrate it, under the migration lock
+        with migration_lock(engine) if create else nullcontext():
+            tables = table_names(engine)
+            rev = current_revision(engine) if "alembic_version" in tables else None
+            if rev is None and create and not [t for t in tables if t != "alembic_version"]:
+                upgrade(engine)
+                rev = head
         if rev is None:
             if [t for t in tables if t != "alembic_version"]:
                 raise LedgerError(f"ledger {shown!r} holds tables that are not an mbiagents ledger")
