@@ -31,6 +31,9 @@ class TeamGameSettings(Strict):
     step: Literal["newton", "fixed"] = "newton"
     max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
     max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
+    #: the operator's prior on each agent's type: an LLM agent's reported value (curvature)
+    #: must lie within this factor of the value (curvature) the scenario gives it
+    prior_ratio: float = Field(default=4.0, gt=1.0, le=1e6)
 
 
 class PolicyAgentSpec(Strict):
@@ -261,5 +264,13 @@ def load_scenario(path: str | Path) -> ScenarioBase:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: invalid TOML: {exc}") from None
+    llm = data.get("llm")
+    if isinstance(llm, dict) and isinstance(llm.get("prompts_dir"), str):
+        # a scenario's templates live beside it: relative to the file, and inside its folder
+        folder = p.resolve().parent
+        pdir = (folder / llm["prompts_dir"]).resolve()
+        if not pdir.is_relative_to(folder):
+            raise ScenarioError(f"{p}: llm.prompts_dir: {llm['prompts_dir']!r} is outside the scenario's folder {folder}")
+        data = {**data, "llm": {**llm, "prompts_dir": str(pdir)}}
     return parse_scenario(data, str(p))
 

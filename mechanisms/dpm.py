@@ -215,3 +215,20 @@ def team_dsic_violation(true_types: team.TeamTypes, deviations: team.TeamTypes, 
     from mechanisms import properties
 
     return properties.dsic_violation(lambda r, t: team_utilities(r, t, kappa), true_types, deviations)
+
+
+def capped_clarke_payments(x: Array, reports: team.TeamTypes, kappa: float) -> Array:
+    """Clarke payments capped by what each agent's own report justifies (what ``i`` pays):
+
+        t_i = min( W_{-i}(x*_{-i}) - W_{-i}(x),  max(v_i(x_i; theta_hat_i), 0) ).
+
+    Guarantees at every ``x >= 0`` (not only at the optimum): no subsidy (``t_i >= 0``) and
+    individual rationality under the reports (``v_i(x_i; theta_hat_i) - t_i >= 0``), so an
+    agent that reports truthfully never loses by taking part, whatever the others report;
+    in particular an agent using nothing pays nothing. Where the Clarke pivot is already IR,
+    e.g. at the reported optimum ``x*(theta_hat)`` (Clarke 1971; Groves 1973), the payments
+    are Clarke's. Why the cap is needed: reports and usage are separate steps, so others
+    who report a huge value and then use nothing would otherwise make ``W_{-i}(x*_{-i})``
+    large and charge the honest agents for an externality that never happens.
+    """
+    return jnp.minimum(clarke_pivot_payments(x, reports, kappa), jnp.maximum(team.values(x, reports), 0.0))

@@ -6,8 +6,15 @@ Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 2. mechanism: signals ``G = -dL/dx`` at ``x^t``, the projected residual and, under the
    ``newton`` step rule (``[game] step``), the public price move ``pi`` (logged with ``G``);
 3. act: agents move to ``x^{t+1}`` (policy agents: ``max(0, x + eta (G - pi))``);
-4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
+4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, capped
+   by each agent's reported value of its own usage (``dpm.capped_clarke_payments``), one
    transfer per agent (agent -> treasury), plus the outcome.
+
+Hostile reports are harmless: an LLM agent's report must lie in its per-agent bounds from
+the scenario's prior (``[game] prior_ratio`` around the type the scenario gives it), and
+the cap makes every agent's payment at most what its own report says its usage is worth,
+so a truthful agent never pays more than its usage is worth to it, whatever the others
+report. The audit checks that (``individual_rationality``, a failing check).
 
 The run converges when the residual at ``x^t`` is at most the scenario's tolerance
 (``Settlement.done`` of the round that computed it).
@@ -41,7 +48,7 @@ def _price(x, reports, kappa, rule="fixed"):
 
 @jax.jit
 def _settle(x, reports, kappa):
-    t = dpm.clarke_pivot_payments(x, reports, kappa)
+    t = dpm.capped_clarke_payments(x, reports, kappa)
     agg = x.sum()
     return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
 
@@ -112,6 +119,14 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
         self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
+        # per-agent report bounds: the scenario's prior, a factor prior_ratio around each type
+        r = g.prior_ratio
+        self.value_bounds = [self._prior(a.value, r) for a in scenario.agents]
+        self.curvature_bounds = [self._prior(a.curvature, r) for a in scenario.agents]
+
+    def _prior(self, typ: float, ratio: float) -> Bounds:
+        hi = min(typ * ratio, self.report_bounds.hi)
+        return Bounds(lo=min(max(typ / ratio, self.report_bounds.lo), hi), hi=hi)
 
     # ---- the round ------------------------------------------------------------------
     def init_state(self) -> TeamState:
@@ -142,10 +157,10 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         """Fallback (documented): the agent's previous accepted report, in round 0 its type."""
         i = self.index[agent_id]
         prev = view["market"]["logged_reports"] or view["step"]["reports"]
-        fallback = TeamReport(value=self.report_bounds.clamp(float(prev["value"][i])),
-                              curvature=self.report_bounds.clamp(float(prev["curvature"][i])))
-        return await team_report(llm, self._info(agent_id), value_bounds=self.report_bounds,
-                                 curvature_bounds=self.report_bounds, fallback=fallback, round=view["round"])
+        vb, cb = self.value_bounds[i], self.curvature_bounds[i]
+        fallback = TeamReport(value=vb.clamp(float(prev["value"][i])), curvature=cb.clamp(float(prev["curvature"][i])))
+        return await team_report(llm, self._info(agent_id), value_bounds=vb, curvature_bounds=cb, fallback=fallback,
+                                 round=view["round"])
 
     async def llm_act(self, llm, agent_id, view):
         """Fallback (documented): keep the current usage."""
@@ -237,10 +252,11 @@ class TeamMarket(Market[TeamState, TeamAudit]):
             # Clarke pivots never subsidise: t_i = W_-i(x*_-i) - W_-i(x) >= 0 at every x
             "budget_balance": _at_least(self.agent_ids, t, 0.0, "payment t_i"),
         }
-        # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
-        u = np.asarray(team.values(x, reports)) - t
-        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, info={
-            "individual_rationality": _at_least(self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
+        # IR under the reports (v_i - t_i >= 0) is guaranteed by the capped payments at every
+        # round: a failing check (a truthful agent never pays more than its usage is worth)
+        u = np.maximum(np.asarray(team.values(x, reports)), 0.0) - t
+        checks["individual_rationality"] = _at_least(self.agent_ids, u, 0.0, "reported value max(v_i, 0) - t_i")
+        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks)
 
     def _policy_actions_match(self, x: np.ndarray, x_prev: np.ndarray, g: np.ndarray, move: float) -> tuple[bool, str]:
         """(ok, first mismatch): each policy agent's logged action is exactly its rule's move."""
