@@ -17,7 +17,7 @@ from rich.table import Table
 
 from mbiagents.errors import MbiError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Coordinate agent teams with market-based incentives; audit and replay their ledgers.")
 db_app = typer.Typer(no_args_is_help=True, help="Ledger database schema (Alembic).")
 app.add_typer(db_app, name="db")
@@ -133,28 +133,60 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _id_column(table: Table, header: str, ids) -> None:
+    """A column of ids shown whole on any terminal width (other columns wrap instead)."""
+    table.add_column(header, no_wrap=True, min_width=max([len(header), *(len(str(i)) for i in ids)]))
+
+
+def _print_table(table: Table) -> None:
+    """Print a table; one narrower than its whole ids and numbers (an 80-column terminal)
+    loses its borders first, then becomes one ``column: value`` line per cell."""
+    from rich import box
+
+    def words(c) -> int:  # the widest unbreakable text of a column (a no-wrap column's header is one)
+        head = [len(str(c.header))] if c.no_wrap else list(map(len, str(c.header).split()))
+        return max([*head, *(len(v) if c.no_wrap else len(w) for v in map(str, c.cells) for w in v.split())])
+
+    need = sum(map(words, table.columns))
+    if need + 3 * len(table.columns) + 1 > out.width:
+        table.box, table.pad_edge, table.show_edge = box.SIMPLE_HEAD, False, False
+    if need + 2 * len(table.columns) <= out.width:
+        out.print(table)
+        return
+    heads = [str(c.header) for c in table.columns]
+    if table.title:
+        out.print(str(table.title), highlight=False)
+    for cells in zip(*(list(c.cells) for c in table.columns)):
+        out.print(f"{cells[0]}: " + "  ".join(f"{h} {v}" for h, v in zip(heads[1:], cells[1:]) if v != ""),
+                  highlight=False, soft_wrap=True)
+
+
 def _print_run_summary(name: str, result) -> None:
     """The market's per-agent columns (``Market.summary_columns``), welfare, the last
     round's assignment where there is one, the budget, and the run id."""
     s = result.summary
     table = Table(title=f"{name}: {result.rounds} rounds, {'converged' if result.converged else 'round limit reached'}")
-    table.add_column("agent")
+    _id_column(table, "agent", s["agents"])
     rows = s["agents"].values()
     cols = [k for k in (result.columns or ("action", "payment", "utility", "total_paid")) if any(k in r for r in rows)]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c == "tasks" else "right")
-    llm = any("llm" in r for r in rows)  # LLM agents: model use beside the mechanism's payments
-    if llm:
-        for c in ("model calls", "tokens", "model cost", "fallbacks"):
-            table.add_column(c, justify="right")
+    for c in cols:  # ids stay whole; numbers fold rather than being cut; the tasks list wraps between ids
+        if c == "tasks":
+            table.add_column("tasks", min_width=max([5, *(len(t) + 1 for r in rows for t in r.get(c) or [])]))
+        else:
+            table.add_column(c.replace("_", " "), justify="right", no_wrap=True)
     for aid, row in s["agents"].items():
-        cells = [_cell(row.get(c)) for c in cols]
-        if llm:
+        table.add_row(aid, *(_cell(row.get(c)) for c in cols))
+    _print_table(table)
+    if any("llm" in r for r in rows):  # LLM agents: model use beside the mechanism's payments, own table
+        use = Table(title="model use")
+        _id_column(use, "agent", s["agents"])
+        for c in ("model calls", "tokens", "model cost", "fallbacks"):
+            use.add_column(c, justify="right", no_wrap=True)
+        for aid, row in s["agents"].items():
             u = row.get("llm")
-            cells += ([str(u["calls"]), str(u["prompt_tokens"] + u["completion_tokens"]), f"{u['cost']:.4f}",
-                       str(u["fallbacks"])] if u else ["", "", "", ""])
-        table.add_row(aid, *cells)
-    out.print(table)
+            use.add_row(aid, *([str(u["calls"]), str(u["prompt_tokens"] + u["completion_tokens"]), f"{u['cost']:.4f}",
+                                str(u["fallbacks"])] if u else ["", "", "", ""]))
+        _print_table(use)
     out.print(f"welfare {s['welfare']:.9g}   optimum {s['optimal_welfare']:.9g}   gap {s['welfare_gap']:.3g}")
     if "assignment" in s:
         out.print("assignment (last round): " + ", ".join(f"{t} -> {a or 'not done'}" for t, a in s["assignment"].items()))
@@ -193,8 +225,8 @@ def audit(
         _print_json(report.as_json())
     else:
         table = Table(title=f"audit of run {report.run_id}: {report.rounds} rounds, {report.transfers} transfers")
-        table.add_column("check")
-        table.add_column("result")
+        _id_column(table, "check", [c.name for c in report.checks])
+        table.add_column("result", no_wrap=True)
         table.add_column("first failure")
         for c in report.checks:
             result = ("[green]pass[/]" if c.ok else f"[yellow]info[/] ({c.failures})" if c.informational

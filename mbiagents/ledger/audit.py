@@ -91,7 +91,7 @@ def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | N
         return None
     j = int(np.flatnonzero(~ok)[0])
     return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
-            f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
+            f"recomputed payment {float(rec.payments[j])!r} rounds to {int(to_minor_units(rec.payments[j]))}")
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:

@@ -280,7 +280,7 @@ class TaskMarket(Market):
         if 0 < m and (n + 1) ** m <= BRUTE_FORCE_LIMIT:
             best, _ = game.brute_force_optimum(reports, self.values(r), self.capacities)
             ok = out.reported_welfare >= best - 1e-9 * (1.0 + abs(best))
-            checks["efficiency"] = (ok, "" if ok else f"reported welfare {out.reported_welfare!r} < optimum {best!r}")
+            checks["efficiency"] = (ok, "" if ok else f"reported welfare {float(out.reported_welfare)!r} < optimum {float(best)!r}")
         return Recomputed(payments=out.payments, checks=checks)
 
     def _dsic(self, reports: np.ndarray, r: int, truthful: RoundOutcome) -> tuple[bool, str]:
