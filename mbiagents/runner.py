@@ -18,10 +18,9 @@ from typing import Any, Callable
 from mbiagents.checkpoint import open_checkpointer
 from mbiagents.errors import LedgerError, MbiError
 from mbiagents.graph import NODES_PER_ROUND, RunContext, build_graph
-from mbiagents.ledger.audit import market_of
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import Ledger
-from mbiagents.markets import Market, build_market
+from mbiagents.markets import Market, build_market, market_of
 from mbiagents.scenario import ScenarioBase
 
 OnRound = Callable[[int, dict[str, float]], None]

@@ -8,8 +8,11 @@ validated scenario.
 
 from __future__ import annotations
 
+import json
+
+from mbiagents.ledger.models import Run
 from mbiagents.markets.base import Market, Settlement
-from mbiagents.scenario import ScenarioBase
+from mbiagents.scenario import ScenarioBase, parse_scenario
 
 MARKETS: dict[str, type[Market]] = {}
 
@@ -23,6 +26,11 @@ def build_market(scenario: ScenarioBase) -> Market:
     return MARKETS.get(f"{meta.game}:{meta.mechanism}", MARKETS[meta.game])(scenario)
 
 
+def market_of(run: Run) -> Market:
+    """The market of a logged run, rebuilt from the scenario stored in its header."""
+    return build_market(parse_scenario(json.loads(run.scenario_json), f"run {run.id}"))
+
+
 from mbiagents.markets import tasks as _tasks  # noqa: E402  (registers itself)
 from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
 from mbiagents.markets import congestion as _congestion  # noqa: E402  (registers itself)
@@ -30,5 +38,5 @@ from mbiagents.markets import social_gradient as _social_gradient  # noqa: E402,
 from mbiagents.markets import principal as _principal  # noqa: E402,F401  (principal-mdp)
 from mbiagents.markets import reinforce as _reinforce  # noqa: E402,F401  (team:reinforce)
 
-__all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
+__all__ = ["Market", "Settlement", "build_market", "market_of", "register_market", "MARKETS"]
 del _team, _tasks, _congestion, _social_gradient, _principal, _reinforce

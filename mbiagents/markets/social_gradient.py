@@ -43,7 +43,8 @@ from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
 from mbiagents.markets.report_data import _payload
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
+from mbiagents.ledger.payments import payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 
 
 def _game_fns(game: str):

@@ -27,7 +27,8 @@ from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers, welfare_gap
+from mbiagents.ledger.payments import payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
