@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Coordinate agent teams with market-based incentives; audit and replay their ledgers.")
 db_app = typer.Typer(no_args_is_help=True, help="Ledger database schema (Alembic).")
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(no_args_is_help=True, help="The Ed25519 key that signs run headers, round heads and run ends.")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -31,6 +33,11 @@ LedgerOpt = Annotated[Optional[str], typer.Option(
          "PostgreSQL: postgresql+psycopg://user@host/db")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")]
+WitnessOpt = Annotated[Optional[str], typer.Option(
+    "--witness", metavar="FILE", help="Witness file (JSON lines of signed statements), kept outside the database.")]
+PublicKeyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--public-key", metavar="HEX", help="Trust this Ed25519 public key (repeatable; the local signing key is "
+                                        "trusted too).")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -58,9 +65,13 @@ def run(
     resume: Annotated[Optional[str], typer.Option(
         "--resume", metavar="RUN_ID", help="Continue a crashed run from its checkpoint (same run id; "
                                            "no SCENARIO, --rounds or --seed).")] = None,
+    witness: WitnessOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a team through rounds of a mechanism and settle every payment in the ledger."""
+    """Run a team through rounds of a mechanism and settle every payment in the ledger.
+
+    With a signing key (`mbi keys init`) every round head is signed; --witness FILE also
+    appends each signed head to FILE, for `mbi audit --witness FILE`."""
     from mbiagents.runner import resume_run, run_scenario
     from mbiagents.scenario import load_scenario
 
@@ -71,14 +82,15 @@ def run(
     try:
         if resume is not None:
             title, total = f"resume {resume}", None
-            start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round)  # noqa: E731
+            start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round,  # noqa: E731
+                                                witness=witness)
         else:
             sc = load_scenario(scenario)
             if seed is not None:
                 sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
             title, total = sc.scenario.name, rounds or sc.scenario.rounds
             start = lambda on_round: run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round,  # noqa: E731
-                                                  llm=llm)
+                                                  llm=llm, witness=witness)
         if report_dir is not None:  # after the scenario is known good, before anything runs
             from mbiagents.report import prepare_out_dir
 
@@ -200,6 +212,9 @@ def _print_run_summary(name: str, result) -> None:
     if b:
         out.print("budget: " + "  ".join(f"{k.replace('_', ' ')} {v:.6f}" for k, v in b.items()))
     out.print(f"run {result.run_id}  ledger {result.ledger_url}", soft_wrap=True, highlight=False)
+    if result.head:
+        out.print(f"head {result.head}  (mbi audit --expect-head HASH catches a later truncation)",
+                  soft_wrap=True, highlight=False)
     out.print(f"audit it: mbi audit --run {result.run_id}" + (f" --ledger {result.ledger_url}"
                                                               if "MBI_LEDGER" not in os.environ else ""),
               soft_wrap=True, highlight=False)
@@ -209,15 +224,28 @@ def _print_run_summary(name: str, result) -> None:
 def audit(
     ledger: LedgerOpt = None,
     run_id: RunOpt = None,
+    public_key: PublicKeyOpt = None,
+    witness: WitnessOpt = None,
+    expect_head: Annotated[Optional[str], typer.Option(
+        "--expect-head", metavar="HASH", help="A round hash the run's chain must hold (the head `mbi run` printed).")]
+    = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed."""
-    from mbiagents.verify.audit import audit_run
+    """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed,
+    signed heads; with --witness / --expect-head also truncation, replacement and deletion."""
     from mbiagents.ledger.schema import open_ledger
+    from mbiagents.ledger.signing import read_witness
+    from mbiagents.verify.audit import audit_run
+    from mbiagents.verify.trust import TrustOptions
 
     try:
+        if expect_head is not None and not _is_hash(expect_head):
+            raise MbiError(f"--expect-head: {expect_head!r} is not a 64-digit hex round hash")
+        trust = TrustOptions(trusted_keys=_trusted_keys(public_key),
+                             witness=read_witness(witness) if witness is not None else None,
+                             expect_head=expect_head)
         led = open_ledger(ledger, create=False)
-        report = audit_run(led, run_id)
+        report = audit_run(led, run_id, trust)
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
@@ -234,6 +262,134 @@ def audit(
             table.add_row(c.name, result, c.detail)
         out.print(table)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _is_hash(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def _trusted_keys(given: Optional[list[str]]) -> tuple[str, ...]:
+    """``--public-key`` values and the locally configured signing key's public key."""
+    from mbiagents.ledger.signing import load_signing_key, public_hex
+
+    keys = []
+    for k in given or []:
+        if len(k) != 64 or not all(c in "0123456789abcdefABCDEF" for c in k):
+            raise MbiError(f"--public-key: {k!r} is not a 64-digit hex Ed25519 public key")
+        keys.append(k.lower())
+    local = load_signing_key()
+    if local is not None:
+        keys.append(public_hex(local[0]))
+    return tuple(dict.fromkeys(keys))
+
+
+@keys_app.command("init")
+def keys_init(
+    path: Annotated[Optional[str], typer.Option("--path", help="Key file [default: $MBI_KEY_FILE or "
+                                                               "~/.config/mbi/signing-key.pem].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the Ed25519 signing key (file mode 0600); refuses to overwrite one without --force."""
+    from pathlib import Path
+
+    from mbiagents.ledger.signing import init_key
+
+    try:
+        where, pub = init_key(Path(path) if path else None, force=force)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json({"path": str(where), "public_key": pub})
+    else:
+        out.print(f"signing key {where}\npublic key {pub}", highlight=False, soft_wrap=True)
+
+
+@keys_app.command("show")
+def keys_show(as_json: JsonOpt = False) -> None:
+    """Print the configured signing key's public key (give it to auditors: --public-key HEX)."""
+    from mbiagents.ledger.signing import KEY_ENV, key_file, load_signing_key, public_hex
+
+    try:
+        loaded = load_signing_key()
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if loaded is None:
+        _fail(f"no signing key: ${KEY_ENV} is unset and {key_file()} does not exist (mbi keys init)")
+        return
+    if as_json:
+        _print_json({"source": loaded[1], "public_key": public_hex(loaded[0])})
+    else:
+        out.print(f"public key {public_hex(loaded[0])}  ({loaded[1]})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def prove(
+    ledger: LedgerOpt = None,
+    run_id: RunOpt = None,
+    agent: Annotated[Optional[str], typer.Option("--agent", help="The agent whose payments to prove.")] = None,
+    round_index: Annotated[Optional[int], typer.Option("--round", min=0, help="Only this round.")] = None,
+    verify_file: Annotated[Optional[str], typer.Option(
+        "--verify", metavar="PROOF.json", help="Check a proof instead (signatures and inclusion paths).")] = None,
+    public_key: Annotated[Optional[str], typer.Option(
+        "--public-key", metavar="HEX", help="With --verify: the operator's public key the heads must be signed by.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merkle inclusion proofs of one agent's payments against the signed round heads.
+
+    `mbi prove --run ID --agent A --json > proof.json`, then anyone holding proof.json and the
+    operator's public key runs `mbi prove --verify proof.json --public-key HEX`."""
+    from mbiagents.verify.proof import payment_proof, verify_payment_proof
+
+    try:
+        if verify_file is not None:
+            if agent is not None or round_index is not None:
+                raise MbiError("--verify checks a proof file: --agent and --round do not apply")
+            from pathlib import Path
+
+            try:
+                doc = json.loads(Path(verify_file).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise MbiError(f"{verify_file}: no such proof file") from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise MbiError(f"{verify_file}: not a readable JSON proof: {exc}") from None
+            check = verify_payment_proof(doc, public_key)
+            if as_json:
+                _print_json(check.as_json())
+            else:
+                out.print(("proof verified: " if check.ok else "proof FAILED: ") + check.detail,
+                          highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(0 if check.ok else 1)
+        if agent is None:
+            raise MbiError("give --agent ID (or --verify PROOF.json)")
+        from mbiagents.ledger.schema import open_ledger
+
+        led = open_ledger(ledger, create=False)
+        try:
+            doc = payment_proof(led, run_id, agent, round_index)
+        finally:
+            led.dispose()
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json(doc)
+        return
+    table = Table(title=f"payment proof of {agent} in run {doc['run_id']} "
+                        f"({'signed by ' + doc['public_key'][:16] if doc['public_key'] else 'UNSIGNED'})")
+    for c in ("round", "transfer", "amount", "leaf", "path length"):
+        table.add_column(c, justify="right" if c != "transfer" else "left", no_wrap=True)
+    for rd in doc["rounds"]:
+        for t in rd["transfers"]:
+            sign = 1 if t["credit"] == doc["account"] else -1
+            table.add_row(str(rd["round"]), t["kind"], f"{sign * t['amount']}", f"{t['leaf_index']}/{rd['tree_size']}",
+                          str(len(t["path"])))
+    _print_table(table)
+    out.print(f"received {doc['received_minor_units']} minor units; write it with --json and check it with "
+              f"mbi prove --verify FILE --public-key HEX", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -125,6 +125,12 @@ class Market(ABC):
         """Event kinds every complete round must hold."""
         return ()
 
+    def fixed_payloads(self, index: int) -> dict[str, dict[str, Any]]:
+        """Event payload fields of round ``index`` that the scenario fixes (e.g. the tasks on
+        offer and their values): ``{kind: {field: value}}``. The audit checks the logged
+        round against them, the scenario itself being covered by the signed header."""
+        return {}
+
     def extra_accounts(self) -> tuple[str, ...]:
         return ()
 

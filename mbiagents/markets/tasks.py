@@ -249,6 +249,9 @@ class TaskMarket(Market):
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("tasks", "reports", "outcome", "payments")
 
+    def fixed_payloads(self, index: int) -> dict[str, dict[str, Any]]:
+        return {"tasks": {"ids": [t.id for t in self.round_tasks(index)], "values": self.values(index).tolist()}}
+
     def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
         rec = rounds[index]
         r = rec.index
