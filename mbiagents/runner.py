@@ -141,7 +141,7 @@ def _llm_settings(scenario: ScenarioBase, cli: str | None):
     """The run's LLM settings, checked before anything is written: the backend must be
     usable (the local extra installed; an API key for OpenAI)."""
     from mbiagents.agents.local_server import local_backend_available
-    from mbiagents.agents.settings import resolve_llm_settings
+    from mbiagents.llm_settings import resolve_llm_settings
 
     try:
         settings = resolve_llm_settings(scenario.llm, cli=cli)

@@ -41,7 +41,6 @@ import numpy as np
 from mechanisms import principal as pr
 from mechanisms.games import principal_mdp as pm
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
 from mbiagents.ledger.payments import payment_transfers
 from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 
@@ -205,6 +204,3 @@ class PrincipalMarket(Market):
                         "benchmarks/bench_principal.py fits R(T) across horizons and seeds",
             },
         }
-
-
-register_market("principal-mdp", PrincipalMarket)
