@@ -45,9 +45,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, infinity) as ``null``: strict JSON always."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    """Strict JSON (a NaN or infinity is a bug to surface, not ``NaN`` to print)."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Strict JSON: a NaN or infinity prints as ``null``, never as ``NaN``."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @app.command()
@@ -55,7 +66,8 @@ def run(
     scenario: Annotated[Optional[str], typer.Argument(help="Scenario TOML file (see examples/).")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Round limit (default: the scenario's).")] = None,
     ledger: LedgerOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the scenario's seed.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**63 - 1,
+                                                help="Override the scenario's seed (0 to 2^63-1).")] = None,
     llm: Annotated[Optional[str], typer.Option(
         "--llm", help="Model backend of LLM agents: 'local' (embedded model, offline; needs the "
                       "'local' extra), 'openai' (OPENAI_API_KEY), or an OpenAI-compatible base URL "

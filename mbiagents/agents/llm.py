@@ -60,6 +60,25 @@ MODES: tuple[str, ...] = ("json_schema", "json_object", "none")
 T = TypeVar("T", bound=BaseModel)
 
 
+MAX_TOKEN_COUNT = 10**9  # a usage figure beyond this (or negative, or not a number) counts as 0
+
+
+def token_count(value: Any) -> int:
+    """A server's token count as a sane int: 0 for anything not a finite number in
+    ``[0, MAX_TOKEN_COUNT]`` (a hostile or broken server's ``1e30``, ``-5``, ``"many"``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if value != value or not 0 <= value <= MAX_TOKEN_COUNT:
+        return 0
+    return int(value)
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: lone surrogates (which no UTF-8 encoder, ledger or JSON
+    file accepts) become ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 class LLMConfigError(RuntimeError):
     """The LLM backend is misconfigured (e.g. the OpenAI backend without an API key)."""
 
@@ -303,17 +322,17 @@ class LLMClient:
                         **kwargs,
                     )
             latency = time.perf_counter() - t0
-            model = resp.model or self.model
+            model = valid_text(resp.model) if isinstance(resp.model, str) and resp.model else self.model
             if resp.usage is not None:
-                usage_p = int(resp.usage.prompt_tokens or 0)
-                usage_c = int(resp.usage.completion_tokens or 0)
+                usage_p = token_count(resp.usage.prompt_tokens)
+                usage_c = token_count(resp.usage.completion_tokens)
             if resp.choices:
                 choice = resp.choices[0]
                 finish = choice.finish_reason
-                text = choice.message.content or ""
+                text = valid_text(choice.message.content or "")
                 refusal = getattr(choice.message, "refusal", None)
                 if not text and refusal:
-                    text = f"[refusal] {refusal}"
+                    text = f"[refusal] {valid_text(str(refusal))}"
             else:
                 text = ""
         except Exception as exc:  # noqa: BLE001 - any transport/SDK failure ends this ask with the fallback

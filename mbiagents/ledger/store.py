@@ -41,6 +41,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _payload_json(run_id: str, round_index: int, e: "EventRow") -> str:
+    """An event's canonical JSON; a NaN or infinity in it is a one-line ``LedgerError``."""
+    try:
+        return canonical_json(e.payload)
+    except ValueError:
+        raise LedgerError(f"run {run_id} round {round_index}: event {e.kind!r} holds a non-finite number "
+                          f"(NaN or infinity); nothing written for this round") from None
+
+
 def transfer_id(run_id: str, round_index: int, kind: str, debit: str, credit: str) -> str:
     """Deterministic transfer id: the same round written twice yields the same ids."""
     return f"{run_id}:{round_index}:{kind}:{debit}:{credit}"
@@ -231,7 +240,7 @@ class Ledger:
         Raises ``LedgerError`` if the round was written before with different content or
         if it does not follow the run's last round.
         """
-        ev = [(seq, e.kind, e.agent, canonical_json(e.payload)) for seq, e in enumerate(events)]
+        ev = [(seq, e.kind, e.agent, _payload_json(run_id, round_index, e)) for seq, e in enumerate(events)]
         tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
               for t in transfers if t.amount != 0]
         for t in tr:

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from mbiagents.errors import LedgerError, ScenarioError
-from mbiagents.ledger.money import to_minor_units, within_rounding
+from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
 from mbiagents.markets import Market, market_of
@@ -86,8 +86,12 @@ def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | N
     if ok.all():
         return None
     j = int(np.flatnonzero(~ok)[0])
+    try:
+        rounded = f"rounds to {int(to_minor_units(rec.payments[j]))}"
+    except MoneyError as exc:
+        rounded = f"is no money ({exc})"
     return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
-            f"recomputed payment {float(rec.payments[j])!r} rounds to {int(to_minor_units(rec.payments[j]))}")
+            f"recomputed payment {float(rec.payments[j])!r} {rounded}")
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None) -> AuditReport:
