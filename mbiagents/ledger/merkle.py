@@ -33,8 +33,9 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def transfer_leaves(transfers: Iterable[Transfer]) -> list[bytes]:
-    """Leaf hashes of a round's transfers in id order."""
-    return [leaf_hash(transfer_line(t)) for t in sorted(transfers)]
+    """Leaf hashes of a round's transfers in id order (``leaf_hash(transfer_line(t))``, inlined)."""
+    sha = hashlib.sha256
+    return [sha(f"\x00T\t{i}\t{k}\t{d}\t{c}\t{m}".encode()).digest() for i, k, d, c, m in sorted(transfers)]
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
@@ -43,8 +44,9 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     if not leaves:
         return hashlib.sha256(b"").digest()
     level = list(leaves)
+    sha = hashlib.sha256
     while len(level) > 1:
-        nxt = [node_hash(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
+        nxt = [sha(b"\x01" + left + right).digest() for left, right in zip(level[0::2], level[1::2])]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt

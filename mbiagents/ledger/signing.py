@@ -172,6 +172,9 @@ class RunSigner:
     @classmethod
     def from_environment(cls, witness: str | Path | None = None) -> "RunSigner":
         loaded = load_signing_key()
+        if witness and loaded is None:
+            raise SigningKeyError(f"--witness {witness}: a witness holds signed statements, and no signing key "
+                                  f"is set up (mbi keys init, or ${KEY_ENV})")
         return cls(loaded[0] if loaded else None, Path(witness) if witness else None)
 
     @property

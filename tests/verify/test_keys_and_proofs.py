@@ -21,6 +21,9 @@ runner = CliRunner()
 def test_keys_init_mode_0600_refuses_overwrite_then_signs_runs(tmp_path, monkeypatch):
     key = tmp_path / "cfg" / "key.pem"
     monkeypatch.setenv("MBI_KEY_FILE", str(key))
+    res = runner.invoke(app, ["run", str(EXAMPLES / "task_market.toml"), "--ledger", f"sqlite:///{tmp_path / 'l.db'}",
+                              "--witness", str(tmp_path / "w.jsonl")])
+    assert res.exit_code == 2 and "no signing key" in res.stderr and not (tmp_path / "l.db").exists()
     res = runner.invoke(app, ["keys", "init", "--json"])
     assert res.exit_code == 0, res.output
     pub = json.loads(res.stdout)["public_key"]
