@@ -23,6 +23,7 @@ from mbiagents.ledger.store import Ledger
 
 CHECKPOINT_SCHEMA = "mbi_checkpoints"
 SETUP_LOCK = 0x6D6269_01  # PostgreSQL advisory lock key: checkpointer set-up
+SETUP_LOCK_WAIT_S = 60.0  # how long a run waits for another run's checkpointer set-up
 
 
 @contextmanager
@@ -44,7 +45,11 @@ def open_checkpointer(ledger: Ledger) -> Iterator[Any | None]:
             try:
                 # concurrent runs set up one at a time; poll between statements (no open transaction,
                 # which set-up's CREATE INDEX CONCURRENTLY would otherwise wait for: a deadlock)
+                deadline = time.monotonic() + SETUP_LOCK_WAIT_S
                 while not conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SETUP_LOCK,)).fetchone()["ok"]:
+                    if time.monotonic() > deadline:
+                        raise LedgerError(f"cannot set up the run's checkpoints beside the ledger: another "
+                                          f"session held the set-up lock for {SETUP_LOCK_WAIT_S:g} s")
                     time.sleep(0.05)
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {CHECKPOINT_SCHEMA}")
                 saver = PostgresSaver(conn)

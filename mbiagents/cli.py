@@ -17,10 +17,12 @@ from rich.table import Table
 
 from mbiagents.errors import MbiError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Coordinate agent teams with market-based incentives; audit and replay their ledgers.")
 db_app = typer.Typer(no_args_is_help=True, help="Ledger database schema (Alembic).")
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(no_args_is_help=True, help="The Ed25519 key that signs run headers, round heads and run ends.")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -33,6 +35,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Write over existing output files (never over the ledger's own database files).")]
 RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")]
+WitnessOpt = Annotated[Optional[str], typer.Option(
+    "--witness", metavar="FILE", help="Witness file (JSON lines of signed statements), kept outside the database.")]
+PublicKeyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--public-key", metavar="HEX", help="Trust this Ed25519 public key (repeatable; the local signing key is "
+                                        "trusted too).")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -40,9 +47,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, infinity) as ``null``: strict JSON always."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    """Strict JSON (a NaN or infinity is a bug to surface, not ``NaN`` to print)."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Strict JSON: a NaN or infinity prints as ``null``, never as ``NaN``."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @app.command()
@@ -50,7 +68,8 @@ def run(
     scenario: Annotated[Optional[str], typer.Argument(help="Scenario TOML file (see examples/).")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Round limit (default: the scenario's).")] = None,
     ledger: LedgerOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the scenario's seed.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**63 - 1,
+                                                help="Override the scenario's seed (0 to 2^63-1).")] = None,
     llm: Annotated[Optional[str], typer.Option(
         "--llm", help="Model backend of LLM agents: 'local' (embedded model, offline; needs the "
                       "'local' extra), 'openai' (OPENAI_API_KEY), or an OpenAI-compatible base URL "
@@ -61,9 +80,13 @@ def run(
         "--resume", metavar="RUN_ID", help="Continue a crashed run from its checkpoint (same run id; "
                                            "no SCENARIO, --rounds or --seed).")] = None,
     force: ForceOpt = False,
+    witness: WitnessOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a team through rounds of a mechanism and settle every payment in the ledger."""
+    """Run a team through rounds of a mechanism and settle every payment in the ledger.
+
+    With a signing key (`mbi keys init`) every round head is signed; --witness FILE also
+    appends each signed head to FILE, for `mbi audit --witness FILE`."""
     from mbiagents.runner import resume_run, run_scenario
     from mbiagents.scenario import load_scenario
 
@@ -74,14 +97,15 @@ def run(
     try:
         if resume is not None:
             title, total = f"resume {resume}", None
-            start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round)  # noqa: E731
+            start = lambda on_round: resume_run(resume, ledger_url=ledger, on_round=on_round,  # noqa: E731
+                                                witness=witness)
         else:
             sc = load_scenario(scenario)
             if seed is not None:
                 sc = sc.model_copy(update={"scenario": sc.scenario.model_copy(update={"seed": seed})})
             title, total = sc.scenario.name, rounds or sc.scenario.rounds
             start = lambda on_round: run_scenario(sc, ledger_url=ledger, rounds=rounds, on_round=on_round,  # noqa: E731
-                                                  llm=llm)
+                                                  llm=llm, witness=witness)
         if report_dir is not None:  # after the scenario is known good, before anything runs
             from mbiagents.report import prepare_out_dir
 
@@ -136,28 +160,60 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _id_column(table: Table, header: str, ids) -> None:
+    """A column of ids shown whole on any terminal width (other columns wrap instead)."""
+    table.add_column(header, no_wrap=True, min_width=max([len(header), *(len(str(i)) for i in ids)]))
+
+
+def _print_table(table: Table) -> None:
+    """Print a table; one narrower than its whole ids and numbers (an 80-column terminal)
+    loses its borders first, then becomes one ``column: value`` line per cell."""
+    from rich import box
+
+    def words(c) -> int:  # the widest unbreakable text of a column (a no-wrap column's header is one)
+        head = [len(str(c.header))] if c.no_wrap else list(map(len, str(c.header).split()))
+        return max([*head, *(len(v) if c.no_wrap else len(w) for v in map(str, c.cells) for w in v.split())])
+
+    need = sum(map(words, table.columns))
+    if need + 3 * len(table.columns) + 1 > out.width:
+        table.box, table.pad_edge, table.show_edge = box.SIMPLE_HEAD, False, False
+    if need + 2 * len(table.columns) <= out.width:
+        out.print(table)
+        return
+    heads = [str(c.header) for c in table.columns]
+    if table.title:
+        out.print(str(table.title), highlight=False)
+    for cells in zip(*(list(c.cells) for c in table.columns)):
+        out.print(f"{cells[0]}: " + "  ".join(f"{h} {v}" for h, v in zip(heads[1:], cells[1:]) if v != ""),
+                  highlight=False, soft_wrap=True)
+
+
 def _print_run_summary(name: str, result) -> None:
     """The market's per-agent columns (``Market.summary_columns``), welfare, the last
     round's assignment where there is one, the budget, and the run id."""
     s = result.summary
     table = Table(title=f"{name}: {result.rounds} rounds, {'converged' if result.converged else 'round limit reached'}")
-    table.add_column("agent")
+    _id_column(table, "agent", s["agents"])
     rows = s["agents"].values()
     cols = [k for k in (result.columns or ("action", "payment", "utility", "total_paid")) if any(k in r for r in rows)]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c == "tasks" else "right")
-    llm = any("llm" in r for r in rows)  # LLM agents: model use beside the mechanism's payments
-    if llm:
-        for c in ("model calls", "tokens", "model cost", "fallbacks"):
-            table.add_column(c, justify="right")
+    for c in cols:  # ids stay whole; numbers fold rather than being cut; the tasks list wraps between ids
+        if c == "tasks":
+            table.add_column("tasks", min_width=max([5, *(len(t) + 1 for r in rows for t in r.get(c) or [])]))
+        else:
+            table.add_column(c.replace("_", " "), justify="right", no_wrap=True)
     for aid, row in s["agents"].items():
-        cells = [_cell(row.get(c)) for c in cols]
-        if llm:
+        table.add_row(aid, *(_cell(row.get(c)) for c in cols))
+    _print_table(table)
+    if any("llm" in r for r in rows):  # LLM agents: model use beside the mechanism's payments, own table
+        use = Table(title="model use")
+        _id_column(use, "agent", s["agents"])
+        for c in ("model calls", "tokens", "model cost", "fallbacks"):
+            use.add_column(c, justify="right", no_wrap=True)
+        for aid, row in s["agents"].items():
             u = row.get("llm")
-            cells += ([str(u["calls"]), str(u["prompt_tokens"] + u["completion_tokens"]), f"{u['cost']:.4f}",
-                       str(u["fallbacks"])] if u else ["", "", "", ""])
-        table.add_row(aid, *cells)
-    out.print(table)
+            use.add_row(aid, *([str(u["calls"]), str(u["prompt_tokens"] + u["completion_tokens"]), f"{u['cost']:.4f}",
+                                str(u["fallbacks"])] if u else ["", "", "", ""]))
+        _print_table(use)
     out.print(f"welfare {s['welfare']:.9g}   optimum {s['optimal_welfare']:.9g}   gap {s['welfare_gap']:.3g}")
     if "assignment" in s:
         out.print("assignment (last round): " + ", ".join(f"{t} -> {a or 'not done'}" for t, a in s["assignment"].items()))
@@ -171,6 +227,9 @@ def _print_run_summary(name: str, result) -> None:
     if b:
         out.print("budget: " + "  ".join(f"{k.replace('_', ' ')} {v:.6f}" for k, v in b.items()))
     out.print(f"run {result.run_id}  ledger {result.ledger_url}", soft_wrap=True, highlight=False)
+    if result.head:
+        out.print(f"head {result.head}  (mbi audit --expect-head HASH catches a later truncation)",
+                  soft_wrap=True, highlight=False)
     out.print(f"audit it: mbi audit --run {result.run_id}" + (f" --ledger {result.ledger_url}"
                                                               if "MBI_LEDGER" not in os.environ else ""),
               soft_wrap=True, highlight=False)
@@ -180,15 +239,28 @@ def _print_run_summary(name: str, result) -> None:
 def audit(
     ledger: LedgerOpt = None,
     run_id: RunOpt = None,
+    public_key: PublicKeyOpt = None,
+    witness: WitnessOpt = None,
+    expect_head: Annotated[Optional[str], typer.Option(
+        "--expect-head", metavar="HASH", help="A round hash the run's chain must hold (the head `mbi run` printed).")]
+    = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed."""
-    from mbiagents.verify.audit import audit_run
+    """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed,
+    signed heads; with --witness / --expect-head also truncation, replacement and deletion."""
     from mbiagents.ledger.schema import open_ledger
+    from mbiagents.ledger.signing import read_witness
+    from mbiagents.verify.audit import audit_run
+    from mbiagents.verify.trust import TrustOptions
 
     try:
+        if expect_head is not None and not _is_hash(expect_head):
+            raise MbiError(f"--expect-head: {expect_head!r} is not a 64-digit hex round hash")
+        trust = TrustOptions(trusted_keys=_trusted_keys(public_key),
+                             witness=read_witness(witness) if witness is not None else None,
+                             expect_head=expect_head)
         led = open_ledger(ledger, create=False)
-        report = audit_run(led, run_id)
+        report = audit_run(led, run_id, trust)
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
@@ -196,8 +268,8 @@ def audit(
         _print_json(report.as_json())
     else:
         table = Table(title=f"audit of run {report.run_id}: {report.rounds} rounds, {report.transfers} transfers")
-        table.add_column("check")
-        table.add_column("result")
+        _id_column(table, "check", [c.name for c in report.checks])
+        table.add_column("result", no_wrap=True)
         table.add_column("first failure")
         for c in report.checks:
             result = ("[green]pass[/]" if c.ok else f"[yellow]info[/] ({c.failures})" if c.informational
@@ -205,6 +277,134 @@ def audit(
             table.add_row(c.name, result, c.detail)
         out.print(table)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _is_hash(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def _trusted_keys(given: Optional[list[str]]) -> tuple[str, ...]:
+    """``--public-key`` values and the locally configured signing key's public key."""
+    from mbiagents.ledger.signing import load_signing_key, public_hex
+
+    keys = []
+    for k in given or []:
+        if len(k) != 64 or not all(c in "0123456789abcdefABCDEF" for c in k):
+            raise MbiError(f"--public-key: {k!r} is not a 64-digit hex Ed25519 public key")
+        keys.append(k.lower())
+    local = load_signing_key()
+    if local is not None:
+        keys.append(public_hex(local[0]))
+    return tuple(dict.fromkeys(keys))
+
+
+@keys_app.command("init")
+def keys_init(
+    path: Annotated[Optional[str], typer.Option("--path", help="Key file [default: $MBI_KEY_FILE or "
+                                                               "~/.config/mbi/signing-key.pem].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the Ed25519 signing key (file mode 0600); refuses to overwrite one without --force."""
+    from pathlib import Path
+
+    from mbiagents.ledger.signing import init_key
+
+    try:
+        where, pub = init_key(Path(path) if path else None, force=force)
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json({"path": str(where), "public_key": pub})
+    else:
+        out.print(f"signing key {where}\npublic key {pub}", highlight=False, soft_wrap=True)
+
+
+@keys_app.command("show")
+def keys_show(as_json: JsonOpt = False) -> None:
+    """Print the configured signing key's public key (give it to auditors: --public-key HEX)."""
+    from mbiagents.ledger.signing import KEY_ENV, key_file, load_signing_key, public_hex
+
+    try:
+        loaded = load_signing_key()
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if loaded is None:
+        _fail(f"no signing key: ${KEY_ENV} is unset and {key_file()} does not exist (mbi keys init)")
+        return
+    if as_json:
+        _print_json({"source": loaded[1], "public_key": public_hex(loaded[0])})
+    else:
+        out.print(f"public key {public_hex(loaded[0])}  ({loaded[1]})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def prove(
+    ledger: LedgerOpt = None,
+    run_id: RunOpt = None,
+    agent: Annotated[Optional[str], typer.Option("--agent", help="The agent whose payments to prove.")] = None,
+    round_index: Annotated[Optional[int], typer.Option("--round", min=0, help="Only this round.")] = None,
+    verify_file: Annotated[Optional[str], typer.Option(
+        "--verify", metavar="PROOF.json", help="Check a proof instead (signatures and inclusion paths).")] = None,
+    public_key: Annotated[Optional[str], typer.Option(
+        "--public-key", metavar="HEX", help="With --verify: the operator's public key the heads must be signed by.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merkle inclusion proofs of one agent's payments against the signed round heads.
+
+    `mbi prove --run ID --agent A --json > proof.json`, then anyone holding proof.json and the
+    operator's public key runs `mbi prove --verify proof.json --public-key HEX`."""
+    from mbiagents.verify.proof import payment_proof, verify_payment_proof
+
+    try:
+        if verify_file is not None:
+            if agent is not None or round_index is not None:
+                raise MbiError("--verify checks a proof file: --agent and --round do not apply")
+            from pathlib import Path
+
+            try:
+                doc = json.loads(Path(verify_file).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise MbiError(f"{verify_file}: no such proof file") from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise MbiError(f"{verify_file}: not a readable JSON proof: {exc}") from None
+            check = verify_payment_proof(doc, public_key)
+            if as_json:
+                _print_json(check.as_json())
+            else:
+                out.print(("proof verified: " if check.ok else "proof FAILED: ") + check.detail,
+                          highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(0 if check.ok else 1)
+        if agent is None:
+            raise MbiError("give --agent ID (or --verify PROOF.json)")
+        from mbiagents.ledger.schema import open_ledger
+
+        led = open_ledger(ledger, create=False)
+        try:
+            doc = payment_proof(led, run_id, agent, round_index)
+        finally:
+            led.dispose()
+    except MbiError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if as_json:
+        _print_json(doc)
+        return
+    table = Table(title=f"payment proof of {agent} in run {doc['run_id']} "
+                        f"({'signed by ' + doc['public_key'][:16] if doc['public_key'] else 'UNSIGNED'})")
+    for c in ("round", "transfer", "amount", "leaf", "path length"):
+        table.add_column(c, justify="right" if c != "transfer" else "left", no_wrap=True)
+    for rd in doc["rounds"]:
+        for t in rd["transfers"]:
+            sign = 1 if t["credit"] == doc["account"] else -1
+            table.add_row(str(rd["round"]), t["kind"], f"{sign * t['amount']}", f"{t['leaf_index']}/{rd['tree_size']}",
+                          str(len(t["path"])))
+    _print_table(table)
+    out.print(f"received {doc['received_minor_units']} minor units; write it with --json and check it with "
+              f"mbi prove --verify FILE --public-key HEX", highlight=False, soft_wrap=True)
 
 
 @app.command()

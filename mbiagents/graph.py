@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from mbiagents.faults import fault_point
+from mbiagents.ledger.money import MoneyError
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets.base import Market, llm_events
 
@@ -112,7 +113,10 @@ def settle(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Payments and the round's record (with the LLM agents' answers) go to the ledger in
     one transaction; the market's ``done`` ends the run."""
     ctx = runtime.context
-    s = ctx.market.settle(state)
+    try:
+        s = ctx.market.settle(state)
+    except MoneyError as exc:  # nothing of this round is written; the run fails with one line
+        raise MoneyError(f"round {state['round']}: {exc}; the run stops, nothing written for this round") from None
     llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
     result = ctx.ledger.write_round(ctx.run_id, state["round"], s.events + llm, s.transfers)
     ctx.on_round(state["round"], s.metrics)

@@ -111,6 +111,14 @@ class LLMSettings(BaseModel):
     #: (set by :func:`resolve_llm_settings`; not settable from a table)
     _key_to_base_url: bool = PrivateAttr(default=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _base_url_means_custom(cls, data: Any) -> Any:
+        """An ``[llm]`` table with ``base_url`` and no ``backend`` means ``backend = "custom"``."""
+        if isinstance(data, Mapping) and data.get("base_url") and "backend" not in data:
+            data = {**data, "backend": "custom"}
+        return data
+
     @model_validator(mode="after")
     def _check_backend(self) -> "LLMSettings":
         if self.backend == "custom" and not self.base_url:

@@ -19,6 +19,7 @@ from mbiagents.checkpoint import open_checkpointer
 from mbiagents.errors import LedgerError, MbiError
 from mbiagents.graph import NODES_PER_ROUND, RunContext, build_graph
 from mbiagents.ledger.schema import open_ledger
+from mbiagents.ledger.signing import RunSigner
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets import Market, build_market, market_of
 from mbiagents.markets.base import ledger_paid
@@ -37,10 +38,12 @@ class RunResult:
     ledger_url: str
     resumed: bool = False
     columns: tuple[str, ...] = ()  # per-agent summary fields the table shows (the market's)
+    head: str = ""  # the last round's hash: note it (or keep a --witness file) to catch a later truncation
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "rounds": self.rounds, "converged": self.converged,
-                "ledger": self.ledger_url, "resumed": self.resumed, **self.summary}
+                "ledger": self.ledger_url, "resumed": self.resumed, "head": self.head,
+                **self.summary}
 
 
 def run_scenario(
@@ -51,6 +54,7 @@ def run_scenario(
     on_round: OnRound | None = None,
     checkpoint: bool = True,
     llm: str | None = None,
+    witness: str | None = None,
 ) -> RunResult:
     """Run ``scenario`` for up to ``rounds`` rounds (default: the scenario's) into the ledger.
 
@@ -66,7 +70,9 @@ def run_scenario(
         scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update=update)})
         market = build_market(scenario)
     llm_settings = _llm_settings(scenario, llm) if market.llm_agent_ids else None
+    signer = RunSigner.from_environment(witness)  # before the ledger: a bad key writes nothing
     ledger = open_ledger(ledger_url)
+    ledger.signer = signer
     meta = scenario.scenario
     run_id = ledger.create_run(name=meta.name, game=meta.game, mechanism=meta.mechanism, seed=meta.seed,
                                scenario=scenario.model_dump(mode="json"), agent_ids=market.agent_ids)
@@ -75,16 +81,24 @@ def run_scenario(
                   checkpoint and llm_settings is None and market.checkpointable, llm_settings=llm_settings)
 
 
-def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound | None = None) -> RunResult:
+def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound | None = None,
+               witness: str | None = None) -> RunResult:
     """Continue the crashed run ``run_id`` from its newest checkpoint, under the same run id.
 
     Raises ``LedgerError`` for an unknown or already completed run.
     """
+    signer = RunSigner.from_environment(witness)
     ledger = open_ledger(ledger_url, create=False)
     run = ledger.get_run(run_id)
     if run.status == "completed":
         ledger.dispose()
         raise LedgerError(f"run {run_id} already completed: nothing to resume")
+    if run.public_key != signer.public_key:  # a run is signed by one key from start to end, or not at all
+        ledger.dispose()
+        raise LedgerError(f"run {run_id} was started {'signed by key ' + run.public_key[:16] if run.public_key else 'unsigned'}; "
+                          f"the signing key now configured is {signer.public_key[:16] if signer.public_key else 'none'}: "
+                          f"resume it with the key it was started with")
+    ledger.signer = signer
     market = market_of(run)
     if market.llm_agent_ids:
         ledger.dispose()
@@ -135,7 +149,7 @@ def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], o
         raise
     ledger.finish_run(run_id, "completed")
     result = RunResult(run_id, final["round"], bool(final["converged"]), summarise(market, ledger, run_id, final),
-                       ledger.url, resume, market.summary_columns)
+                       ledger.url, resume, market.summary_columns, head=str(final.get("last_hash", "")))
     ledger.dispose()
     return result
 

@@ -13,12 +13,13 @@ import importlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from mbiagents.errors import ScenarioError
-from mbiagents.scenario_base import AgentId, ScenarioBase, ScenarioMeta, Strict  # noqa: F401  (re-exported)
+from mbiagents.scenario_base import (  # noqa: F401  (re-exported)
+    MAX_COUNT, MAX_MAGNITUDE, MAX_ROUNDS, AgentId, Count, NonNegative, Positive, Real, ScenarioBase, ScenarioMeta, Strict)
 from mbiagents.scenario_incentives import PrincipalScenario, QuadraticScenario, RoutingScenario
 
 
@@ -27,10 +28,10 @@ class TeamGameSettings(Strict):
     the agents' step rule (``mechanisms.dpm``): ``"newton"`` (rounds that do not grow like
     N) or ``"fixed"`` (gradient play with ``1 / (b_i + kappa N)``, rounds that grow like N)."""
 
-    congestion: PositiveFloat
+    congestion: Positive
     step: Literal["newton", "fixed"] = "newton"
-    max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
-    max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
+    max_report: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's reported value and curvature
+    max_usage: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's usage
     #: the operator's prior on each agent's type: an LLM agent's reported value (curvature)
     #: must lie within this factor of the value (curvature) the scenario gives it
     prior_ratio: float = Field(default=4.0, gt=1.0, le=1e6)
@@ -47,7 +48,7 @@ class PolicyAgentSpec(Strict):
     backend: Literal["policy", "llm"] = "policy"
     persona: str | None = None
     policy: Literal["truthful", "misreport"] = "truthful"
-    misreport_factor: PositiveFloat | None = None
+    misreport_factor: Positive | None = None
 
     @model_validator(mode="after")
     def _factor_matches_policy(self) -> "PolicyAgentSpec":
@@ -61,9 +62,9 @@ class PolicyAgentSpec(Strict):
 class TeamAgentSpec(PolicyAgentSpec):
     """One agent of the team game: private type ``(value a_i, curvature b_i)``."""
 
-    value: PositiveFloat
-    curvature: PositiveFloat
-    step: PositiveFloat | None = None
+    value: Positive
+    curvature: Positive
+    step: Positive | None = None
 
 
 class TeamScenario(ScenarioBase):
@@ -73,7 +74,7 @@ class TeamScenario(ScenarioBase):
     agents: list[TeamAgentSpec] = Field(min_length=1)
 
 
-Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Cost = NonNegative
 
 
 class TaskGameSettings(Strict):
@@ -87,9 +88,9 @@ class TaskGameSettings(Strict):
     """
 
     cost_spread: float = Field(0.25, ge=0, lt=1)
-    samples: PositiveInt = 64
+    samples: Count = 64
     redraw_costs: bool = False
-    max_bid: PositiveFloat = 1000.0  # bounds an LLM agent's cost bid: [0, max_bid]
+    max_bid: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's cost bid: [0, max_bid]
 
 
 class TaskSpec(Strict):
@@ -97,16 +98,16 @@ class TaskSpec(Strict):
     round), or in every round when ``round`` is left out."""
 
     id: AgentId
-    value: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    value: Positive
     description: str = ""
-    round: NonNegativeInt | None = None
+    round: int | None = Field(None, ge=0, le=MAX_ROUNDS)
 
 
 class TaskAgentSpec(PolicyAgentSpec):
     """One agent of the task market: ``capacity`` tasks per round and a private cost per
     task it can do (``misreport`` scales every reported cost by ``misreport_factor``)."""
 
-    capacity: PositiveInt = 1
+    capacity: Count = 1
     costs: dict[str, Cost] = Field(default_factory=dict)
 
 
@@ -146,10 +147,10 @@ class CongestionGameSettings(Strict):
     negative toll is a subsidy it receives). Learners reset every ``episode_length`` rounds.
     """
 
-    c1: list[float] = Field(min_length=2)
-    c2: list[float] = Field(min_length=2)
-    tolls: list[float] = Field(min_length=2)
-    episode_length: PositiveInt = 30
+    c1: list[NonNegative] = Field(min_length=2, max_length=MAX_COUNT)
+    c2: list[NonNegative] = Field(min_length=2, max_length=MAX_COUNT)
+    tolls: list[Real] = Field(min_length=2, max_length=MAX_COUNT)
+    episode_length: Count = 30
 
     @model_validator(mode="after")
     def _same_routes(self) -> "CongestionGameSettings":
@@ -168,7 +169,7 @@ class CongestionAgentSpec(Strict):
     backend: Literal["policy"] = "policy"
     policy: Literal["logit-q"] = "logit-q"
     alpha: float = Field(0.25, gt=0.0, le=1.0)
-    beta: float = Field(3.0, ge=0.0)
+    beta: float = Field(3.0, ge=0.0, le=MAX_MAGNITUDE)
     eps: float = Field(0.06, gt=0.0, lt=1.0)
 
 

@@ -27,24 +27,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
-from mbiagents.scenario_base import AgentId, ScenarioBase, Strict
+from mbiagents.scenario_base import AgentId, Count, NonNegative, Positive, Real, ScenarioBase, Strict
 
 
 class PlannerDynamics(Strict):
     """Planner step and the agents' response rule (shared by the social-gradient games)."""
 
-    step: PositiveFloat = 0.25
+    step: Positive = 0.25
     response: Literal["equilibrium", "gradient"] = "equilibrium"
-    eta: PositiveFloat = 0.5
-    inner: PositiveInt = 1
+    eta: Positive = 0.5
+    inner: Count = 1
 
 
 class RoutingGameSettings(PlannerDynamics):
     """``[game]`` of parallel-link routing: total ``demand`` (nonatomic)."""
 
-    demand: PositiveFloat
+    demand: Positive
 
 
 class LinkSpec(Strict):
@@ -52,9 +52,9 @@ class LinkSpec(Strict):
 
     id: AgentId
     backend: Literal["policy"] = "policy"
-    a: NonNegativeFloat = 0.0
-    b: NonNegativeFloat = 0.0
-    degree: float = Field(default=1.0, ge=1.0)
+    a: NonNegative = 0.0
+    b: NonNegative = 0.0
+    degree: float = Field(default=1.0, ge=1.0, le=16.0)
 
 
 class RoutingScenario(ScenarioBase):
@@ -67,9 +67,9 @@ class RoutingScenario(ScenarioBase):
 class QuadraticGameSettings(PlannerDynamics):
     """``[game]`` of the quadratic aggregative game: coupling ``c`` and congestion ``s``."""
 
-    coupling: NonNegativeFloat = 0.0
-    congestion: NonNegativeFloat = 1.0
-    step: PositiveFloat = 0.1
+    coupling: NonNegative = 0.0
+    congestion: NonNegative = 1.0
+    step: Positive = 0.1
 
 
 class QuadraticAgentSpec(Strict):
@@ -77,8 +77,8 @@ class QuadraticAgentSpec(Strict):
 
     id: AgentId
     backend: Literal["policy"] = "policy"
-    q: PositiveFloat
-    r: float
+    q: Positive
+    r: Real
 
 
 class QuadraticScenario(ScenarioBase):
@@ -92,14 +92,14 @@ class PrincipalGameSettings(Strict):
     """``[game]`` of the pollution MDP and the two-phase schedule."""
 
     n_states: int = Field(default=5, ge=2, le=100)
-    r_clean: float = 0.6
-    r_dirty: float = 1.0
-    externality: NonNegativeFloat = 0.5
+    r_clean: Real = 0.6
+    r_dirty: Real = 1.0
+    externality: NonNegative = 0.5
     move: float = Field(default=0.8, gt=0.0, le=1.0)
-    noise: NonNegativeFloat = 0.1
+    noise: NonNegative = 0.1
     bisect_steps: int = Field(default=6, ge=1, le=20)
-    tau_max: PositiveFloat = 2.0
-    eps0: PositiveFloat = 1.0
+    tau_max: Positive = 2.0
+    eps0: Positive = 1.0
 
     @model_validator(mode="after")
     def _dirty_pays_more(self) -> "PrincipalGameSettings":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import mechanisms  # noqa: F401  (64-bit JAX before anything traces)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+# tests sign only with the keys they set up (monkeypatch): no developer key from ~/.config/mbi
+os.environ.pop("MBI_SIGNING_KEY", None)
+os.environ["MBI_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="mbi-nokey-"), "absent-key.pem")
 PG_ADMIN_URL = os.environ.get("MBI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
@@ -48,7 +52,7 @@ def pg_url(pg_server: str):
 def drop_append_only_triggers(engine) -> None:
     """What an attacker with raw SQL does first: drop the ledger's append-only triggers."""
     with engine.begin() as conn:
-        for table in ("transfers", "events", "rounds"):
+        for table in ("transfers", "events", "rounds", "round_heads"):
             for action in ("update", "delete", "truncate"):
                 if engine.dialect.name == "postgresql":
                     conn.execute(text(f"drop trigger if exists {table}_no_{action} on {table}"))

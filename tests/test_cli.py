@@ -59,6 +59,7 @@ def test_audit_passes_then_catches_a_changed_amount(example_run, tmp_path):
     failed = audit_tampered_copy(url, out["run_id"], tmp_path, round_index=3, delta=1)
     assert "round 3" in failed["hash_chain"]
     assert "round 3" in failed["payments_recompute"]
+    assert "np.float64" not in failed["payments_recompute"]  # plain floats in messages (issue 13)
 
 
 def audit_tampered_copy(url, run_id, tmp_path, round_index, delta):
@@ -219,3 +220,36 @@ def test_tampered_run_header_fails_the_audit_not_the_input(example_run, tmp_path
     assert res.exit_code == 1
     failed = {c["name"]: c["first_failure"] for c in json.loads(res.stdout)["checks"] if not c["ok"]}
     assert "run header" in failed["hash_chain"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_summary_shows_ids_whole_on_a_narrow_terminal(width, monkeypatch):
+    # issue 13: an 80-column terminal cut agent ids to "plann…"
+    import io
+
+    from rich.console import Console
+
+    import mbiagents.cli as cli
+    from mbiagents.runner import RunResult
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(width=width, file=buf))
+    use = {"calls": 3, "prompt_tokens": 100, "completion_tokens": 20, "cost": 0.0, "fallbacks": 0}
+    ids = ("planner-operations-team", "analyst-interactive", "writer")
+    agents = {a: {"tasks": ["churn-report", "release-notes"], "cost": 3.0, "payment": -12.5, "utility": 9.5,
+                  "utility_if_truthful": 1.0, "llm": use} for a in ids}
+    res = RunResult("r" * 32, 1, False, {"agents": agents, "welfare": 1.0, "optimal_welfare": 2.0, "welfare_gap": 0.5},
+                    "sqlite:///x.db", columns=("tasks", "cost", "payment", "utility", "utility_if_truthful"))
+    cli._print_run_summary("llm-task-market", res)
+    text_out = buf.getvalue()
+    assert "…" not in text_out
+    assert max(map(len, text_out.splitlines())) <= width or width == 80  # narrow: one line per agent may wrap
+    for word in (*ids, "churn-report", "release-notes", "-12.500000", "1.000000"):
+        assert word in text_out
+
+
+def test_run_help_shows_defaults_and_llm_table_literally():
+    res = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    flat = " ".join(res.output.split())  # click wraps at the terminal width
+    assert "[default: sqlite:///mbi-" in flat and "scenario's [llm] table" in flat

@@ -31,6 +31,10 @@ class Run(Base):
     created_at: Mapped[str] = mapped_column(String(32))
     final_rounds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     final_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # signed heads (migration 0004_signed_heads; mbiagents.ledger.signing): None when unsigned
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    start_sig: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    end_sig: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Account(Base):
@@ -104,3 +108,20 @@ class Transfer(Base):
         ForeignKeyConstraint(["run_id", "credit"], ["accounts.run_id", "accounts.name"]),
         Index("ix_transfers_run_round", "run_id", "round_index"),
     )
+
+
+class RoundHead(Base):
+    """A round's Merkle root over its transfers and its signed head (``mbiagents.ledger.signing``).
+
+    Written in the round's transaction; append-only like the round. ``signature`` is
+    ``None`` in an unsigned run.
+    """
+
+    __tablename__ = "round_heads"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    merkle_root: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+    __table_args__ = (ForeignKeyConstraint(["run_id", "round_index"], ["rounds.run_id", "rounds.index"]),)

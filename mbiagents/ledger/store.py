@@ -42,6 +42,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _payload_json(run_id: str, round_index: int, e: "EventRow") -> str:
+    """An event's canonical JSON; a NaN or infinity in it is a one-line ``LedgerError``."""
+    try:
+        return canonical_json(e.payload)
+    except ValueError:
+        raise LedgerError(f"run {run_id} round {round_index}: event {e.kind!r} holds a non-finite number "
+                          f"(NaN or infinity); nothing written for this round") from None
+
+
 def transfer_id(run_id: str, round_index: int, kind: str, debit: str, credit: str) -> str:
     """Deterministic transfer id: the same round written twice yields the same ids."""
     return f"{run_id}:{round_index}:{kind}:{debit}:{credit}"
@@ -167,6 +176,9 @@ class Ledger:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        #: signs run starts, round heads and run ends (``mbiagents.ledger.signing.RunSigner``);
+        #: ``None`` writes no round heads
+        self.signer: Any = None
 
     @property
     def url(self) -> str:
@@ -185,17 +197,20 @@ class Ledger:
         accounts.append(dict(run_id=run_id, name=TREASURY, kind="treasury", position=len(agent_ids)))
         accounts += [dict(run_id=run_id, name=n, kind="mechanism", position=len(agent_ids) + 1 + j)
                      for j, n in enumerate(extra_accounts)]
-        with self._begin() as conn:
-            conn.execute(insert(Run), [row])
-            conn.execute(insert(Account), accounts)
+        with self._signed():
+            row.update(self.signer.start_fields(row, accounts) if self.signer else {})
+            with self._begin() as conn:
+                conn.execute(insert(Run), [row])
+                conn.execute(insert(Account), accounts)
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
         """Set the run's status and record its final round count and hash (for the audit)."""
-        with self._begin() as conn:
+        with self._signed(), self._begin() as conn:
             last_index, last = self.last_hash(conn, run_id)
+            signed = self.signer.end_fields(run_id, status, last_index + 1, last) if self.signer else {}
             conn.execute(update(Run).where(Run.id == run_id)
-                         .values(status=status, final_rounds=last_index + 1, final_hash=last))
+                         .values(status=status, final_rounds=last_index + 1, final_hash=last, **signed))
 
     def get_run(self, run_id: str | None) -> Run:
         """The run with this id (or the latest run if ``None``); ``LedgerError`` if absent."""
@@ -235,18 +250,21 @@ class Ledger:
         Raises ``LedgerError`` if the round was written before with different content or
         if it does not follow the run's last round.
         """
-        ev = [(seq, e.kind, e.agent, canonical_json(e.payload)) for seq, e in enumerate(events)]
+        ev = [(seq, e.kind, e.agent, _payload_json(run_id, round_index, e)) for seq, e in enumerate(events)]
         tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
               for t in transfers if t.amount != 0]
         for t in tr:
             if t[4] < 0:
                 raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
-        try:
-            return self._write_round(run_id, round_index, ev, tr)
-        except IntegrityError:
-            # a concurrent writer of the same round committed first: report it as a duplicate
-            # if it wrote the same content (the retry finds the round), else raise
-            return self._write_round(run_id, round_index, ev, tr)
+        with self._signed():
+            try:
+                return self._write_round(run_id, round_index, ev, tr)
+            except IntegrityError:
+                # a concurrent writer of the same round committed first: report it as a duplicate
+                # if it wrote the same content (the retry finds the round), else raise
+                if self.signer:
+                    self.signer.rolled_back()
+                return self._write_round(run_id, round_index, ev, tr)
 
     def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple]) -> WriteResult:
         with self._begin() as conn:
@@ -267,6 +285,8 @@ class Ledger:
             h = round_hash(prev, round_index, ev, tr)
             conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
                                               n_events=len(ev), n_transfers=len(tr))])
+            if self.signer:  # the round's Merkle root and signed head, in its transaction
+                self.signer.write_head(conn, run_id, round_index, h, tr)
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
             fault_point("settle", round_index)
             bulk_insert(conn, "transfers", TRANSFER_COLUMNS,
@@ -321,6 +341,18 @@ class Ledger:
         return out
 
     # ---- plumbing -------------------------------------------------------------------
+    @contextmanager
+    def _signed(self) -> Iterator[None]:
+        """Witness lines of a signed write go out once its transaction committed, else never."""
+        try:
+            yield
+        except BaseException:
+            if self.signer:
+                self.signer.rolled_back()
+            raise
+        if self.signer:
+            self.signer.committed()
+
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A write transaction; an unreachable or locked database becomes a ``LedgerError``."""

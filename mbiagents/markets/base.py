@@ -190,6 +190,12 @@ class Market(ABC, Generic[S, A]):
         """Event kinds every complete round must hold."""
         return ()
 
+    def fixed_payloads(self, index: int) -> dict[str, dict[str, Any]]:
+        """Event payload fields of round ``index`` that the scenario fixes (e.g. the tasks on
+        offer and their values): ``{kind: {field: value}}``. The audit checks the logged
+        round against them, the scenario itself being covered by the signed header."""
+        return {}
+
     def audit_init(self) -> A:
         """The audit state before round 0 (default: none; rounds recompute on their own)."""
         return None  # type: ignore[return-value]

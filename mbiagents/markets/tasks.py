@@ -262,6 +262,9 @@ class TaskMarket(Market[TaskTotals, None]):
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("tasks", "reports", "outcome", "payments")
 
+    def fixed_payloads(self, index: int) -> dict[str, dict[str, Any]]:
+        return {"tasks": {"ids": [t.id for t in self.round_tasks(index)], "values": self.values(index).tolist()}}
+
     def audit_round(self, a: None, rec: RoundRecord) -> tuple[None, Recomputed]:
         """Every round is an independent auction: recomputed from its own rows (no audit state)."""
         r = rec.index
@@ -292,7 +295,7 @@ class TaskMarket(Market[TaskTotals, None]):
         if 0 < m and (n + 1) ** m <= BRUTE_FORCE_LIMIT:
             best, _ = game.brute_force_optimum(reports, self.values(r), self.capacities)
             ok = out.reported_welfare >= best - 1e-9 * (1.0 + abs(best))
-            checks["efficiency"] = (ok, "" if ok else f"reported welfare {out.reported_welfare!r} < optimum {best!r}")
+            checks["efficiency"] = (ok, "" if ok else f"reported welfare {float(out.reported_welfare)!r} < optimum {float(best)!r}")
         return None, Recomputed(payments=out.payments, checks=checks)
 
     def _dsic(self, reports: np.ndarray, r: int) -> tuple[bool, str]:

@@ -11,6 +11,8 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 - ``rounds_complete``: rounds are 0..R-1 with every event kind the market requires.
 - ``payments_recompute``: every payment recomputes from the logged reports and actions,
   and each transfer is exactly the documented rounding of it.
+- ``signatures``, ``header_payloads``, ``run_end``, ``witness``, ``expected_head``: trust
+  beyond the database (signed heads, witness file, expected head; ``mbiagents.verify.trust``).
 - market checks (e.g. ``signals_recompute``, ``outcome_recompute``, ``budget_balance``)
   and informational per-round properties (e.g. ``individual_rationality``), which are
   reported but do not fail the audit because they need not hold before convergence.
@@ -23,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from mbiagents.errors import ScenarioError
-from mbiagents.ledger.money import to_minor_units, within_rounding
+from mbiagents.errors import LedgerError, ScenarioError
+from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
+from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
 
 
 @dataclass
@@ -82,17 +85,33 @@ def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str
     if ok.all():
         return None
     j = int(np.flatnonzero(~ok)[0])
+    try:
+        rounded = f"rounds to {int(to_minor_units(rec.payments[j]))}"
+    except MoneyError as exc:
+        rounded = f"is no money ({exc})"
     return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
-            f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
+            f"recomputed payment {float(rec.payments[j])!r} {rounded}")
 
 
-def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
+def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None) -> AuditReport:
     """Verify a run from the ledger alone, streaming its rounds (one round in memory).
 
     The market's audit fold (``audit_init``, ``audit_round``) carries what a round's
     recomputation needs from earlier rounds; nothing else of them is kept.
+    ``trust`` adds what the auditor trusts from outside the database
+    (``mbiagents.verify.trust``): trusted public keys, a witness file, an expected head.
     """
-    run = ledger.get_run(run_id)
+    trust = trust or TrustOptions()
+    if run_id is None and trust.witness:
+        run_id = witness_run_id(trust.witness)
+    try:
+        run = ledger.get_run(run_id)
+    except LedgerError:
+        if not trust.witness or run_id is None:
+            raise
+        gone = Check("witness")  # a witnessed run deleted from the ledger: a failed audit, not bad input
+        check_witness(gone, trust.witness, run_id, None, None, None, {}, None)
+        return AuditReport(run_id, 0, 0, [gone])
     double_entry, idem, chain, complete, pay = (Check(n) for n in (
         "double_entry", "idempotency", "hash_chain", "rounds_complete", "payments_recompute"))
     extra: dict[str, Check] = {}
@@ -108,6 +127,8 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
         chain.detail += f" (its scenario no longer validates: {exc})"
         return AuditReport(run.id, 0, 0, [chain])
     accounts = dict(ledger.accounts(run.id))
+    signed = TrustVerifier(ledger, run, market, trust, Check)
+    signed.start()
     seen: set[str] = set()
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
@@ -137,7 +158,9 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
+        signed.round(r)
         a = _recompute_round(market, a, r, complete, pay, extra)
+    signed.finish(n_rounds, prev)
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
         first = min(n_rounds, run.final_rounds)
         chain.fail(f"round {first}: run finished with {run.final_rounds} rounds (last hash "
@@ -147,7 +170,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     if not n_rounds:
         complete.fail("run has no rounds")
     report = AuditReport(run.id, n_rounds, n_transfers)
-    report.checks = [double_entry, idem, chain, complete, pay, *extra.values()]
+    report.checks = [double_entry, idem, chain, complete, pay, *signed.checks, *extra.values()]
     return report
 
 

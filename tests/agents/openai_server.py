@@ -32,7 +32,7 @@ from typing import Any, Callable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -51,6 +51,7 @@ class Reply:
     model: str | None = None
     trickle_s: float = 0.0  # send the body one byte at a time, spread over this many seconds
     echo_key: bool = False  # replace "{key}" in content, error and model by the request's Bearer token
+    body: bytes | None = None  # the raw response body, sent as is (hostile servers: bad UTF-8, odd usage)
 
     @classmethod
     def json(cls, obj: Any, **kw: Any) -> "Reply":
@@ -216,6 +217,8 @@ class ScriptedOpenAIServer:
                 status_code=reply.status,
                 headers=reply.headers,
             )
+        if reply.body is not None:
+            return Response(reply.body, media_type="application/json", headers=reply.headers)
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
         pt = reply.prompt_tokens if reply.prompt_tokens is not None else max(1, prompt_chars // 4)
         ct = reply.completion_tokens if reply.completion_tokens is not None else max(1, len(reply.content) // 4)

@@ -93,9 +93,8 @@ def test_llama_cpp_0_3_36_style_500_is_a_capability_refusal(openai_server):
     openai_server.reject_json_schema = True
     openai_server.reject_status = 500
     openai_server.default = Reply.json({"value": 2, "curvature": 2})
-    t0 = time.perf_counter()
     ans, mode = ask(openai_server)
-    assert ans.ok and mode == "json_object" and time.perf_counter() - t0 < 0.4
+    assert ans.ok and mode == "json_object"
     assert [r.response_format["type"] for r in openai_server.requests] == ["json_schema", "json_object"]
 
 

@@ -65,3 +65,15 @@ def test_key_is_never_in_settings(monkeypatch):
     s = resolve_llm_settings({"api_key_env": "MBI_TEST_API_KEY", "backend": "openai"}, env={})
     assert "sk-very-secret" not in s.model_dump_json() and "sk-very-secret" not in repr(s)
     assert s.api_key() == "sk-very-secret"
+
+
+def test_scenario_llm_table_with_base_url_and_no_backend_is_custom():
+    # issue 13: the scenario's parsed [llm] table used to keep backend "local" and ignore base_url
+    from mbiagents.scenario import parse_scenario
+
+    sc = parse_scenario({"scenario": {"name": "t", "game": "team", "mechanism": "dpm"}, "game": {"congestion": 1.0},
+                         "llm": {"base_url": "http://127.0.0.1:9/v1"},
+                         "agents": [{"id": "a", "value": 1.0, "curvature": 1.0}]})
+    assert sc.llm.backend == "custom"
+    s = resolve_llm_settings(sc.llm, env={})
+    assert (s.backend, s.base_url) == ("custom", "http://127.0.0.1:9/v1")

@@ -130,3 +130,24 @@ def test_numpy_state_round_trips_through_the_checkpointer(sqlite_url):
     assert market["actions"].tolist() == last.payload("actions")["x"]
     reports = values["step"]["reports"]
     assert isinstance(reports["value"], np.ndarray) and reports["value"].dtype == np.float64
+
+
+@pytest.mark.postgres
+def test_checkpoint_setup_lock_wait_is_bounded(pg_url, monkeypatch):
+    # issue 13: a set-up lock held forever by another session ends in a one-line LedgerError
+    import psycopg
+
+    from mbiagents import checkpoint
+    from mbiagents.errors import LedgerError
+
+    led = open_ledger(pg_url)
+    monkeypatch.setattr(checkpoint, "SETUP_LOCK_WAIT_S", 0.3)
+    holder = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (checkpoint.SETUP_LOCK,))
+        with pytest.raises(LedgerError, match="set-up lock"):
+            with checkpoint.open_checkpointer(led):
+                pass
+    finally:
+        holder.close()
+        led.dispose()

@@ -65,7 +65,8 @@ def _insert_transfer(conn, run_id):
 
 
 def _delete_round(conn, run_id, index):
-    for table, col in (("transfers", "round_index"), ("events", "round_index"), ("rounds", "index")):
+    for table, col in (("transfers", "round_index"), ("events", "round_index"), ("round_heads", "round_index"),
+                       ("rounds", "index")):
         conn.execute(text(f'delete from {table} where run_id = :r and "{col}" = :i'), {"r": run_id, "i": index})
 
 
