@@ -29,6 +29,7 @@ from mbiagents.markets import congestion as _congestion  # noqa: E402  (register
 from mbiagents.markets import social_gradient as _social_gradient  # noqa: E402,F401  (routing, quadratic)
 from mbiagents.markets import principal as _principal  # noqa: E402,F401  (principal-mdp)
 from mbiagents.markets import reinforce as _reinforce  # noqa: E402,F401  (team:reinforce)
+from mbiagents.markets import team_tasks as _team_tasks  # noqa: E402,F401  (team-tasks: mbiagents.TaskMarket)
 
 __all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
-del _team, _tasks, _congestion, _social_gradient, _principal, _reinforce
+del _team, _tasks, _congestion, _social_gradient, _principal, _reinforce, _team_tasks
