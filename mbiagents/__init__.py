@@ -21,7 +21,7 @@ __all__ = [*_TEAM, *_LLM, "Ledger", "LLMSettings", "open_ledger", "audit"]
 
 def audit(run_id: str | None = None, *, ledger: str | None = None):
     """Audit a run from the ledger alone (``mbi audit``); ``.ok`` is the verdict."""
-    from mbiagents.ledger.audit import audit_run
+    from mbiagents.verify.audit import audit_run
     from mbiagents.ledger.schema import open_ledger
 
     led = open_ledger(ledger, create=False)
@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
 
         return open_ledger
     if name == "LLMSettings":
-        from mbiagents.agents.settings import LLMSettings
+        from mbiagents.llm_settings import LLMSettings
 
         return LLMSettings
     raise AttributeError(f"module 'mbiagents' has no attribute {name!r}")

@@ -26,8 +26,8 @@ from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, 
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers, welfare_gap
+from mbiagents.ledger.payments import payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -259,6 +259,3 @@ class TeamMarket(Market):
             "agents": agents,
             "budget": {"payments": float(t.sum()), "operator_cost": cost, "surplus": float(t.sum()) - cost},
         }
-
-
-register_market("team", TeamMarket)

@@ -30,46 +30,21 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
-
 from mbiagents.errors import MbiError
 from mbiagents.ledger.money import MINOR_UNITS, to_minor_units
 from mbiagents.ledger.store import TREASURY, RoundRecord, agent_account
-from mbiagents.markets import register_market
 from mbiagents.markets.base import Market, Recomputed
 from mbiagents.markets.tasks import decode_costs, vcg_outcome
-from mbiagents.scenario import AgentId, ScenarioBase, Strict, register_game
+from mbiagents.scenario import TeamTasksScenario
 
 GAME = "team-tasks"
 PROVIDER = "provider"  # the account model and tool calls are paid to
 ESCROW, GRANT, SPEND, TOPUP = "escrow", "grant", "spend", "topup"
 
 
-class TeamTasksSettings(Strict):
-    """Public parameters: bids outside ``[0, max_bid]`` are rejected (logged)."""
-
-    max_bid: float = Field(1e6, gt=0, allow_inf_nan=False)
-
-
-class TeamTasksAgentSpec(Strict):
-    """An agent as the run header records it: id, capacity and budget. Its costs are private
-    (it bids them) and are not here."""
-
-    id: AgentId
-    capacity: int = Field(1, ge=1)
-    grant: float | None = Field(None, ge=0, allow_inf_nan=False)
-    on_exhausted: Literal["stop", "pause", "warn"] = "stop"
-
-
-class TeamTasksScenario(ScenarioBase):
-    game: TeamTasksSettings = TeamTasksSettings()
-    agents: list[TeamTasksAgentSpec] = Field(min_length=1)
-
-
-register_game(GAME, TeamTasksScenario, ("vcg", "vcg-fast"))
 
 
 def _payload(rec: RoundRecord, kind: str, default: Any = None) -> Any:
@@ -107,7 +82,11 @@ class TeamTasksMarket(Market):
         raise MbiError(f"game {GAME!r} runs from Python: mbiagents.TaskMarket(agents=...).run(tasks) "
                        "(its agents are your own callables)")
 
-    initial_state = elicit = price = act = settle = _python_only  # type: ignore[assignment]
+    elicit = price = act = settle = _python_only  # type: ignore[assignment]
+
+    def initial_state(self) -> dict[str, Any]:
+        """The team graph's first state: round 0 and the file's ``[[tasks]]`` on offer."""
+        return {"round": 0, "open_tasks": [t.model_dump(mode="json") for t in self.scenario.tasks]}
 
     def summary(self, state: dict[str, Any]) -> dict[str, Any]:
         return self._python_only()
@@ -233,5 +212,3 @@ class TeamTasksMarket(Market):
         out["team"] = self.team_summary(rounds)
         return out
 
-
-register_market(GAME, TeamTasksMarket)

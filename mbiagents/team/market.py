@@ -38,7 +38,7 @@ from mbiagents.graph import merge_llm_answers
 from mbiagents.ledger.money import to_minor_units
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import TREASURY, EventRow, Ledger, Resolution, TransferRow, agent_account, transfer_id
-from mbiagents.markets.base import payment_transfers
+from mbiagents.ledger.payments import payment_transfers
 from mbiagents.markets.tasks import encode_costs, vcg_outcome
 from mbiagents.markets.team_tasks import ESCROW, GAME, GRANT, PROVIDER, SPEND, TOPUP, TeamTasksMarket, TeamTasksScenario
 from mbiagents.team.agent import Agent, WorkContext, as_agent
@@ -151,6 +151,33 @@ class TaskMarket:
         self._wallets: dict[tuple[str, int, str], Wallet] = {}
         self._lock = threading.Lock()
         self._memory = None
+        self.tasks: list[Task] = []
+
+    @classmethod
+    def from_toml(cls, path: str, agents: dict[str, Any], **kw: Any) -> "TaskMarket":
+        """A market from a team TOML file (``game = "team-tasks"``): its mechanism, rounds,
+        ``max_bid``, agents' capacities and budgets; ``agents`` maps each agent id to an
+        object with ``bid`` and ``work`` (or an :class:`Agent`). Its ``[[tasks]]`` are in
+        ``market.tasks``. A bad file or a missing agent is a one-line ``ScenarioError``."""
+        from mbiagents.errors import ScenarioError
+        from mbiagents.scenario import load_scenario
+        from mbiagents.team.types import Budget
+
+        sc = load_scenario(path)
+        if not isinstance(sc, TeamTasksScenario):
+            raise ScenarioError(f"{path}: scenario.game: a team file needs game = {GAME!r}")
+        team = []
+        for i, spec in enumerate(sc.agents):
+            impl = agents.get(spec.id)
+            if impl is None:
+                raise ScenarioError(f"{path}: agents[{i}].id: no implementation given for agent {spec.id!r}")
+            budget = Budget(grant=spec.grant, on_exhausted=spec.on_exhausted) if spec.grant is not None else None
+            team.append(Agent(id=spec.id, bid=impl.bid, work=impl.work, capacity=spec.capacity, budget=budget))
+        meta = sc.scenario
+        market = cls(team, mechanism=meta.mechanism, max_rounds=meta.rounds, max_bid=sc.game.max_bid,
+                     name=meta.name, **kw)
+        market.tasks = [Task(**t.model_dump()) for t in sc.tasks]
+        return market
 
     # ---- the ledger ---------------------------------------------------------------
     @property
@@ -464,7 +491,7 @@ class TaskMarket:
         return self.market.team_summary(self.ledger.read_rounds(run_id))
 
     def audit(self, run_id: str):
-        from mbiagents.ledger.audit import audit_run
+        from mbiagents.verify.audit import audit_run
 
         return audit_run(self.ledger, run_id)
 
