@@ -84,7 +84,9 @@ class TeamState(TypedDict, total=False):
 
 @dataclass
 class TeamResult:
-    """A finished (or interrupted) market run."""
+    """A finished (or interrupted) market run. ``interrupts``: LangGraph ``Interrupt``s
+    (``.id``, ``.value``) waiting for an answer: ``run(thread_id=..., resume=value)`` for
+    one, ``resume={id: value, ...}`` for several."""
 
     run_id: str
     thread_id: str
@@ -458,7 +460,7 @@ class TaskMarket:
         out = await graph.ainvoke(inp, config, durability="sync")
         state = (await graph.aget_state(config)).values
         run_id = out.get("run_id") or state.get("run_id", "")
-        interrupts = [i.value for i in out.get("__interrupt__", [])]
+        interrupts = list(out.get("__interrupt__", []))
         return TeamResult(run_id=run_id, thread_id=thread_id, results=out.get("results") or state.get("results") or [],
                           summary=out.get("summary") or {}, ledger_url=self.ledger.url, interrupts=interrupts)
 
