@@ -8,13 +8,14 @@ Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
    transfer per agent (agent -> treasury), plus the outcome.
 
-The run converges when the residual at ``x^t`` is at most the scenario's tolerance.
+The run converges when the residual at ``x^t`` is at most the scenario's tolerance
+(``Settlement.done`` of the round that computed it).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import numpy as np
@@ -27,7 +28,7 @@ from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.ledger.payments import payment_transfers
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
+from mbiagents.markets.base import Market, Recomputed, Settlement, converged_below, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -71,7 +72,32 @@ def _at_least(names: list[str], values: np.ndarray, bound: float, what: str, sla
     return False, f"{names[j]}: {what} = {float(values[j])!r} < {bound}"
 
 
-class TeamMarket(Market):
+class TeamState(TypedDict):
+    """The team market across rounds: usage ``x^t``, the last logged reports, the last
+    round's payments."""
+
+    actions: np.ndarray
+    logged_reports: dict[str, np.ndarray] | None
+    payments: np.ndarray
+
+
+class TeamStep(TypedDict, total=False):
+    """One round in progress: reports, the signals and residual at ``x^t``, ``x^{t+1}``."""
+
+    reports: dict[str, np.ndarray]
+    signals: np.ndarray
+    residual: float
+    next_actions: np.ndarray
+
+
+class TeamAudit(TypedDict):
+    """The audit fold: the reports in force and the usage logged by the previous round."""
+
+    reports: team.TeamTypes | None
+    actions: np.ndarray | None
+
+
+class TeamMarket(Market[TeamState, TeamAudit]):
     game = "team"
     payment_kind = "clarke"
 
@@ -85,23 +111,22 @@ class TeamMarket(Market):
         self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
 
     # ---- the round ------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> TeamState:
         n = len(self.agent_ids)
-        return {"actions": np.zeros(n), "reports": None, "logged_reports": None, "paid_total": np.zeros(n),
-                "llm_agents": self.llm_agent_ids, "llm_usage": {}}
+        return TeamState(actions=np.zeros(n), logged_reports=None, payments=np.zeros(n))
 
-    def elicit(self, state):
+    def elicit(self, state) -> TeamStep:
         r = self.population.report(state["round"])
-        return {"reports": {"value": np.asarray(r.a), "curvature": np.asarray(r.b)}}
+        return TeamStep(reports={"value": np.asarray(r.a), "curvature": np.asarray(r.b)})
 
-    def price(self, state):
-        reports = self._with_llm(state, "report", state["reports"])
-        g, residual = _price(state["actions"], _types(reports), self.kappa)
-        return {"reports": reports, "signals": np.asarray(g), "residual": float(residual)}
+    def price(self, state) -> TeamStep:
+        reports = self._with_llm(state, "report", state["step"]["reports"])
+        g, residual = _price(state["market"]["actions"], _types(reports), self.kappa)
+        return TeamStep(reports=reports, signals=np.asarray(g), residual=float(residual))
 
-    def act(self, state):
-        x_next = self.population.act(state["signals"], state["actions"])
-        return {"next_actions": x_next}
+    def act(self, state) -> TeamStep:
+        step = state["step"]
+        return {**step, "next_actions": self.population.act(step["signals"], state["market"]["actions"])}
 
     # ---- LLM agents -----------------------------------------------------------------
     def _info(self, agent_id: str) -> TeamAgentInfo:
@@ -112,7 +137,7 @@ class TeamMarket(Market):
     async def llm_report(self, llm, agent_id, view):
         """Fallback (documented): the agent's previous accepted report, in round 0 its type."""
         i = self.index[agent_id]
-        prev = view.get("logged_reports") or view["reports"]
+        prev = view["market"]["logged_reports"] or view["step"]["reports"]
         fallback = TeamReport(value=self.report_bounds.clamp(float(prev["value"][i])),
                               curvature=self.report_bounds.clamp(float(prev["curvature"][i])))
         return await team_report(llm, self._info(agent_id), value_bounds=self.report_bounds,
@@ -121,8 +146,8 @@ class TeamMarket(Market):
     async def llm_act(self, llm, agent_id, view):
         """Fallback (documented): keep the current usage."""
         i = self.index[agent_id]
-        x = view["actions"]
-        return await team_act(llm, self._info(agent_id), signal=float(view["signals"][i]), usage=float(x[i]),
+        x = view["market"]["actions"]
+        return await team_act(llm, self._info(agent_id), signal=float(view["step"]["signals"][i]), usage=float(x[i]),
                               aggregate=float(np.sum(x)), usage_bounds=self.usage_bounds, round=view["round"])
 
     def _with_llm(self, state, step: str, values):
@@ -142,53 +167,48 @@ class TeamMarket(Market):
                 out[self.index[key.split(":", 1)[1]]] = ans.value.usage
         return out
 
-    def settle(self, state) -> Settlement:
-        x = self._with_llm(state, "act", state["next_actions"])
-        reports = state["reports"]
+    def settle(self, state) -> Settlement[TeamState]:
+        step = state["step"]
+        x = self._with_llm(state, "act", step["next_actions"])
+        reports = step["reports"]
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, _types(reports), self.kappa))
         events = []
-        logged = state.get("logged_reports")
+        logged = state["market"]["logged_reports"]
         changed = logged is None or any(not np.array_equal(reports[k], logged[k]) for k in reports)
         if changed:
             events.append(EventRow("reports", {k: v.tolist() for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": state["signals"].tolist(), "residual": state["residual"]}),
+            EventRow("signals", {"G": step["signals"].tolist(), "residual": step["residual"]}),
             EventRow("actions", {"x": x.tolist()}),
             EventRow("payments", {"t": t.tolist()}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
         ]
-        llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
-        events += llm
         true_w = float(team.welfare(x, self.population.true_types, self.kappa))
         return Settlement(
             events=events,
             transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
-            metrics={"welfare": true_w, "residual": state["residual"]},
-            updates={"actions": x, "payments": t, "logged_reports": reports, "paid_total": state["paid_total"] + t,
-                     "operator_cost": float(cost), "llm_usage": usage},
+            state=TeamState(actions=x, logged_reports=reports, payments=t),
+            done=converged_below(step["residual"], self.tolerance),
+            metrics={"welfare": true_w, "residual": step["residual"]},
         )
-
-    def converged(self, state) -> bool:
-        return state.get("residual", np.inf) <= self.scenario.scenario.tolerance
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         base = ("signals", "actions", "payments", "outcome")
         return ("reports", *base) if index == 0 else base
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        rec = rounds[index]
-        reports = None
-        for r in reversed(rounds[: index + 1]):
-            try:
-                reports = _types(r.payload("reports"))
-                break
-            except KeyError:
-                continue
+    def audit_init(self) -> TeamAudit:
+        return TeamAudit(reports=None, actions=None)
+
+    def audit_round(self, a: TeamAudit, rec: RoundRecord) -> tuple[TeamAudit, Recomputed]:
+        try:
+            reports = _types(rec.payload("reports"))  # logged when they change
+        except KeyError:
+            reports = a["reports"]
         if reports is None:
             raise KeyError("reports")
         x = np.asarray(rec.payload("actions")["x"], np.float64)
-        x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
+        x_prev = a["actions"] if a["actions"] is not None else np.zeros_like(x)
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
         g, _ = _price(x_prev, reports, self.kappa)
         outcome = rec.payload("outcome")
@@ -204,8 +224,8 @@ class TeamMarket(Market):
         }
         # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
         u = np.asarray(team.values(x, reports)) - t
-        return Recomputed(payments=t, checks=checks, info={"individual_rationality": _at_least(
-            self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
+        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, info={
+            "individual_rationality": _at_least(self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
@@ -229,15 +249,16 @@ class TeamMarket(Market):
         return data
 
     # ---- summary --------------------------------------------------------------------
-    def summary(self, state) -> dict[str, Any]:
+    def summary(self, state, paid) -> dict[str, Any]:
         truth = self.population.true_types
-        x = np.asarray(state["actions"])
+        ms = state["market"]
+        x = np.asarray(ms["actions"])
         # the money that moved: payments as settled in minor units
-        t = settled(state.get("payments", np.zeros_like(x)))
+        t = settled(ms["payments"])
         v = np.asarray(team.values(x, truth))
         w = float(team.welfare(x, truth, self.kappa))
         w_star = float(team.optimal_welfare(truth, self.kappa))
-        reports = state.get("reports") or {"value": truth.a, "curvature": truth.b}
+        reports = ms["logged_reports"] or {"value": truth.a, "curvature": truth.b}
         agents = {
             aid: {
                 "action": float(x[i]),
@@ -245,12 +266,10 @@ class TeamMarket(Market):
                 "utility": float(v[i] - t[i]),
                 "value": float(v[i]),
                 "reported_value": float(reports["value"][i]),
-                "total_paid": float(settled(state["paid_total"][i])),
+                "total_paid": float(paid[i]),
             }
             for i, aid in enumerate(self.agent_ids)
         }
-        for aid, u in (state.get("llm_usage") or {}).items():
-            agents[aid]["llm"] = u
         cost = float(team.congestion_cost(x.sum(), self.kappa))
         return {
             "welfare": w,

@@ -84,24 +84,26 @@ class TeamTasksMarket(Market):
 
     elicit = price = act = settle = _python_only  # type: ignore[assignment]
 
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> dict[str, Any]:
         """The team graph's first state: round 0 and the file's ``[[tasks]]`` on offer."""
         return {"round": 0, "open_tasks": [t.model_dump(mode="json") for t in self.scenario.tasks]}
 
-    def summary(self, state: dict[str, Any]) -> dict[str, Any]:
+    def summary(self, state: dict[str, Any], paid: np.ndarray) -> dict[str, Any]:
         return self._python_only()
 
     # ---- audit ------------------------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("tasks", "reports", "outcome", "payments") if index % 2 == 0 else ("deliveries",)
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        rec = rounds[index]
+    def audit_round(self, a: RoundRecord | None, rec: RoundRecord) -> tuple[RoundRecord | None, Recomputed]:
+        """Recompute ``rec``; the audit state is the last award round (events and pending
+        escrow), which its delivery round resolves."""
         n = len(self.agent_ids)
         checks: dict[str, tuple[bool, str]] = {"spend_recompute": self._spend(rec), "topup_recompute": self._topup(rec)}
         if rec.index % 2 == 1:
-            checks["payment_x_acceptance"] = self._acceptance(rounds[index - 1] if index else None, rec)
-            return Recomputed(payments=np.zeros(n), checks=checks)
+            checks["payment_x_acceptance"] = self._acceptance(a if a is not None and a.index == rec.index - 1 else None,
+                                                              rec)
+            return None, Recomputed(payments=np.zeros(n), checks=checks)
         tasks = rec.payload("tasks")
         values = np.asarray(tasks["values"], np.float64)
         reports = decode_costs(rec.payload("reports")["costs"]).reshape(n, len(values))
@@ -111,7 +113,8 @@ class TeamTasksMarket(Market):
         checks["assignment_recompute"] = (logged == mine, "" if logged == mine else f"logged {logged}, recomputed {mine}")
         if rec.index == 0:
             checks["grant_recompute"] = self._grant(rec)
-        return Recomputed(payments=out.payments, checks=checks)
+        award = RoundRecord(rec.index, rec.prev_hash, rec.hash, rec.events, [], rec.pending, rec.resolutions)
+        return award, Recomputed(payments=out.payments, checks=checks)
 
     def _grant(self, rec: RoundRecord) -> tuple[bool, str]:
         got = _net(rec.transfers, GRANT)

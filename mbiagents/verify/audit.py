@@ -24,7 +24,7 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +32,8 @@ from mbiagents.errors import ScenarioError
 from mbiagents.ledger.money import to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
-from mbiagents.markets import Market, market_of
-from mbiagents.markets.base import Recomputed
+from mbiagents.markets import market_of
+from mbiagents.markets.base import AuditSteps, Recomputed
 
 
 @dataclass
@@ -71,17 +71,16 @@ class AuditReport:
                             "first_failure": c.detail or None} for c in self.checks]}
 
 
-def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[list[RoundRecord], RoundRecord]]:
-    """Yield ``(history, round)`` with ``history[-1] is round``: what ``Market.recompute``
-    needs. Earlier rounds keep only their events (transfers are dropped once yielded)."""
-    history: list[RoundRecord] = []
-    for r in rounds:
-        history.append(r)
-        yield history, r
-        history[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [], r.pending, r.resolutions)
+def recompute_round(market: AuditSteps, a: Any, r: RoundRecord) -> tuple[Any, Recomputed | str]:
+    """One step of the audit fold: the next audit state and the round recomputed, or why it
+    cannot be (a logged row is missing or malformed; the audit state is then unchanged)."""
+    try:
+        return market.audit_round(a, r)
+    except (KeyError, ValueError, TypeError) as exc:
+        return a, f"cannot recompute payments ({exc})"
 
 
-def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | None:
+def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str | None:
     """The first agent whose transfers are not the documented rounding of its recomputed payment."""
     logged = signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
     ok = within_rounding(logged, rec.payments)
@@ -95,8 +94,8 @@ def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | N
 def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     """Verify a run from the ledger alone, streaming its rounds (one round in memory).
 
-    Only the events of earlier rounds are kept (markets recompute a round from the
-    reports and actions logged before it); transfers are dropped once checked.
+    The market's audit fold (``audit_init``, ``audit_round``) carries what a round's
+    recomputation needs from earlier rounds; nothing else of them is kept.
     """
     run = ledger.get_run(run_id)
     double_entry, idem, chain, complete, pay = (Check(n) for n in (
@@ -118,7 +117,8 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     seen: set[str] = set()
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
-    for history, r in with_history(ledger.iter_rounds(run.id)):
+    a = market.audit_init()
+    for r in ledger.iter_rounds(run.id):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         # double entry + idempotency
@@ -145,7 +145,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
                 chain_ok = False
             prev = r.hash
         escrow.round(r)
-        _recompute_round(market, history, r, complete, pay, extra)
+        a = _recompute_round(market, a, r, complete, pay, extra)
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
         first = min(n_rounds, run.final_rounds)
         chain.fail(f"round {first}: run finished with {run.final_rounds} rounds (last hash "
@@ -213,18 +213,17 @@ class EscrowAudit:
         return out
 
 
-def _recompute_round(market: Market, history: list[RoundRecord], r: RoundRecord, complete: Check, pay: Check,
-                     extra: dict[str, Check]) -> None:
-    kinds = {k for _, k, a, _ in r.events if a is None}
+def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check, pay: Check,
+                     extra: dict[str, Check]) -> Any:
+    kinds = {k for _, k, agent, _ in r.events if agent is None}
     missing = [k for k in market.required_events(r.index) if k not in kinds]
     if missing:
         complete.fail(f"round {r.index}: missing events {', '.join(missing)}")
-        return
-    try:
-        rec = market.recompute(history, len(history) - 1)
-    except (KeyError, ValueError, TypeError) as exc:
-        pay.fail(f"round {r.index}: cannot recompute payments ({exc})")
-        return
+        return a
+    a, rec = recompute_round(market, a, r)
+    if isinstance(rec, str):
+        pay.fail(f"round {r.index}: {rec}")
+        return a
     mismatch = payment_mismatch(market, r, rec)
     if mismatch:
         pay.fail(f"round {r.index} {mismatch}")
@@ -236,3 +235,4 @@ def _recompute_round(market: Market, history: list[RoundRecord], r: RoundRecord,
         c = extra.setdefault(name, Check(name, informational=True))
         if not ok_c:
             c.fail(f"round {r.index}: {detail}")
+    return a
