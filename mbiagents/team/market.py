@@ -215,6 +215,11 @@ class TaskMarket:
                 w = self._wallets[key] = Wallet(agent.id, available, policy)
             return w
 
+    async def _awallet(self, run_id: str, ledger_round: int, agent: Agent) -> Wallet:
+        if agent.budget is None or (run_id, ledger_round, agent.id) in self._wallets:
+            return self._wallet(run_id, ledger_round, agent)  # no ledger read
+        return await asyncio.to_thread(self._wallet, run_id, ledger_round, agent)
+
     # ---- nodes ----------------------------------------------------------------------
     async def _start(self, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
         conf = config.get("configurable", {})
@@ -237,7 +242,7 @@ class TaskMarket:
         agent = self.by_id[payload["agent"]]
         r, run_id = payload["round"], payload["run_id"]
         tasks = [Task.model_validate(t) for t in payload["tasks"]]
-        wallet = await asyncio.to_thread(self._wallet, run_id, 2 * r, agent)
+        wallet = await self._awallet(run_id, 2 * r, agent)
         max_bid = self.scenario.game.max_bid
         costs: dict[str, float | None] = {}
         rejected: dict[str, str] = {}
@@ -325,7 +330,7 @@ class TaskMarket:
         agent = self.by_id[payload["agent"]]
         r, run_id = payload["round"], payload["run_id"]
         task = Task.model_validate(payload["task"])
-        wallet = await asyncio.to_thread(self._wallet, run_id, 2 * r + 1, agent)
+        wallet = await self._awallet(run_id, 2 * r + 1, agent)
         ctx = WorkContext(agent.id, r, wallet, step="work", task_id=task.id)
         output, error = None, None
         try:
