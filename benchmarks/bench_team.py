@@ -54,7 +54,7 @@ async def measure(n: int, m: int, bid_s: float, work_s: float, repeats: int, fol
     agents = bid_s + work_s
     over = wall - agents
     return {"N": n, "M": m, "wall_s": wall, "overhead_ms": over * 1e3, "per_task_ms": over * 1e3 / m,
-            "ratio": over / agents}
+            "ratio": over / agents if agents else float("nan")}
 
 
 def main() -> None:
