@@ -240,3 +240,23 @@ def test_command_verifier(sqlite_url):
     items = market.ledger.read_rounds(res.run_id)[3].payload("deliveries")["items"]
     assert items[0]["task"] == "docs" and "exited 3" in items[0]["reason"]
     assert market.audit(res.run_id).ok
+
+
+def test_report_shows_deliveries_acceptance_budget_and_spend(sqlite_url, tmp_path):
+    from mbiagents.report import build_report
+
+    def work(task, ctx):
+        with ctx.charge(reserve=0.2, what="tool:search") as c:
+            c.actual = 0.125
+        return "bad" if task.id == "docs" else "fine"
+
+    market = mbi.TaskMarket([mbi.Agent("a", bid=1.0, work=work, budget=mbi.Budget(grant=3.0))],
+                            ledger=sqlite_url, verifier=no_bad, max_rounds=1)
+    res = market.run(TASKS[:1])
+    out = build_report(market.ledger, res.run_id, tmp_path / "rep")
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert out.audit_ok and 'id="deliveries"' in html and "fine" in html
+    for column in ("payment", "spend", "utility", "grant", "balance"):
+        assert f"<th>{column}</th>" in html
+    agent = res.summary["agents"]["a"]
+    assert agent["spend"] == 0.125 and agent["utility"] == agent["payment"] - 0.125
