@@ -59,6 +59,9 @@ def run_scenario(
     a run cannot be resumed (its ledger still records every answer).
     """
     market = build_market(scenario)
+    if getattr(market, "python_only", False):  # its agents are the user's own callables
+        raise MbiError(f"game {scenario.scenario.game!r} runs from Python: mbiagents.TaskMarket.from_toml(path, "
+                       "agents={id: your agent}).run(...) (see examples/team_python.py)")
     if rounds and rounds != scenario.scenario.rounds and market.schedules_by_horizon:
         # the market plans by its horizon T: record the overridden T so the audit rebuilds it
         scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update={"rounds": rounds})})

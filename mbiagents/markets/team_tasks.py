@@ -68,6 +68,8 @@ class TeamTasksMarket(Market):
     game = GAME
     payment_kind = ESCROW
     summary_columns = ("won", "accepted", "payment", "spend", "utility", "balance")
+    #: its rounds are driven by mbiagents.TaskMarket (the agents are Python callables), not ``mbi run``
+    python_only = True
 
     def __init__(self, scenario: TeamTasksScenario):
         super().__init__(scenario)
