@@ -90,8 +90,9 @@ def test_forged_resolution_fails_the_audit(sqlite_url):
     assert not checks(audit_run(market.ledger, res.run_id))["escrow"]
 
 
-def test_ledger_escrow_write_path(sqlite_url):
-    led = open_ledger(sqlite_url)
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("pg", marks=pytest.mark.postgres)])
+def test_ledger_escrow_write_path(db, request):
+    led = open_ledger(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
     rid = led.create_run(name="n", game="g", mechanism="m", seed=0, scenario={}, agent_ids=["a"], floors={"a": 0})
     led.write_round(rid, 0, [EventRow("x", {})], [TransferRow("grant", "treasury", "agent:a", 5)],
                     pending=[TransferRow("escrow", "treasury", "agent:a", 7)])
@@ -113,6 +114,7 @@ def test_ledger_escrow_write_path(sqlite_url):
         conn.execute(text("insert into rounds values (:r, 2, 'x', 'y', 0, 0)"), {"r": rid})
     with pytest.raises(Exception, match="append-only"), led.engine.begin() as conn:
         conn.execute(text("update pending_resolutions set state = 'voided', amount = 0"))
+    led.dispose()
 
 
 def test_invalid_bids_are_logged_valid_bids_never_dropped(sqlite_url):
