@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mechanisms import bayesian, properties, vcg
@@ -300,7 +301,7 @@ class TaskMarket(Market[TaskTotals, None]):
             checks["ir"] = (ok, "" if ok else f"agent {self.agent_ids[int(ir.where)]}: utility {float(ir.witness)!r} < 0")
             n, m = reports.shape
             if 0 < n * m <= DSIC_LIMIT:
-                checks["dsic_search"] = self._dsic(reports, r, out)
+                checks["dsic_search"] = self._dsic(reports, r)
         n, m = reports.shape
         if 0 < m and (n + 1) ** m <= BRUTE_FORCE_LIMIT:
             best, _ = game.brute_force_optimum(reports, self.values(r), self.capacities)
@@ -308,20 +309,19 @@ class TaskMarket(Market[TaskTotals, None]):
             checks["efficiency"] = (ok, "" if ok else f"reported welfare {out.reported_welfare!r} < optimum {best!r}")
         return None, Recomputed(payments=out.payments, checks=checks)
 
-    def _dsic(self, reports: np.ndarray, r: int, truthful: RoundOutcome) -> tuple[bool, str]:
-        """Deviation search: no agent gains, valued at its reported costs, by scaling its
-        report by any of ``DSIC_FACTORS`` (others fixed). ``N * K`` mechanism calls."""
-        def u(out: RoundOutcome, i: int) -> float:
-            return float(-np.sum(reports[i, out.assignment == i]) - out.payments[i])
-
-        tol = 1e-9 * (1.0 + float(np.max(self.values(r))))
-        for i in range(reports.shape[0]):
-            for f in DSIC_FACTORS:
-                dev = reports.copy()
-                dev[i] *= f
-                gain = u(self.run_mechanism(dev, r), i) - u(truthful, i)
-                if gain > tol:
-                    return False, f"agent {self.agent_ids[i]} gains {gain!r} by reporting {f} x its costs"
+    def _dsic(self, reports: np.ndarray, r: int) -> tuple[bool, str]:
+        """Deviation search (``properties.deviation_gains`` on ``vcg.utilities``): no agent
+        gains, valued at its reported costs, by scaling its report by any of
+        ``DSIC_FACTORS`` (others fixed). ``N * K`` mechanism calls."""
+        values = self.values(r)
+        capacities = None if self.mechanism == "vcg-fast" else self.capacities
+        deviations = reports[:, None, :] * DSIC_FACTORS[None, :, None]  # [N, K, M]
+        gains, _ = properties.deviation_gains(lambda rep, true: vcg.utilities(rep, true, values, capacities),
+                                              jnp.asarray(reports), jnp.asarray(deviations))
+        gains = np.asarray(gains)
+        i, k = np.unravel_index(int(np.argmax(gains)), gains.shape)
+        if gains[i, k] > 1e-9 * (1.0 + float(np.max(values))):
+            return False, f"agent {self.agent_ids[i]} gains {float(gains[i, k])!r} by reporting {DSIC_FACTORS[k]} x its costs"
         return True, ""
 
     # ---- summary --------------------------------------------------------------------

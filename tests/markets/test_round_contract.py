@@ -13,28 +13,10 @@ from mbiagents.markets import build_market
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import REGISTRY, parse_scenario
 
-from tests.conftest import EXAMPLES
+from tests.conftest import example_scenarios
 
 
-def _policy_examples() -> dict[tuple[str, str], dict]:
-    """One scenario without LLM agents per registered (game, mechanism)."""
-    import tomllib
-
-    out: dict[tuple[str, str], dict] = {}
-    for path in sorted(EXAMPLES.glob("*.toml")):
-        data = tomllib.loads(path.read_text())
-        if any(a.get("backend") == "llm" for a in data.get("agents", [])):
-            continue
-        meta = data["scenario"]
-        out.setdefault((meta["game"], meta["mechanism"]), data)
-    for game, mechanism in REGISTRY:
-        if (game, mechanism) not in out:
-            donor = next(d for (g, _), d in out.items() if g == game)
-            out[(game, mechanism)] = {**donor, "scenario": {**donor["scenario"], "mechanism": mechanism}}
-    return out
-
-
-SCENARIOS = _policy_examples()
+SCENARIOS = example_scenarios(policy_only=True)
 # team-tasks runs from Python (mbiagents.TaskMarket; tests/team), not through run_scenario
 KEYS = sorted(k for k in SCENARIOS if not getattr(REGISTRY[k].market_class(), "python_only", False))
 ids = [":".join(k) for k in KEYS]
