@@ -528,14 +528,15 @@ def replay(ledger: LedgerOpt = None, run_id: RunOpt = None, as_json: JsonOpt = F
     if as_json:
         _print_json(report.as_json())
     else:
-        names = list(report.rounds[0].checks) if report.rounds else ["payments"]
+        names = list(dict.fromkeys(n for r in report.rounds for n in r.checks)) or ["payments"]
         table = Table(title=f"replay of run {report.run_id}: {len(report.rounds)} rounds")
         table.add_column("round", justify="right")
         for n in names:
             table.add_column(n.removesuffix("_recompute"))
         table.add_column("detail")
         for r in report.rounds:
-            table.add_row(str(r.index), *("[green]match[/]" if r.checks.get(n) else "[red]MISMATCH[/]" for n in names),
+            table.add_row(str(r.index), *("" if n not in r.checks else "[green]match[/]" if r.checks[n] else "[red]MISMATCH[/]"
+                                            for n in names),
                           r.detail)
         out.print(table)
         if bad is not None:

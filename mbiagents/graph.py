@@ -11,11 +11,12 @@ JAX call for all agents; ``settle`` writes the whole round in one ledger transac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, TypedDict
+from typing import Annotated, Any, Callable
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12 (get_input_jsonschema)
 
 from mbiagents.faults import fault_point
 from mbiagents.ledger.money import MoneyError

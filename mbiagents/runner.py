@@ -63,6 +63,9 @@ def run_scenario(
     a run cannot be resumed (its ledger still records every answer).
     """
     market = build_market(scenario)
+    if getattr(market, "python_only", False):  # its agents are the user's own callables
+        raise MbiError(f"game {scenario.scenario.game!r} runs from Python: mbiagents.TaskMarket.from_toml(path, "
+                       "agents={id: your agent}).run(...) (see examples/team_python.py)")
     if rounds and rounds != scenario.scenario.rounds:
         # record the limit so that --resume without a checkpoint honours it; a market that
         # plans by its horizon T also gets T overridden, so that the audit rebuilds it

@@ -180,6 +180,41 @@ class CongestionScenario(ScenarioBase):
     agents: list[CongestionAgentSpec] = Field(min_length=1)
 
 
+class TeamTasksSettings(Strict):
+    """Public parameters: bids outside ``[0, max_bid]`` are rejected (logged)."""
+
+    max_bid: float = Field(1e6, gt=0, allow_inf_nan=False)
+
+
+class TeamTasksAgentSpec(Strict):
+    """An agent as the run header records it: id, capacity and budget. Its costs are private
+    (it bids them) and are not here."""
+
+    id: AgentId
+    capacity: int = Field(1, ge=1)
+    grant: float | None = Field(None, ge=0, allow_inf_nan=False)
+    on_exhausted: Literal["stop", "pause", "warn"] = "stop"
+
+
+class TeamTaskSpec(Strict):
+    """A task of a team TOML file (``mbiagents.Task``): id, description, value, acceptance."""
+
+    id: AgentId
+    description: str
+    value: float = Field(gt=0, allow_inf_nan=False)
+    acceptance: list[str] = Field(default_factory=list)
+
+
+class TeamTasksScenario(ScenarioBase):
+    """A team run from Python (``mbiagents.TaskMarket``) as its run header records it: the
+    agents and their budgets; the tasks of each round are logged in the ledger (a TOML file
+    may list the first tasks under ``[[tasks]]``)."""
+
+    game: TeamTasksSettings = TeamTasksSettings()
+    agents: list[TeamTasksAgentSpec] = Field(min_length=1)
+    tasks: list[TeamTaskSpec] = Field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Game:
     """One accepted ``(game, mechanism)``: the scenario model that validates it and the
@@ -203,6 +238,8 @@ REGISTRY: dict[tuple[str, str], Game] = {
     ("assignment", "vcg"): Game(TaskScenario, "mbiagents.markets.tasks:TaskMarket"),
     ("assignment", "vcg-fast"): Game(TaskScenario, "mbiagents.markets.tasks:TaskMarket"),
     ("assignment", "agv"): Game(TaskScenario, "mbiagents.markets.tasks:TaskMarket"),
+    ("team-tasks", "vcg"): Game(TeamTasksScenario, "mbiagents.markets.team_tasks:TeamTasksMarket"),
+    ("team-tasks", "vcg-fast"): Game(TeamTasksScenario, "mbiagents.markets.team_tasks:TeamTasksMarket"),
     ("routing", "social-gradient"): Game(RoutingScenario, "mbiagents.markets.social_gradient:SocialGradientMarket"),
     ("quadratic", "social-gradient"): Game(QuadraticScenario, "mbiagents.markets.social_gradient:SocialGradientMarket"),
     ("principal-mdp", "two-phase"): Game(PrincipalScenario, "mbiagents.markets.principal:PrincipalMarket"),

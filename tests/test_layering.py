@@ -1,6 +1,6 @@
 """The layering is one-directional (docs/architecture.md):
 
-cli -> loop (graph, runner, checkpoint) / verify / report / analysis (replay, infer)
+cli -> loop (graph, runner, checkpoint, team) / verify / report / analysis (replay, infer)
     -> markets -> agents / scenario / ledger -> mechanisms
 
 Every ``import`` of the source tree (module level or inside a function) is read with
@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "mbiagents.ledger": 1, "mbiagents.agents": 1, "mbiagents.trajectories": 1,
     "mbiagents.markets": 2,
     "mbiagents.graph": 3, "mbiagents.runner": 3, "mbiagents.checkpoint": 3, "mbiagents.verify": 3,
-    "mbiagents.report": 3, "mbiagents.replay": 3, "mbiagents.infer": 3,
+    "mbiagents.report": 3, "mbiagents.replay": 3, "mbiagents.infer": 3, "mbiagents.team": 3,
     "mbiagents.cli": 4,
 }
 #: within the bottom layer: what each part may import besides itself and mechanisms

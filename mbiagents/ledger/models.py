@@ -46,6 +46,7 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(80), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     position: Mapped[int] = mapped_column(Integer)
+    floor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # lowest balance allowed; None: unbounded
 
     __table_args__ = (ForeignKeyConstraint(["run_id"], ["runs.id"]),)
 
@@ -125,3 +126,48 @@ class RoundHead(Base):
     signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (ForeignKeyConstraint(["run_id", "round_index"], ["rounds.run_id", "rounds.index"]),)
+
+
+class PendingTransfer(Base):
+    """A two-phase transfer (TigerBeetle's pending): ``amount`` reserved from ``debit`` for
+    ``credit``; nothing moves until its resolution posts it."""
+
+    __tablename__ = "pending_transfers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    round_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    debit: Mapped[str] = mapped_column(String(80))
+    credit: Mapped[str] = mapped_column(String(80))
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="ck_pending_amount_positive"),
+        CheckConstraint("debit <> credit", name="ck_pending_distinct_accounts"),
+        ForeignKeyConstraint(["run_id", "round_index"], ["rounds.run_id", "rounds.index"]),
+        ForeignKeyConstraint(["run_id", "debit"], ["accounts.run_id", "accounts.name"]),
+        ForeignKeyConstraint(["run_id", "credit"], ["accounts.run_id", "accounts.name"]),
+        Index("ix_pending_run_round", "run_id", "round_index"),
+    )
+
+
+class PendingResolution(Base):
+    """The one resolution of a pending transfer: ``posted`` (``amount`` moves, at most the
+    pending amount) or ``voided`` (nothing moves). Keyed by the pending id: exactly once."""
+
+    __tablename__ = "pending_resolutions"
+
+    pending_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    round_index: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(8))
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("state in ('posted', 'voided')", name="ck_resolution_state"),
+        CheckConstraint("amount >= 0 and (state = 'posted' or amount = 0)", name="ck_resolution_amount"),
+        ForeignKeyConstraint(["pending_id"], ["pending_transfers.id"]),
+        ForeignKeyConstraint(["run_id", "round_index"], ["rounds.run_id", "rounds.index"]),
+        Index("ix_resolutions_run_round", "run_id", "round_index"),
+    )

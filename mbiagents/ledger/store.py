@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, make_url, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mbiagents.errors import LedgerError
 from mbiagents.faults import fault_point
-from mbiagents.ledger.models import Account, Event, Round, Run, Transfer
+from mbiagents.ledger.models import Account, Event, PendingResolution, PendingTransfer, Round, Run, Transfer
 from mbiagents.ledger.money import MINOR_UNITS
 
 DEFAULT_LEDGER_URL = "sqlite:///mbi-ledger.db"
@@ -71,6 +71,16 @@ class TransferRow:
     amount: int
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """The resolution of pending transfer ``pending_id``: ``posted`` moves ``amount`` (default:
+    the whole pending amount, at most it), ``voided`` moves nothing."""
+
+    pending_id: str
+    state: Literal["posted", "voided"]
+    amount: int | None = None
+
+
 @dataclass
 class WriteResult:
     round_index: int
@@ -88,6 +98,8 @@ class RoundRecord:
     hash: str
     events: list[tuple[int, str, str | None, str]] = field(default_factory=list)  # seq, kind, agent, payload
     transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount
+    pending: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # pending transfers, same fields
+    resolutions: list[tuple[str, str, int]] = field(default_factory=list)  # pending id, state, amount
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self, kind: str) -> Any:
@@ -119,17 +131,23 @@ def round_hash(
     round_index: int,
     events: Iterable[tuple[int, str, str | None, str]],
     transfers: Iterable[tuple[str, str, str, str, int]],
+    pending: Iterable[tuple[str, str, str, str, int]] = (),
+    resolutions: Iterable[tuple[str, str, int]] = (),
 ) -> str:
     """SHA-256 over the previous hash and the round's rows in a canonical line encoding.
 
     Lines: ``R\\t<index>\\t<prev>``, then ``E\\t<seq>\\t<kind>\\t<agent>\\t<payload>`` per event
     in seq order and ``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>`` per transfer in id
     order. Ids, kinds and account names cannot hold tabs or newlines; payloads are compact
-    JSON, which escapes them.
+    JSON, which escapes them. Pending transfers (``P\t<id>\t<kind>\t<debit>\t<credit>\t<amount>``)
+    and resolutions (``S\t<pending id>\t<state>\t<amount>``) follow in id order; a round
+    without them hashes exactly as before migration 0003.
     """
     lines = [f"R\t{round_index}\t{prev_hash}"]
     lines += [f"E\t{s}\t{k}\t{a or ''}\t{p}" for s, k, a, p in sorted(events)]
     lines += [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(transfers)]
+    lines += [f"P\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(pending)]
+    lines += [f"S\t{i}\t{st}\t{m}" for i, st, m in sorted(resolutions)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -186,16 +204,21 @@ class Ledger:
 
     # ---- runs -----------------------------------------------------------------------
     def create_run(self, *, name: str, game: str, mechanism: str, seed: int, scenario: dict[str, Any],
-                   agent_ids: Sequence[str], extra_accounts: Sequence[str] = (), run_id: str | None = None) -> str:
+                   agent_ids: Sequence[str], extra_accounts: Sequence[str] = (), run_id: str | None = None,
+                   floors: Mapping[str, int] | None = None) -> str:
+        """Create a run and its accounts. ``floors`` maps agent ids to the lowest balance (minor
+        units) their account may reach (budgeted agents: 0); others are unbounded."""
         run_id = run_id or uuid.uuid4().hex
         row = dict(id=run_id, name=name, game=game, mechanism=mechanism, seed=seed,
                    scenario_json=canonical_json(scenario), minor_units=MINOR_UNITS)
         row["header_hash"] = header_hash(row)
         row["status"] = "running"
         row["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
-        accounts = [dict(run_id=run_id, name=agent_account(a), kind="agent", position=i) for i, a in enumerate(agent_ids)]
-        accounts.append(dict(run_id=run_id, name=TREASURY, kind="treasury", position=len(agent_ids)))
-        accounts += [dict(run_id=run_id, name=n, kind="mechanism", position=len(agent_ids) + 1 + j)
+        floors = floors or {}
+        accounts = [dict(run_id=run_id, name=agent_account(a), kind="agent", position=i, floor=floors.get(a))
+                    for i, a in enumerate(agent_ids)]
+        accounts.append(dict(run_id=run_id, name=TREASURY, kind="treasury", position=len(agent_ids), floor=None))
+        accounts += [dict(run_id=run_id, name=n, kind="mechanism", position=len(agent_ids) + 1 + j, floor=None)
                      for j, n in enumerate(extra_accounts)]
         with self._signed():
             row.update(self.signer.start_fields(row, accounts) if self.signer else {})
@@ -244,45 +267,125 @@ class Ledger:
         return row[0], row[1]
 
     def write_round(self, run_id: str, round_index: int, events: Sequence[EventRow],
-                    transfers: Sequence[TransferRow]) -> WriteResult:
+                    transfers: Sequence[TransferRow], *, pending: Sequence[TransferRow] = (),
+                    resolutions: Sequence[Resolution] = ()) -> WriteResult:
         """Write one round atomically; a repeat of an already written round is a no-op duplicate.
 
-        Raises ``LedgerError`` if the round was written before with different content or
-        if it does not follow the run's last round.
+        ``pending`` are two-phase transfers opened in this round (they reserve, nothing
+        moves); ``resolutions`` post or void pending transfers of this or earlier rounds,
+        each exactly once (``resolve_pending``).
+
+        Raises ``LedgerError`` if the round was written before with different content, if it
+        does not follow the run's last round, if the run is completed, if a resolution is
+        not of an open pending transfer of the run, or if the round takes an account below
+        its floor.
         """
         ev = [(seq, e.kind, e.agent, _payload_json(run_id, round_index, e)) for seq, e in enumerate(events)]
         tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
               for t in transfers if t.amount != 0]
-        for t in tr:
+        pe = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
+              for t in pending if t.amount != 0]
+        for t in tr + pe:
             if t[4] < 0:
                 raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
+        if len({p[0] for p in pe}) != len(pe) or len({r.pending_id for r in resolutions}) != len(resolutions):
+            raise LedgerError(f"run {run_id} round {round_index}: a pending transfer is opened or resolved twice")
         with self._signed():
             try:
-                return self._write_round(run_id, round_index, ev, tr)
+                return self._write_round(run_id, round_index, ev, tr, pe, list(resolutions))
             except IntegrityError:
                 # a concurrent writer of the same round committed first: report it as a duplicate
                 # if it wrote the same content (the retry finds the round), else raise
                 if self.signer:
                     self.signer.rolled_back()
-                return self._write_round(run_id, round_index, ev, tr)
+                return self._write_round(run_id, round_index, ev, tr, pe, list(resolutions))
 
-    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple]) -> WriteResult:
+    def resolve_pending(self, run_id: str, round_index: int, events: Sequence[EventRow],
+                        resolutions: Sequence[Resolution], transfers: Sequence[TransferRow] = ()) -> WriteResult:
+        """Post or void pending transfers (each exactly once) in the round ``round_index``."""
+        return self.write_round(run_id, round_index, events, transfers, resolutions=resolutions)
+
+    def _resolve(self, conn, run_id: str, round_index: int, pe: list[tuple],
+                 resolutions: list[Resolution]) -> list[tuple[str, str, int]]:
+        """Check resolutions against the open pending transfers; their ``(id, state, amount)`` rows."""
+        if not resolutions:
+            return []
+        ids = [r.pending_id for r in resolutions]
+        opened = {p[0]: p[4] for p in pe}
+        for i, amount in conn.execute(select(PendingTransfer.id, PendingTransfer.amount)
+                                      .where(PendingTransfer.run_id == run_id, PendingTransfer.id.in_(ids))):
+            opened[i] = int(amount)
+        done = set(conn.execute(select(PendingResolution.pending_id).where(PendingResolution.pending_id.in_(ids))).scalars())
+        rows = []
+        for r in resolutions:
+            if r.pending_id not in opened:
+                raise LedgerError(f"run {run_id} round {round_index}: no pending transfer {r.pending_id!r}")
+            if r.pending_id in done:
+                raise LedgerError(f"run {run_id} round {round_index}: pending transfer {r.pending_id!r} "
+                                  "is already resolved (a resolution happens exactly once)")
+            if r.state not in ("posted", "voided"):
+                raise LedgerError(f"resolution of {r.pending_id!r}: state {r.state!r} is not 'posted' or 'voided'")
+            amount = 0 if r.state == "voided" else opened[r.pending_id] if r.amount is None else int(r.amount)
+            if not 0 <= amount <= opened[r.pending_id]:
+                raise LedgerError(f"resolution of {r.pending_id!r}: posts {amount}, pending amount is "
+                                  f"{opened[r.pending_id]}")
+            rows.append((r.pending_id, r.state, amount))
+        return rows
+
+    def _check_floors(self, conn, run_id: str, tr: list[tuple], pe: list[tuple], rs: list[tuple]) -> None:
+        """Refuse a round that takes an account's available balance below its floor."""
+        floors = dict(conn.execute(select(Account.name, Account.floor)
+                                   .where(Account.run_id == run_id, Account.floor.is_not(None))).all())
+        if not floors:
+            return
+        touched = {d for _, _, d, _, _ in tr + pe} | {c for _, _, _, c, _ in tr}
+        if rs:
+            touched |= {d for d, in conn.execute(select(PendingTransfer.debit).where(
+                PendingTransfer.id.in_([r[0] for r in rs])))}
+        touched &= set(floors)
+        if not touched:
+            return
+        bal = self._available(conn, run_id, touched)
+        for _, _, d, c, m in tr:
+            bal[d] = bal.get(d, 0) - m
+            bal[c] = bal.get(c, 0) + m
+        for _, _, d, _, m in pe:
+            bal[d] = bal.get(d, 0) - m
+        for acct in touched:
+            if bal[acct] < floors[acct]:
+                raise LedgerError(f"run {run_id}: the round takes account {acct!r} to {bal[acct]} minor units, "
+                                  f"below its floor {floors[acct]}")
+
+    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple], pe: list[tuple] = (),
+                     resolutions: list[Resolution] = ()) -> WriteResult:
+        pe = list(pe)
         with self._begin() as conn:
             # lock the run row (serialises writers of a run) and read the chain's anchor
-            header = conn.execute(select(Run.header_hash).where(Run.id == run_id).with_for_update()).scalar_one()
+            header, status = conn.execute(select(Run.header_hash, Run.status).where(Run.id == run_id)
+                                          .with_for_update()).one()
             cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
             last = conn.execute(cols.order_by(Round.index.desc()).limit(1)).first()
             if last is not None and last[0] >= round_index:
                 existing = last if last[0] == round_index else conn.execute(
                     cols.where(Round.index == round_index)).first()
-                h = round_hash(existing[1], round_index, ev, tr) if existing is not None else None
+                rs = [(r.pending_id, r.state, r.amount) for r in resolutions]
+                if existing is not None and rs:  # the stored amounts (a default amount is the pending's)
+                    stored = dict(conn.execute(select(PendingResolution.pending_id, PendingResolution.amount).where(
+                        PendingResolution.run_id == run_id, PendingResolution.round_index == round_index)).all())
+                    rs = [(i, st, stored.get(i, -1) if m is None else m) for i, st, m in rs]
+                h = round_hash(existing[1], round_index, ev, tr, pe, rs) if existing is not None else None
                 if existing is None or h != existing[2]:
                     raise LedgerError(f"run {run_id} round {round_index} was already written with different content")
                 return WriteResult(round_index, h, duplicate=True, n_transfers=len(tr))
+            if status == "completed":
+                raise LedgerError(f"run {run_id} is completed: round {round_index} cannot be appended")
             last_index, prev = (-1, header) if last is None else (last[0], last[2])
             if last_index != round_index - 1:
                 raise LedgerError(f"run {run_id}: round {round_index} written after round {last_index}")
-            h = round_hash(prev, round_index, ev, tr)
+            rs = self._resolve(conn, run_id, round_index, pe, list(resolutions))
+            if tr or pe or rs:
+                self._check_floors(conn, run_id, tr, pe, rs)
+            h = round_hash(prev, round_index, ev, tr, pe, rs)
             conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
                                               n_events=len(ev), n_transfers=len(tr))])
             if self.signer:  # the round's Merkle root and signed head, in its transaction
@@ -291,6 +394,10 @@ class Ledger:
             fault_point("settle", round_index)
             bulk_insert(conn, "transfers", TRANSFER_COLUMNS,
                         [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
+            bulk_insert(conn, "pending_transfers", TRANSFER_COLUMNS,
+                        [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in pe])
+            bulk_insert(conn, "pending_resolutions", RESOLUTION_COLUMNS,
+                        [(i, run_id, round_index, st, m) for i, st, m in rs])
         return WriteResult(round_index, h, n_transfers=len(tr))
 
     def read_rounds(self, run_id: str) -> list[RoundRecord]:
@@ -303,6 +410,7 @@ class Ledger:
         Rows whose round has no ``rounds`` row (inserted behind the ledger's back) come
         as a record with empty hashes, so the audit sees them.
         """
+        escrow = self._escrow_rows(run_id)
         with self.engine.connect() as conn:
             stream = conn.execution_options(stream_results=True, yield_per=20_000)
             heads = ((i, [(p, h)]) for i, p, h in conn.execute(
@@ -326,19 +434,73 @@ class Ledger:
                     else:
                         rows.append([])
                 (prev, h), = rows[0] or [("", "")]
-                yield RoundRecord(index, prev, h, rows[1], rows[2])
+                yield RoundRecord(index, prev, h, rows[1], rows[2], escrow[0].pop(index, []), escrow[1].pop(index, []))
+
+    def _escrow_rows(self, run_id: str) -> tuple[dict[int, list], dict[int, list]]:
+        """A run's pending transfers and resolutions by round (few rows: read at once)."""
+        pending: dict[int, list] = {}
+        resolved: dict[int, list] = {}
+        with self.engine.connect() as conn:
+            for i, *row in conn.execute(select(PendingTransfer.round_index, PendingTransfer.id, PendingTransfer.kind,
+                                               PendingTransfer.debit, PendingTransfer.credit, PendingTransfer.amount)
+                                        .where(PendingTransfer.run_id == run_id).order_by(PendingTransfer.id)):
+                pending.setdefault(i, []).append(tuple(row))
+            for i, *row in conn.execute(select(PendingResolution.round_index, PendingResolution.pending_id,
+                                               PendingResolution.state, PendingResolution.amount)
+                                        .where(PendingResolution.run_id == run_id)
+                                        .order_by(PendingResolution.pending_id)):
+                resolved.setdefault(i, []).append(tuple(row))
+        return pending, resolved
 
     def balances(self, run_id: str) -> dict[str, int]:
-        """Derived balances (credits minus debits) of every account of a run."""
+        """Derived posted balances (credits minus debits) of every account of a run: the
+        transfers plus the posted amounts of resolved pending transfers."""
         out = {name: 0 for name, _ in self.accounts(run_id)}
         with self.engine.connect() as conn:
-            for acct, total in conn.execute(select(Transfer.credit, func.sum(Transfer.amount))
-                                            .where(Transfer.run_id == run_id).group_by(Transfer.credit)):
-                out[acct] = out.get(acct, 0) + int(total)
-            for acct, total in conn.execute(select(Transfer.debit, func.sum(Transfer.amount))
-                                            .where(Transfer.run_id == run_id).group_by(Transfer.debit)):
-                out[acct] = out.get(acct, 0) - int(total)
+            for acct, total in self._posted(conn, run_id):
+                out[acct] = out.get(acct, 0) + total
         return out
+
+    def available(self, run_id: str) -> dict[str, int]:
+        """Balances less the unresolved pending debits (what an account may still spend)."""
+        with self.engine.connect() as conn:
+            return self._available(conn, run_id, {name for name, _ in self.accounts(run_id)})
+
+    def floors(self, run_id: str) -> dict[str, int]:
+        """Accounts of a run with a floor (lowest allowed balance)."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(Account.name, Account.floor)
+                                     .where(Account.run_id == run_id, Account.floor.is_not(None))).all())
+
+    def _available(self, conn, run_id: str, names: set[str]) -> dict[str, int]:
+        out = {n: 0 for n in names}
+        for acct, total in self._posted(conn, run_id):
+            if acct in out:
+                out[acct] += total
+        open_ = select(PendingTransfer.debit, func.sum(PendingTransfer.amount)).where(
+            PendingTransfer.run_id == run_id,
+            ~PendingTransfer.id.in_(select(PendingResolution.pending_id).where(PendingResolution.run_id == run_id)),
+        ).group_by(PendingTransfer.debit)
+        for acct, total in conn.execute(open_):
+            if acct in out:
+                out[acct] -= int(total)
+        return out
+
+    @staticmethod
+    def _posted(conn, run_id: str) -> Iterator[tuple[str, int]]:
+        """Signed per-account sums of the transfers and the posted resolutions."""
+        for acct, total in conn.execute(select(Transfer.credit, func.sum(Transfer.amount))
+                                        .where(Transfer.run_id == run_id).group_by(Transfer.credit)):
+            yield acct, int(total)
+        for acct, total in conn.execute(select(Transfer.debit, func.sum(Transfer.amount))
+                                        .where(Transfer.run_id == run_id).group_by(Transfer.debit)):
+            yield acct, -int(total)
+        posted = (select(PendingTransfer.debit, PendingTransfer.credit, PendingResolution.amount)
+                  .join(PendingResolution, PendingResolution.pending_id == PendingTransfer.id)
+                  .where(PendingTransfer.run_id == run_id, PendingResolution.state == "posted"))
+        for debit, credit, amount in conn.execute(posted):
+            yield credit, int(amount)
+            yield debit, -int(amount)
 
     # ---- plumbing -------------------------------------------------------------------
     @contextmanager
@@ -373,6 +535,7 @@ class Ledger:
 
 EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
 TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
+RESOLUTION_COLUMNS = ("pending_id", "run_id", "round_index", "state", "amount")
 
 
 def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:

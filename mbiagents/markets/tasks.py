@@ -68,6 +68,23 @@ class RoundOutcome:
     reported_welfare: float
 
 
+def vcg_outcome(reports: np.ndarray, values: np.ndarray, capacities: np.ndarray,
+                mechanism: str = "vcg") -> RoundOutcome:
+    """VCG procurement of tasks (values ``[M]``) from reported costs ``[N, M]`` (``inf``: cannot
+    or will not do it): the reported-welfare-maximising assignment and what each agent
+    pays (negative: it is paid ``c_i(A*) + W*(N) - W*(N\\{i})``, the Clarke pivot).
+    ``vcg``: ``mechanisms.vcg.clarke_pivot_payments`` (any capacities); ``vcg-fast``:
+    ``mechanisms.vcg.unit_demand_payments`` (capacity 1, same payments)."""
+    n, m = reports.shape
+    if m == 0:
+        return RoundOutcome(np.zeros(0, np.int64), np.zeros(n), 0.0)
+    res = (vcg.unit_demand_payments(reports, values) if mechanism == "vcg-fast"
+           else vcg.clarke_pivot_payments(reports, values, capacities))
+    assign, t = np.asarray(res.assignment), np.asarray(vcg.ledger_payments(res))
+    w = float(game.welfare(reports, values, assign))
+    return RoundOutcome(assign.astype(np.int64), np.asarray(t, np.float64), w)
+
+
 def encode_costs(costs: np.ndarray) -> list[list[float | None]]:
     return [[None if not np.isfinite(c) else float(c) for c in row] for row in np.asarray(costs)]
 
@@ -146,15 +163,12 @@ class TaskMarket(Market[TaskTotals, None]):
             raise ValueError(f"reports have shape {reports.shape}, round {r} needs {(n, len(values))}")
         if m == 0:
             return RoundOutcome(np.zeros(0, np.int64), np.zeros(n), 0.0)
-        if self.mechanism == "agv":
-            assign = np.asarray(game.optimal_assignment(reports, values, self.capacities))
-            g = self.scenario.game
-            t = bayesian.agv_payments(reports, values, self.capacities, self.prior(r), self.key(r, 1), g.samples)
-            t = budget_balanced_payments(np.asarray(t))
-        else:
-            res = (vcg.unit_demand_payments(reports, values) if self.mechanism == "vcg-fast"
-                   else vcg.clarke_pivot_payments(reports, values, self.capacities))
-            assign, t = np.asarray(res.assignment), np.asarray(vcg.ledger_payments(res))
+        if self.mechanism != "agv":
+            return vcg_outcome(reports, values, self.capacities, self.mechanism)
+        assign = np.asarray(game.optimal_assignment(reports, values, self.capacities))
+        g = self.scenario.game
+        t = bayesian.agv_payments(reports, values, self.capacities, self.prior(r), self.key(r, 1), g.samples)
+        t = budget_balanced_payments(np.asarray(t))
         w = float(game.welfare(reports, values, assign))
         return RoundOutcome(assign.astype(np.int64), np.asarray(t, np.float64), w)
 

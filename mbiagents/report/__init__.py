@@ -108,6 +108,11 @@ def agent_rows(data: ReportData) -> list[dict[str, Any]]:
             row["model cost"] = u.cost
             row["fallbacks"] = u.fallbacks
             row["retries"] = u.retries
+        team = (data.series.get("team") or {}).get("agents", {}).get(a)
+        if team is not None:  # a team run: escrow posted on acceptance, budgets (utility = payment - spend)
+            row.pop("total paid", None)
+            row.update({k: team[k] for k in ("won", "accepted", "payment", "pending", "spend", "utility",
+                                               "grant", "topup", "balance", "calls", "budget_exceeded")})
         rows.append(row)
     return rows
 
@@ -141,7 +146,8 @@ def render_html(data: ReportData, plots, images: dict[str, str], subset_note: st
     columns = list(dict.fromkeys(k for r in rows for k in r))
     return env.get_template("report.html.j2").render(
         run=data.run, audit=data.audit, plots=plots, images=images, rows=rows, columns=columns,
-        headline=headline(data), subset_note=subset_note, llm=data.llm)
+        headline=headline(data), subset_note=subset_note, llm=data.llm,
+        deliveries=(data.series.get("team") or {}).get("deliveries", []))
 
 
 def report_json(data: ReportData) -> dict[str, Any]:

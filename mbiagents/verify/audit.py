@@ -11,6 +11,11 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 - ``rounds_complete``: rounds are 0..R-1 with every event kind the market requires.
 - ``payments_recompute``: every payment recomputes from the logged reports and actions,
   and each transfer is exactly the documented rounding of it.
+- ``escrow`` (runs with pending transfers): every pending transfer is resolved exactly
+  once, by a later or the same round, posting at most its amount (voided: nothing); a
+  completed run has no open pending transfer (TigerBeetle's pending -> posted | voided);
+- ``no_overdraft`` (runs with account floors, e.g. budgets): after every round each such
+  account's available balance (posted minus open pending debits) is at or above its floor;
 - ``signatures``, ``header_payloads``, ``run_end``, ``witness``, ``expected_head``: trust
   beyond the database (signed heads, witness file, expected head; ``mbiagents.verify.trust``).
 - market checks (e.g. ``signals_recompute``, ``outcome_recompute``, ``budget_balance``)
@@ -80,7 +85,7 @@ def recompute_round(market: AuditSteps, a: Any, r: RoundRecord) -> tuple[Any, Re
 
 def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str | None:
     """The first agent whose transfers are not the documented rounding of its recomputed payment."""
-    logged = signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind)
+    logged = signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
     ok = within_rounding(logged, rec.payments)
     if ok.all():
         return None
@@ -129,6 +134,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     accounts = dict(ledger.accounts(run.id))
     signed = TrustVerifier(ledger, run, market, trust, Check)
     signed.start()
+    escrow = EscrowAudit(ledger.floors(run.id))
     seen: set[str] = set()
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
@@ -137,7 +143,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         # double entry + idempotency
-        for tid, kind, debit, credit, amount in r.transfers:
+        for tid, kind, debit, credit, amount in r.transfers + r.pending:
             if not isinstance(amount, int) or amount <= 0:
                 double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
             if debit == credit or debit not in accounts or credit not in accounts:
@@ -153,12 +159,14 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
                 chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
                 complete.fail(f"round {expected_index} is missing")
                 chain_ok = False
-            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers) != r.hash:
+            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers, r.pending,
+                                                   r.resolutions) != r.hash:
                 chain.fail(f"round {r.index}: rows do not match the stored hash chain "
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
         signed.round(r)
+        escrow.round(r)
         a = _recompute_round(market, a, r, complete, pay, extra)
     signed.finish(n_rounds, prev)
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
@@ -170,8 +178,63 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     if not n_rounds:
         complete.fail("run has no rounds")
     report = AuditReport(run.id, n_rounds, n_transfers)
-    report.checks = [double_entry, idem, chain, complete, pay, *signed.checks, *extra.values()]
+    report.checks = [double_entry, idem, chain, complete, pay, *escrow.checks(run.status), *signed.checks,
+                     *extra.values()]
     return report
+
+
+class EscrowAudit:
+    """The ``escrow`` and ``no_overdraft`` checks, fed one round at a time."""
+
+    def __init__(self, floors: dict[str, int]):
+        self.floors = floors
+        self.balance = {a: 0 for a in floors}  # available balances of the floored accounts
+        self.open: dict[str, tuple[str, str, int]] = {}  # pending id -> debit, credit, amount
+        self.resolved: set[str] = set()
+        self.any_pending = False
+        self.escrow = Check("escrow")
+        self.overdraft = Check("no_overdraft")
+
+    def _move(self, account: str, amount: int) -> None:
+        if account in self.balance:
+            self.balance[account] += amount
+
+    def round(self, r: RoundRecord) -> None:
+        for _id, _k, debit, credit, amount in r.transfers:
+            self._move(debit, -amount)
+            self._move(credit, amount)
+        for pid, _k, debit, credit, amount in r.pending:
+            self.any_pending = True
+            self.open[pid] = (debit, credit, amount)
+            self._move(debit, -amount)
+        for pid, state, amount in r.resolutions:
+            if pid in self.resolved:
+                self.escrow.fail(f"round {r.index}: pending transfer {pid} resolved a second time")
+                continue
+            if pid not in self.open:
+                self.escrow.fail(f"round {r.index}: resolution of {pid}, which no earlier round opened")
+                continue
+            debit, credit, pending = self.open.pop(pid)
+            self.resolved.add(pid)
+            if state not in ("posted", "voided") or not 0 <= amount <= pending or (state == "voided" and amount):
+                self.escrow.fail(f"round {r.index}: {pid} {state} with amount {amount} (pending {pending})")
+            self._move(debit, pending - (amount if state == "posted" else 0))
+            if state == "posted":
+                self._move(credit, amount)
+        for acct, floor in self.floors.items():
+            if self.balance[acct] < floor:
+                self.overdraft.fail(f"round {r.index}: account {acct} at {self.balance[acct]} minor units, "
+                                    f"below its floor {floor}")
+
+    def checks(self, status: str) -> list[Check]:
+        out = []
+        if self.any_pending or self.resolved:
+            if status == "completed" and self.open:
+                self.escrow.fail(f"pending transfer {min(self.open)} was never resolved ({len(self.open)} open)")
+            out.append(self.escrow)
+        if self.floors:
+            out.append(self.overdraft)
+        return out
 
 
 def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check, pay: Check,

@@ -8,6 +8,12 @@ The real ``openai`` SDK talks to it over HTTP (no monkeypatching). Answers are s
 * ``server.script(fn)``: ``fn(request: RecordedRequest) -> Reply | None`` is asked first;
 * otherwise ``server.default`` (a ``Reply`` or a callable) answers.
 
+Tool calls (function calling): ``Reply.tool_call("search", {"q": "vcg"})`` (or
+``Reply.tool_calls([(name, args), ...])``) answers with ``message.tool_calls`` and
+``finish_reason = "tool_calls"``; ``args`` may be a raw string (a hostile, malformed
+arguments text). The request's ``tools`` and its ``tool`` role messages are kept
+(``RecordedRequest.tools``, ``.tool_results``).
+
 Capabilities: ``reject_json_schema=True`` answers ``reject_status`` (422, or 500 as
 llama-cpp-python 0.3.36's server really does) to ``response_format.type == "json_schema"``; ``reject_response_format=True`` answers
 400 to any ``response_format``. ``latency=(mean_s, jitter_s)`` adds a uniform random
@@ -52,6 +58,7 @@ class Reply:
     trickle_s: float = 0.0  # send the body one byte at a time, spread over this many seconds
     echo_key: bool = False  # replace "{key}" in content, error and model by the request's Bearer token
     body: bytes | None = None  # the raw response body, sent as is (hostile servers: bad UTF-8, odd usage)
+    calls: list[tuple[str, Any]] | None = None  # tool calls: (function name, arguments dict or raw text)
 
     @classmethod
     def json(cls, obj: Any, **kw: Any) -> "Reply":
@@ -60,6 +67,15 @@ class Reply:
     @classmethod
     def text(cls, text: str, **kw: Any) -> "Reply":
         return cls(content=text, **kw)
+
+    @classmethod
+    def tool_call(cls, name: str, arguments: Any, **kw: Any) -> "Reply":
+        return cls.tool_calls([(name, arguments)], **kw)
+
+    @classmethod
+    def tool_calls(cls, calls: list[tuple[str, Any]], **kw: Any) -> "Reply":
+        kw.setdefault("finish_reason", "tool_calls")
+        return cls(calls=list(calls), **kw)
 
     @classmethod
     def error(cls, status: int, message: str = "scripted error", **kw: Any) -> "Reply":
@@ -91,6 +107,14 @@ class RecordedRequest:
     @property
     def response_format(self) -> dict[str, Any] | None:
         return self.body.get("response_format")
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return self.body.get("tools") or []
+
+    @property
+    def tool_results(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("role") == "tool"]
 
     @property
     def last_user(self) -> str:
@@ -222,15 +246,18 @@ class ScriptedOpenAIServer:
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
         pt = reply.prompt_tokens if reply.prompt_tokens is not None else max(1, prompt_chars // 4)
         ct = reply.completion_tokens if reply.completion_tokens is not None else max(1, len(reply.content) // 4)
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.calls is not None:
+            message = {"role": "assistant", "content": reply.content or None, "tool_calls": [
+                {"id": f"call_{len(self.requests)}_{k}", "type": "function",
+                 "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+                for k, (name, args) in enumerate(reply.calls)]}
         payload = {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": reply.model or self.model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply.content},
-                 "finish_reason": reply.finish_reason, "logprobs": None}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
             "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
         }
         if reply.trickle_s:

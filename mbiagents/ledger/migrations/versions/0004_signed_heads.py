@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_signed_heads"
-down_revision: Union[str, None] = "0002"
+down_revision: Union[str, None] = "0003_escrow"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
