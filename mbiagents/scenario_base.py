@@ -48,7 +48,7 @@ class ScenarioMeta(Strict):
     #: (recorded so that ``--resume`` honours it); a scenario file leaves it out
     round_limit: int | None = Field(None, ge=1, le=MAX_ROUNDS)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    tolerance: float = Field(1e-8, ge=1e-15, le=1.0, allow_inf_nan=False)
+    tolerance: float = Field(1e-8, gt=0.0, le=1.0, allow_inf_nan=False)
     description: str = ""
 
 

@@ -80,3 +80,12 @@ def example_scenarios(policy_only: bool = False) -> dict[tuple[str, str], dict]:
             donor = next(d for (g, _), d in out.items() if g == game)
             out[(game, mechanism)] = {**donor, "scenario": {**donor["scenario"], "mechanism": mechanism}}
     return out
+
+
+def run_scenario_examples(policy_only: bool = True) -> dict[tuple[str, str], dict]:
+    """``example_scenarios`` of the pairs ``run_scenario`` runs: team-tasks runs from Python
+    (``mbiagents.TaskMarket``; tests/team), not from a scenario file."""
+    from mbiagents.scenario import REGISTRY
+
+    return {k: v for k, v in example_scenarios(policy_only).items()
+            if not getattr(REGISTRY[k].market_class(), "python_only", False)}

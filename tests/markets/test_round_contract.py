@@ -13,12 +13,11 @@ from mbiagents.markets import build_market
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import REGISTRY, parse_scenario
 
-from tests.conftest import example_scenarios
+from tests.conftest import run_scenario_examples
 
 
-SCENARIOS = example_scenarios(policy_only=True)
-# team-tasks runs from Python (mbiagents.TaskMarket; tests/team), not through run_scenario
-KEYS = sorted(k for k in SCENARIOS if not getattr(REGISTRY[k].market_class(), "python_only", False))
+SCENARIOS = run_scenario_examples()
+KEYS = sorted(SCENARIOS)
 ids = [":".join(k) for k in KEYS]
 
 

@@ -12,9 +12,9 @@ from mbiagents.markets import build_market
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import parse_scenario
 
-from tests.conftest import example_scenarios
+from tests.conftest import run_scenario_examples
 
-SCENARIOS = example_scenarios(policy_only=True)
+SCENARIOS = run_scenario_examples()
 KEYS = sorted(SCENARIOS)
 
 

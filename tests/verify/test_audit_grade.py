@@ -160,7 +160,12 @@ def test_upgrade_from_every_earlier_revision_keeps_data_auditable(url, tmp_path,
         for name in ("runs", "accounts", "rounds", "events", "transfers"):
             table: Table = meta.tables[name]
             rows = [dict(r._mapping) for r in s.execute(text(f"select * from {name}"))]
+            if name == "runs":  # rounds go in while the run is open (from 0003_escrow on, a
+                status = {r["id"]: r["status"] for r in rows}  # completed run takes none)
+                rows = [{**r, "status": "running"} for r in rows]
             d.execute(insert(table), [{k: v for k, v in r.items() if k in table.c} for r in rows])
+        for rid, st in status.items():
+            d.execute(text("update runs set status = :s where id = :i"), {"s": st, "i": rid})
     upgrade(dst, "head")
     report = audit_run(open_ledger(url), run_id)
     assert report.ok, report.as_json()

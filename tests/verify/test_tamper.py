@@ -71,8 +71,11 @@ def rechain(engine, run_id: str) -> None:
 
 
 def forged_insert_round(engine, run_id):
-    """INSERT only (triggers on): a round 4 paying alice 12.00, its hash recomputed, final_* moved."""
+    """INSERT only (the update/delete triggers on; the one refusing rounds on a completed run
+    dropped, as raw DDL can): a round 4 paying alice 12.00, its hash recomputed, final_* moved."""
     with engine.begin() as conn:
+        conn.execute(text("drop trigger if exists rounds_no_append_completed"
+                          + (" on rounds" if engine.dialect.name == "postgresql" else "")))
         n, last = conn.execute(text("select final_rounds, final_hash from runs where id = :i"), {"i": run_id}).one()
         tr = [(transfer_id(run_id, n, "payment", "treasury", "agent:alice"), "payment", "treasury", "agent:alice",
                12_000_000)]
