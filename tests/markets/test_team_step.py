@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mbiagents.cli import app
-from mbiagents.ledger.audit import audit_run
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.markets import build_market
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import TeamGameSettings, parse_scenario
+from mbiagents.verify.audit import audit_run
 from mechanisms import dpm
 from mechanisms.games import team
 
