@@ -181,7 +181,7 @@ def main() -> None:
                 env = envs.e7_anonymous(key, n, a)
                 jobs += [Job(f"E7ours {n}x{a}", env, "anonymous", anon, SMALL, "anonymous, l2 1e-3"),
                          Job(f"E7ours {n}x{a}", env, "anonymous_linear", diml.recommended_config("anonymous_linear"),
-                             SMALL, "linear (true family) MLE")]
+                             SMALL, "linear (true family), 300 steps")]
     if args.only:
         keep = {t.strip() for t in args.only.split(",")}
         jobs = [j for j in jobs if j.tag.split()[0] in keep]
