@@ -44,6 +44,9 @@ class TeamGameSettings(Strict):
     congestion: PositiveFloat
     max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
     max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
+    #: rounds whose payments one settlement nets: one transfer per agent every k rounds
+    #: (every round's payment vector is still logged, hashed and recomputed by the audit)
+    settlement_interval: PositiveInt = 1
 
 
 class PolicyAgentSpec(Strict):

@@ -10,7 +10,11 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
   hash recorded when it finished (so a deleted last round is caught).
 - ``rounds_complete``: rounds are 0..R-1 with every event kind the market requires.
 - ``payments_recompute``: every payment recomputes from the logged reports and actions,
-  and each transfer is exactly the documented rounding of it.
+  and each transfer is exactly the documented rounding of it; a market that nets
+  payments over a settlement interval of ``k`` rounds logs every round's payment vector,
+  each is checked against its recomputation, and each settlement transfer must equal the
+  sum of the rounded payments since the last settlement (nothing left unsettled at the
+  end of a finished run).
 - market checks (e.g. ``signals_recompute``, ``outcome_recompute``, ``budget_balance``)
   and informational per-round properties (e.g. ``individual_rationality``), which are
   reported but do not fail the audit because they need not hold before convergence.
@@ -27,7 +31,7 @@ import numpy as np
 from mbiagents.errors import ScenarioError
 from mbiagents.ledger.models import Run
 from mbiagents.ledger.money import to_minor_units, within_rounding
-from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
+from mbiagents.ledger.store import History, Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
 from mbiagents.markets import Market, build_market
 from mbiagents.markets.base import Recomputed, signed_minor_from_transfers
 from mbiagents.scenario import parse_scenario
@@ -73,25 +77,70 @@ def market_of(run: Run) -> Market:
     return build_market(parse_scenario(json.loads(run.scenario_json), f"run {run.id}"))
 
 
-def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[list[RoundRecord], RoundRecord]]:
+def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[History, RoundRecord]]:
     """Yield ``(history, round)`` with ``history[-1] is round``: what ``Market.recompute``
-    needs. Earlier rounds keep only their events (transfers are dropped once yielded)."""
-    history: list[RoundRecord] = []
+    needs, in memory independent of the number of rounds (``store.History``: the last two
+    rounds and the last round logging each event kind; transfers dropped once yielded)."""
+    history = History()
     for r in rounds:
         history.append(r)
         yield history, r
-        history[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [])
+        history.strip_transfers()
 
 
 def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | None:
-    """The first agent whose transfers are not the documented rounding of its recomputed payment."""
-    logged = signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind)
+    """The first agent whose transfers are not the documented rounding of its recomputed payment.
+
+    For a market that nets payments (``rec.logged_payments`` set), the round's logged
+    payment vector is compared instead; its settlement is ``Settlements``'s to check.
+    """
+    netted = rec.logged_payments is not None
+    logged = (to_minor_units(rec.logged_payments) if netted
+              else signed_minor_from_transfers(market.agent_ids, r.transfers, market.payment_kind))
     ok = within_rounding(logged, rec.payments)
     if ok.all():
         return None
     j = int(np.flatnonzero(~ok)[0])
-    return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
+    what = "logged a payment of" if netted else "transferred"
+    return (f"agent {market.agent_ids[j]}: {what} {int(logged[j])} minor units, "
             f"recomputed payment {rec.payments[j]!r} rounds to {int(to_minor_units(rec.payments[j]))}")
+
+
+class Settlements:
+    """Netted payments: the rounded logged payments accumulate per agent until a round
+    settles them; its transfers must then equal the sum exactly (``settle``)."""
+
+    def __init__(self, market: Market):
+        self.market = market
+        self.pending = np.zeros(len(market.agent_ids), dtype=np.int64)
+        self.since: int | None = None  # first round whose payments are pending
+
+    def settle(self, r: RoundRecord, rec: Recomputed) -> str | None:
+        """Add round ``r``'s payments; at a settlement round, the first agent whose net
+        transfer differs from its pending sum (``None`` if all match)."""
+        if rec.logged_payments is None:
+            return None
+        self.pending += to_minor_units(rec.logged_payments)
+        self.since = r.index if self.since is None else self.since
+        k = self.market.settlement_interval
+        paid = signed_minor_from_transfers(self.market.agent_ids, r.transfers, self.market.payment_kind)
+        if not (paid.any() or (r.index + 1) % k == 0):
+            return None
+        bad = np.flatnonzero(paid != self.pending)
+        since, self.since = self.since, None
+        pending, self.pending = self.pending, np.zeros_like(self.pending)
+        if bad.size == 0:
+            return None
+        j = int(bad[0])
+        return (f"agent {self.market.agent_ids[j]}: settled {int(paid[j])} minor units for rounds "
+                f"{since}..{r.index}, its rounded payments sum to {int(pending[j])}")
+
+    def unsettled(self) -> str | None:
+        if self.since is None or not self.pending.any():
+            return None
+        j = int(np.flatnonzero(self.pending)[0])
+        return (f"agent {self.market.agent_ids[j]}: payments of rounds {self.since}.. "
+                f"({int(self.pending[j])} minor units) were never settled")
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
@@ -116,13 +165,15 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
         chain.detail += f" (its scenario no longer validates: {exc})"
         return AuditReport(run.id, 0, 0, [chain])
     accounts = dict(ledger.accounts(run.id))
-    seen: set[str] = set()
+    settlements = Settlements(market)
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
     for history, r in with_history(ledger.iter_rounds(run.id)):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
-        # double entry + idempotency
+        # double entry + idempotency; an id that matches its fields names its round, so a
+        # duplicate can only be within a round (constant memory)
+        seen: set[str] = set()
         for tid, kind, debit, credit, amount in r.transfers:
             if not isinstance(amount, int) or amount <= 0:
                 double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
@@ -139,18 +190,21 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
                 chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
                 complete.fail(f"round {expected_index} is missing")
                 chain_ok = False
-            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers) != r.hash:
+            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers, r.arrays) != r.hash:
                 chain.fail(f"round {r.index}: rows do not match the stored hash chain "
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
-        _recompute_round(market, history, r, complete, pay, extra)
+        _recompute_round(market, history, r, complete, pay, extra, settlements)
+    if run.final_rounds is not None and (left := settlements.unsettled()):
+        pay.fail(f"round {n_rounds - 1}: {left}")
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
         first = min(n_rounds, run.final_rounds)
         chain.fail(f"round {first}: run finished with {run.final_rounds} rounds (last hash "
                    f"{(run.final_hash or '')[:12]}), the ledger holds {n_rounds} (last hash {prev[:12]})")
-    if sum(ledger.balances(run.id).values()) != 0:
-        double_entry.fail(f"balances sum to {sum(ledger.balances(run.id).values())}, not 0")
+    total = sum(ledger.balances(run.id).values())
+    if total != 0:
+        double_entry.fail(f"balances sum to {total}, not 0")
     if not n_rounds:
         complete.fail("run has no rounds")
     report = AuditReport(run.id, n_rounds, n_transfers)
@@ -158,8 +212,8 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     return report
 
 
-def _recompute_round(market: Market, history: list[RoundRecord], r: RoundRecord, complete: Check, pay: Check,
-                     extra: dict[str, Check]) -> None:
+def _recompute_round(market: Market, history: History, r: RoundRecord, complete: Check, pay: Check,
+                     extra: dict[str, Check], settlements: Settlements) -> None:
     kinds = {k for _, k, a, _ in r.events if a is None}
     missing = [k for k in market.required_events(r.index) if k not in kinds]
     if missing:
@@ -170,9 +224,9 @@ def _recompute_round(market: Market, history: list[RoundRecord], r: RoundRecord,
     except (KeyError, ValueError, TypeError) as exc:
         pay.fail(f"round {r.index}: cannot recompute payments ({exc})")
         return
-    mismatch = payment_mismatch(market, r, rec)
-    if mismatch:
-        pay.fail(f"round {r.index} {mismatch}")
+    for mismatch in (payment_mismatch(market, r, rec), settlements.settle(r, rec)):
+        if mismatch:
+            pay.fail(f"round {r.index} {mismatch}")
     for name, (ok_c, detail) in rec.checks.items():
         c = extra.setdefault(name, Check(name))
         if not ok_c:

@@ -1,9 +1,15 @@
 """The ledger's write path and readers. One round = one database transaction.
 
 The write path inserts through the driver (``executemany`` on SQLite, ``COPY`` on
-PostgreSQL); there is no update or delete path for rounds, events or transfers, and the
-database refuses both (triggers of migration 0002). Writers of one run are serialised by
-a row lock on the run (PostgreSQL) or the database write lock (SQLite).
+PostgreSQL); there is no update or delete path for rounds, events, arrays or transfers,
+and the database refuses both (triggers of migrations 0002 and 0005_compact). Writers of
+one run are serialised by a row lock on the run (PostgreSQL) or the database write lock
+(SQLite).
+
+Numpy arrays in a round-level event's payload (``{"x": np.ndarray}``) are stored as
+compact array records (``arrays`` table: raw little-endian bytes, 8 bytes per float64)
+instead of JSON; ``RoundRecord.payload`` gives them back as read-only numpy arrays
+under the same keys, and ``round_hash`` covers each array's SHA-256.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mbiagents.errors import LedgerError
 from mbiagents.faults import fault_point
-from mbiagents.ledger.models import Account, Event, Round, Run, Transfer
+from mbiagents.ledger.models import Account, ArrayRecord, Event, Round, Run, Transfer
 from mbiagents.ledger.money import MINOR_UNITS
 
 DEFAULT_LEDGER_URL = "sqlite:///mbi-ledger.db"
@@ -78,16 +85,124 @@ class RoundRecord:
     hash: str
     events: list[tuple[int, str, str | None, str]] = field(default_factory=list)  # seq, kind, agent, payload
     transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount
+    arrays: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # name, dtype, shape, data
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self, kind: str) -> Any:
-        """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent."""
+        """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent.
+
+        Arrays stored for the event (``<kind>.<key>``) come back as read-only numpy
+        arrays under ``key``.
+        """
         if kind not in self._parsed:
             text = next((t for _, k, agent, t in self.events if k == kind and agent is None), None)
             if text is None:
                 raise KeyError(kind)
-            self._parsed[kind] = json.loads(text)
+            value = json.loads(text)
+            prefix = kind + ARRAY_SEP
+            for name, dtype, shape, data in self.arrays:
+                if name.startswith(prefix) and isinstance(value, dict):
+                    value[name[len(prefix):]] = decode_array(dtype, shape, data)
+            self._parsed[kind] = value
         return self._parsed[kind]
+
+    def payload_json(self, seq: int) -> str:
+        """Event ``seq``'s payload as canonical JSON with its arrays as lists (for export)."""
+        _, kind, agent, text = next(e for e in self.events if e[0] == seq)
+        prefix = kind + ARRAY_SEP
+        if agent is not None or not any(name.startswith(prefix) for name, *_ in self.arrays):
+            return text
+        value = dict(self.payload(kind))
+        return canonical_json({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in value.items()})
+
+
+class History(Sequence[RoundRecord]):
+    """The rounds of a run seen so far, as ``Market.recompute`` reads them, in constant memory.
+
+    Holds the last two rounds in full and, per round-level event kind, the last round
+    that logged it (``last_logged``): what a market needs to recompute the newest round
+    (its actions, the previous round's, the reports in force). Older rounds are not held;
+    indexing one raises ``KeyError`` (the audit reports it as a round it cannot recompute).
+    """
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._recent: list[RoundRecord] = []
+        self._last: dict[str, RoundRecord] = {}
+
+    def append(self, r: RoundRecord) -> None:
+        self._recent = [*self._recent[-1:], r]
+        self._n += 1
+        for _, kind, agent, _ in r.events:
+            if agent is None:
+                self._last[kind] = r
+
+    def strip_transfers(self) -> None:
+        """Drop the newest round's transfers once they are checked (the rest is kept)."""
+        r = self._recent[-1]
+        self._recent[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [], r.arrays, r._parsed)
+        for kind, rec in self._last.items():
+            if rec is r:
+                self._last[kind] = self._recent[-1]
+
+    def last_logged(self, kind: str) -> RoundRecord | None:
+        return self._last.get(kind)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            raise KeyError("a streamed history holds only the newest rounds")
+        j = i + self._n if i < 0 else i
+        k = j - (self._n - len(self._recent))
+        if not 0 <= j < self._n:
+            raise IndexError(i)
+        if k < 0:
+            raise KeyError(f"round {j} is no longer held by the streamed history")
+        return self._recent[k]
+
+
+def last_logged(rounds: Sequence[RoundRecord], index: int, kind: str) -> RoundRecord | None:
+    """The latest round at or before ``index`` that logged the round-level event ``kind``.
+
+    O(1) on a streamed ``History`` (audit, replay), a backward scan on a plain list.
+    """
+    if isinstance(rounds, History) and index == len(rounds) - 1:
+        return rounds.last_logged(kind)
+    for j in range(index, -1, -1):
+        if any(k == kind and a is None for _, k, a, _ in rounds[j].events):
+            return rounds[j]
+    return None
+
+
+ARRAY_SEP = "."
+ARRAY_KINDS = "fiub"  # float, signed and unsigned integer, bool: the dtypes an array record may hold
+
+
+def encode_array(kind: str, key: str, value: np.ndarray) -> tuple[str, str, str, bytes]:
+    """``(name, dtype, shape, data)`` of an array record: raw little-endian bytes, C order."""
+    if value.dtype.kind not in ARRAY_KINDS or value.ndim == 0:
+        raise ValueError(f"event {kind!r} field {key!r}: an array record holds numeric arrays of rank >= 1, "
+                         f"not {value.dtype} of rank {value.ndim}")
+    arr = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    return f"{kind}{ARRAY_SEP}{key}", arr.dtype.str, ",".join(map(str, arr.shape)), arr.tobytes()
+
+
+def decode_array(dtype: str, shape: str, data: bytes) -> np.ndarray:
+    """The numpy array of an array record (read-only view of ``data``)."""
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(tuple(int(d) for d in shape.split(",")))
+
+
+def split_arrays(seq: int, e: "EventRow") -> tuple[tuple[int, str, str | None, str], list[tuple[str, str, str, bytes]]]:
+    """An event row with its numpy arrays taken out as array records (round-level events only)."""
+    payload, arrays = e.payload, []
+    if isinstance(payload, dict) and any(isinstance(v, np.ndarray) for v in payload.values()):
+        if e.agent is not None:
+            raise ValueError(f"event {e.kind!r} of agent {e.agent!r}: array records are for round-level events")
+        arrays = [encode_array(e.kind, k, v) for k, v in payload.items() if isinstance(v, np.ndarray)]
+        payload = {k: v for k, v in payload.items() if not isinstance(v, np.ndarray)}
+    return (seq, e.kind, e.agent, canonical_json(payload)), arrays
 
 
 HEADER_FIELDS = ("id", "name", "game", "mechanism", "seed", "scenario_json", "minor_units")
@@ -109,16 +224,22 @@ def round_hash(
     round_index: int,
     events: Iterable[tuple[int, str, str | None, str]],
     transfers: Iterable[tuple[str, str, str, str, int]],
+    arrays: Iterable[tuple[str, str, str, bytes]] = (),
 ) -> str:
     """SHA-256 over the previous hash and the round's rows in a canonical line encoding.
 
-    Lines: ``R\\t<index>\\t<prev>``, then ``E\\t<seq>\\t<kind>\\t<agent>\\t<payload>`` per event
-    in seq order and ``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>`` per transfer in id
-    order. Ids, kinds and account names cannot hold tabs or newlines; payloads are compact
-    JSON, which escapes them.
+    This is the one definition of a round's hash (the write path, the duplicate check and
+    the audit all call it). Lines: ``R\\t<index>\\t<prev>``, then
+    ``E\\t<seq>\\t<kind>\\t<agent>\\t<payload>`` per event in seq order,
+    ``A\\t<name>\\t<dtype>\\t<shape>\\t<sha256 of data>`` per array record in name order, and
+    ``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>`` per transfer in id order. Ids,
+    kinds, names and account names cannot hold tabs or newlines; payloads are compact
+    JSON, which escapes them. A round without arrays hashes as before migration
+    ``0005_compact``.
     """
     lines = [f"R\t{round_index}\t{prev_hash}"]
     lines += [f"E\t{s}\t{k}\t{a or ''}\t{p}" for s, k, a, p in sorted(events)]
+    lines += [f"A\t{n}\t{d}\t{sh}\t{hashlib.sha256(b).hexdigest()}" for n, d, sh, b in sorted(arrays)]
     lines += [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(transfers)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
@@ -157,6 +278,7 @@ class Ledger:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._accounts: dict[str, set[str]] = {}  # run id -> account names (accounts are never removed)
 
     @property
     def url(self) -> str:
@@ -222,23 +344,42 @@ class Ledger:
                     transfers: Sequence[TransferRow]) -> WriteResult:
         """Write one round atomically; a repeat of an already written round is a no-op duplicate.
 
-        Raises ``LedgerError`` if the round was written before with different content or
-        if it does not follow the run's last round.
+        Raises ``LedgerError`` if the round was written before with different content, if
+        it does not follow the run's last round, or if a transfer names an account the run
+        does not have (checked here: the transfers table has no foreign keys).
         """
-        ev = [(seq, e.kind, e.agent, canonical_json(e.payload)) for seq, e in enumerate(events)]
-        tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
-              for t in transfers if t.amount != 0]
+        ev, arrays = [], []
+        for seq, e in enumerate(events):
+            row, arr = split_arrays(seq, e)
+            ev.append(row)
+            arrays += arr
+        prefix = f"{run_id}:{round_index}:"  # ids as ``transfer_id`` makes them, without a call per row
+        tr = sorted((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount))
+                    for t in transfers if t.amount != 0)
         for t in tr:
             if t[4] < 0:
                 raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
+        self._check_accounts(run_id, round_index, tr)
         try:
-            return self._write_round(run_id, round_index, ev, tr)
+            return self._write_round(run_id, round_index, ev, tr, arrays)
         except IntegrityError:
             # a concurrent writer of the same round committed first: report it as a duplicate
             # if it wrote the same content (the retry finds the round), else raise
-            return self._write_round(run_id, round_index, ev, tr)
+            return self._write_round(run_id, round_index, ev, tr, arrays)
 
-    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple]) -> WriteResult:
+    def _check_accounts(self, run_id: str, round_index: int, tr: list[tuple]) -> None:
+        """Every debit and credit is an account of the run (the run's names are read once)."""
+        names = {t[2] for t in tr} | {t[3] for t in tr}
+        known = self._accounts.get(run_id)
+        if known is None or not names <= known:
+            known = self._accounts[run_id] = {name for name, _ in self.accounts(run_id)}
+        unknown = sorted(names - known)
+        if unknown:
+            raise LedgerError(f"run {run_id} round {round_index}: transfer to or from {unknown[0]!r}, "
+                              f"which is not an account of the run")
+
+    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple],
+                     arrays: list[tuple]) -> WriteResult:
         with self._begin() as conn:
             # lock the run row (serialises writers of a run) and read the chain's anchor
             header = conn.execute(select(Run.header_hash).where(Run.id == run_id).with_for_update()).scalar_one()
@@ -247,20 +388,20 @@ class Ledger:
             if last is not None and last[0] >= round_index:
                 existing = last if last[0] == round_index else conn.execute(
                     cols.where(Round.index == round_index)).first()
-                h = round_hash(existing[1], round_index, ev, tr) if existing is not None else None
+                h = round_hash(existing[1], round_index, ev, tr, arrays) if existing is not None else None
                 if existing is None or h != existing[2]:
                     raise LedgerError(f"run {run_id} round {round_index} was already written with different content")
                 return WriteResult(round_index, h, duplicate=True, n_transfers=len(tr))
             last_index, prev = (-1, header) if last is None else (last[0], last[2])
             if last_index != round_index - 1:
                 raise LedgerError(f"run {run_id}: round {round_index} written after round {last_index}")
-            h = round_hash(prev, round_index, ev, tr)
+            h = round_hash(prev, round_index, ev, tr, arrays)
             conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
                                               n_events=len(ev), n_transfers=len(tr))])
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
+            bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
             fault_point("settle", round_index)
-            bulk_insert(conn, "transfers", TRANSFER_COLUMNS,
-                        [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
+            insert_transfers(conn, run_id, round_index, tr)
         return WriteResult(round_index, h, n_transfers=len(tr))
 
     def read_rounds(self, run_id: str) -> list[RoundRecord]:
@@ -282,9 +423,14 @@ class Ledger:
             transfers = stream.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
                                               Transfer.credit, Transfer.amount)
                                        .where(Transfer.run_id == run_id).order_by(Transfer.round_index))
+            arrays = conn.execution_options(stream_results=True, yield_per=16).execute(
+                select(ArrayRecord.round_index, ArrayRecord.name, ArrayRecord.dtype, ArrayRecord.shape,
+                       ArrayRecord.data).where(ArrayRecord.run_id == run_id)
+                .order_by(ArrayRecord.round_index, ArrayRecord.name))
             # transfers come in index order of rounds and are sorted by id within a round here,
             # which spares the database a sort of the whole run
-            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers))]
+            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers)),
+                       ((i, [(n, d, sh, bytes(b)) for n, d, sh, b in rows]) for i, rows in _by_round(arrays))]
             current = [next(it, None) for it in streams]
             while any(c is not None for c in current):
                 index = min(c[0] for c in current if c is not None)
@@ -296,7 +442,7 @@ class Ledger:
                     else:
                         rows.append([])
                 (prev, h), = rows[0] or [("", "")]
-                yield RoundRecord(index, prev, h, rows[1], rows[2])
+                yield RoundRecord(index, prev, h, rows[1], rows[2], rows[3])
 
     def balances(self, run_id: str) -> dict[str, int]:
         """Derived balances (credits minus debits) of every account of a run."""
@@ -330,7 +476,27 @@ class Ledger:
 
 
 EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
+ARRAY_COLUMNS = ("run_id", "round_index", "name", "dtype", "shape", "data")
 TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
+
+
+def insert_transfers(conn: Connection, run_id: str, round_index: int, tr: list[tuple]) -> None:
+    """Insert a round's transfers ``(id, kind, debit, credit, amount)`` through the driver.
+
+    On PostgreSQL the rows go to ``COPY`` as one block of text (one ``write`` instead of a
+    Python call per row) when no field needs COPY escaping; otherwise row by row.
+    """
+    if not tr:
+        return
+    if conn.dialect.name == "postgresql":
+        block = "".join([f"{i}\t{run_id}\t{round_index}\t{k}\t{d}\t{c}\t{m}\n" for i, k, d, c, m in tr])
+        plain = "\\" not in block and "\r" not in block  # nothing COPY would unescape
+        if plain and block.count("\t") == 6 * len(tr) and block.count("\n") == len(tr):
+            with conn.connection.dbapi_connection.cursor() as cur, \
+                    cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
+                copy.write(block)
+            return
+    bulk_insert(conn, "transfers", TRANSFER_COLUMNS, [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
 
 
 def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:

@@ -30,6 +30,9 @@ class Recomputed:
     payments: np.ndarray  # float payments, what each agent pays (agent order)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # per-round checks that must hold
     info: dict[str, tuple[bool, str]] = field(default_factory=dict)  # properties reported, never failed
+    #: the round's logged payment vector, set by a market that nets payments over
+    #: ``Market.settlement_interval`` rounds (its transfers settle the sum of several rounds)
+    logged_payments: np.ndarray | None = None
 
 
 def welfare_gap(welfare: float, optimum: float) -> float:
@@ -43,9 +46,13 @@ def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> 
     ``t_i > 0`` debits the agent and credits the treasury; ``t_i < 0`` the reverse; an
     amount that rounds to zero writes no transfer.
     """
-    minor = to_minor_units(payments)
+    return minor_transfers(agent_ids, to_minor_units(payments), kind)
+
+
+def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[TransferRow]:
+    """``payment_transfers`` of payments already in integer minor units (e.g. netted ones)."""
     out: list[TransferRow] = []
-    for agent, m in zip(agent_ids, minor.tolist()):
+    for agent, m in zip(agent_ids, np.asarray(minor, dtype=np.int64).tolist()):
         if m > 0:
             out.append(TransferRow(kind, agent_account(agent), TREASURY, m))
         elif m < 0:
@@ -127,6 +134,8 @@ class Market(ABC):
     #: False when the market keeps state the LangGraph checkpointer cannot serialise (JAX
     #: records under ``extra``): its runs keep no checkpoint and cannot be resumed
     checkpointable: bool = True
+    #: rounds whose payments one settlement nets (one transfer per agent per interval)
+    settlement_interval: int = 1
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario

@@ -6,7 +6,12 @@ Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 2. mechanism: signals ``G = -dL/dx`` at ``x^t`` and the projected residual;
 3. act: agents move to ``x^{t+1}``;
 4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
-   transfer per agent (agent -> treasury), plus the outcome.
+   transfer per agent (agent -> treasury), plus the outcome. With
+   ``[game] settlement_interval = k`` the rounded payments accumulate per agent and one
+   netted transfer per agent settles them every ``k`` rounds and in the last round.
+
+Per-agent vectors (reports, signals, actions, payments) are logged as array records
+(8 bytes per agent and field, hashed), not JSON.
 
 The run converges when the residual at ``x^t`` is at most the scenario's tolerance.
 """
@@ -24,10 +29,10 @@ from mechanisms.games import team
 from mechanisms.learning import projected_gradient_norm
 from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
-from mbiagents.ledger.money import settled
-from mbiagents.ledger.store import EventRow, RoundRecord
+from mbiagents.ledger.money import settled, to_minor_units
+from mbiagents.ledger.store import EventRow, RoundRecord, last_logged
 from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, payment_transfers, welfare_gap
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, minor_transfers, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -83,12 +88,13 @@ class TeamMarket(Market):
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
         self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
+        self.settlement_interval = g.settlement_interval
 
     # ---- the round ------------------------------------------------------------------
     def initial_state(self) -> dict[str, Any]:
         n = len(self.agent_ids)
         return {"actions": np.zeros(n), "reports": None, "logged_reports": None, "paid_total": np.zeros(n),
-                "llm_agents": self.llm_agent_ids, "llm_usage": {}}
+                "llm_agents": self.llm_agent_ids, "llm_usage": {}, "extra": {"unsettled": np.zeros(n, np.int64)}}
 
     def elicit(self, state):
         r = self.population.report(state["round"])
@@ -150,22 +156,30 @@ class TeamMarket(Market):
         logged = state.get("logged_reports")
         changed = logged is None or any(not np.array_equal(reports[k], logged[k]) for k in reports)
         if changed:
-            events.append(EventRow("reports", {k: v.tolist() for k, v in reports.items()}))
+            events.append(EventRow("reports", {k: np.asarray(v, np.float64) for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": state["signals"].tolist(), "residual": state["residual"]}),
-            EventRow("actions", {"x": x.tolist()}),
-            EventRow("payments", {"t": t.tolist()}),
+            EventRow("signals", {"G": np.asarray(state["signals"], np.float64), "residual": state["residual"]}),
+            EventRow("actions", {"x": x}),
+            EventRow("payments", {"t": t}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
         ]
         llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
         events += llm
         true_w = float(team.welfare(x, self.population.true_types, self.kappa))
+        extra = dict(state.get("extra") or {})
+        unsettled = extra.get("unsettled", np.zeros(len(x), np.int64)) + to_minor_units(t)
+        last = state["round"] + 1 >= state.get("max_rounds", 0) or self.converged(state)
+        if (state["round"] + 1) % self.settlement_interval == 0 or last:
+            transfers = minor_transfers(self.agent_ids, unsettled, self.payment_kind)
+            unsettled = np.zeros_like(unsettled)
+        else:
+            transfers = []
         return Settlement(
             events=events,
-            transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
+            transfers=transfers,
             metrics={"welfare": true_w, "residual": state["residual"]},
             updates={"actions": x, "payments": t, "logged_reports": reports, "paid_total": state["paid_total"] + t,
-                     "operator_cost": float(cost), "llm_usage": usage},
+                     "operator_cost": float(cost), "llm_usage": usage, "extra": {**extra, "unsettled": unsettled}},
         )
 
     def converged(self, state) -> bool:
@@ -178,15 +192,10 @@ class TeamMarket(Market):
 
     def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
         rec = rounds[index]
-        reports = None
-        for r in reversed(rounds[: index + 1]):
-            try:
-                reports = _types(r.payload("reports"))
-                break
-            except KeyError:
-                continue
-        if reports is None:
+        logged = last_logged(rounds, index, "reports")
+        if logged is None:
             raise KeyError("reports")
+        reports = _types(logged.payload("reports"))
         x = np.asarray(rec.payload("actions")["x"], np.float64)
         x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
@@ -204,8 +213,10 @@ class TeamMarket(Market):
         }
         # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
         u = np.asarray(team.values(x, reports)) - t
+        netted = self.settlement_interval > 1
         return Recomputed(payments=t, checks=checks, info={"individual_rationality": _at_least(
-            self.agent_ids, u, 0.0, "reported utility v_i - t_i")})
+            self.agent_ids, u, 0.0, "reported utility v_i - t_i")},
+            logged_payments=np.asarray(rec.payload("payments")["t"], np.float64) if netted else None)
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
