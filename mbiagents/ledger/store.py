@@ -68,6 +68,35 @@ class TransferRow:
     amount: int
 
 
+@dataclass(frozen=True)
+class PaymentBatch:
+    """One transfer per agent of one kind, held as an array until the write (no per-agent
+    Python objects in the round loop).
+
+    ``minor[i] > 0`` moves ``minor[i]`` minor units from ``agent:<agent_ids[i]>`` to
+    ``counterparty``, ``< 0`` moves ``-minor[i]`` the other way, ``0`` writes nothing:
+    the same rows as the ``TransferRow`` per agent it stands for (``rows``).
+    """
+
+    kind: str
+    agent_ids: Sequence[str]
+    minor: np.ndarray
+    counterparty: str = TREASURY
+
+    def rows(self) -> list[TransferRow]:
+        return [TransferRow(k, d, c, m) for _, k, d, c, m in self.id_rows("")]
+
+    def id_rows(self, prefix: str) -> list[tuple[str, str, str, str, int]]:
+        """``(id, kind, debit, credit, amount)`` of the non-zero transfers; ids are
+        ``prefix + kind:debit:credit`` (``transfer_id`` with ``prefix = run:round:``)."""
+        minor = np.asarray(self.minor, dtype=np.int64)
+        nz = np.flatnonzero(minor)
+        ids, k, cp = self.agent_ids, self.kind, self.counterparty
+        return [(f"{prefix}{k}:agent:{ids[i]}:{cp}", k, f"agent:{ids[i]}", cp, m) if m > 0 else
+                (f"{prefix}{k}:{cp}:agent:{ids[i]}", k, cp, f"agent:{ids[i]}", -m)
+                for i, m in zip(nz.tolist(), minor[nz].tolist())]
+
+
 @dataclass
 class WriteResult:
     round_index: int
@@ -279,6 +308,7 @@ class Ledger:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._accounts: dict[str, set[str]] = {}  # run id -> account names (accounts are never removed)
+        self._checked_agents: dict[str, list[Sequence[str]]] = {}  # run id -> agent lists found to be accounts
 
     @property
     def url(self) -> str:
@@ -299,7 +329,9 @@ class Ledger:
                      for j, n in enumerate(extra_accounts)]
         with self._begin() as conn:
             conn.execute(insert(Run), [row])
-            conn.execute(insert(Account), accounts)
+            bulk_insert(conn, "accounts", ("run_id", "name", "kind", "position"),
+                        [(a["run_id"], a["name"], a["kind"], a["position"]) for a in accounts])
+        self._accounts[run_id] = {a["name"] for a in accounts}
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
@@ -354,12 +386,19 @@ class Ledger:
             ev.append(row)
             arrays += arr
         prefix = f"{run_id}:{round_index}:"  # ids as ``transfer_id`` makes them, without a call per row
-        tr = sorted((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount))
-                    for t in transfers if t.amount != 0)
-        for t in tr:
-            if t[4] < 0:
-                raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
-        self._check_accounts(run_id, round_index, tr)
+        single, batches, tr = [], [], []
+        for t in transfers:
+            if isinstance(t, PaymentBatch):
+                tr += t.id_rows(prefix)
+                batches.append(t)
+            elif t.amount != 0:
+                if t.amount < 0:
+                    raise ValueError(f"transfer {prefix}{t.kind}:{t.debit}:{t.credit} has a negative amount; "
+                                     f"swap debit and credit")
+                single.append((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount)))
+        self._check_accounts(run_id, round_index, single, batches)
+        tr += single
+        tr.sort()
         try:
             return self._write_round(run_id, round_index, ev, tr, arrays)
         except IntegrityError:
@@ -367,9 +406,14 @@ class Ledger:
             # if it wrote the same content (the retry finds the round), else raise
             return self._write_round(run_id, round_index, ev, tr, arrays)
 
-    def _check_accounts(self, run_id: str, round_index: int, tr: list[tuple]) -> None:
-        """Every debit and credit is an account of the run (the run's names are read once)."""
-        names = {t[2] for t in tr} | {t[3] for t in tr}
+    def _check_accounts(self, run_id: str, round_index: int, rows: list[tuple], batches: list[PaymentBatch]) -> None:
+        """Every debit and credit is an account of the run (names read once per run; a
+        batch's agent list is checked once and remembered by identity)."""
+        names = {t[2] for t in rows} | {t[3] for t in rows} | {b.counterparty for b in batches}
+        checked = self._checked_agents.setdefault(run_id, [])
+        for b in batches:
+            if not any(b.agent_ids is ids for ids in checked):
+                names |= {agent_account(a) for a in b.agent_ids}
         known = self._accounts.get(run_id)
         if known is None or not names <= known:
             known = self._accounts[run_id] = {name for name, _ in self.accounts(run_id)}
@@ -377,6 +421,9 @@ class Ledger:
         if unknown:
             raise LedgerError(f"run {run_id} round {round_index}: transfer to or from {unknown[0]!r}, "
                               f"which is not an account of the run")
+        for b in batches:  # kept alive here, so identity cannot be reused by another list
+            if not any(b.agent_ids is ids for ids in checked):
+                checked.append(b.agent_ids)
 
     def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple],
                      arrays: list[tuple]) -> WriteResult:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mbiagents.ledger.money import MINOR_UNITS, from_minor_units, to_minor_units
-from mbiagents.ledger.store import TREASURY, EventRow, RoundRecord, TransferRow, agent_account
+from mbiagents.ledger.store import TREASURY, EventRow, PaymentBatch, RoundRecord, TransferRow, agent_account
 from mbiagents.scenario import ScenarioBase
 
 
@@ -18,7 +18,7 @@ class Settlement:
     """What a round leaves in the ledger, plus the figures the loop reports."""
 
     events: list[EventRow]
-    transfers: list[TransferRow]
+    transfers: list[TransferRow | PaymentBatch]
     metrics: dict[str, float] = field(default_factory=dict)
     updates: dict[str, Any] = field(default_factory=dict)  # state keys the settlement changes
 
@@ -40,24 +40,19 @@ def welfare_gap(welfare: float, optimum: float) -> float:
     return (optimum - welfare) / abs(optimum) if optimum else optimum - welfare
 
 
-def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[TransferRow]:
+def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[PaymentBatch]:
     """One transfer per agent for its payment ``t_i`` (what it pays; negative = it is paid).
 
     ``t_i > 0`` debits the agent and credits the treasury; ``t_i < 0`` the reverse; an
-    amount that rounds to zero writes no transfer.
+    amount that rounds to zero writes no transfer. Returned as one ``PaymentBatch``
+    (``.rows()`` lists the transfers).
     """
     return minor_transfers(agent_ids, to_minor_units(payments), kind)
 
 
-def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[TransferRow]:
+def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[PaymentBatch]:
     """``payment_transfers`` of payments already in integer minor units (e.g. netted ones)."""
-    out: list[TransferRow] = []
-    for agent, m in zip(agent_ids, np.asarray(minor, dtype=np.int64).tolist()):
-        if m > 0:
-            out.append(TransferRow(kind, agent_account(agent), TREASURY, m))
-        elif m < 0:
-            out.append(TransferRow(kind, TREASURY, agent_account(agent), -m))
-    return out
+    return [PaymentBatch(kind, agent_ids, np.asarray(minor, dtype=np.int64), TREASURY)]
 
 
 def budget_balanced_payments(payments: np.ndarray) -> np.ndarray:
