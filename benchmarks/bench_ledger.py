@@ -25,10 +25,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from mbiagents.ledger.audit import audit_run  # noqa: E402
+from mbiagents.verify.audit import audit_run  # noqa: E402
 from mbiagents.ledger.schema import open_ledger  # noqa: E402
 from mbiagents.ledger.store import EventRow  # noqa: E402
-from mbiagents.markets.base import payment_transfers  # noqa: E402
+from mbiagents.ledger.payments import payment_transfers  # noqa: E402
 from mbiagents.runner import run_scenario  # noqa: E402
 from mbiagents.scenario import parse_scenario  # noqa: E402
 

@@ -180,7 +180,7 @@ def audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a run: double entry, hash chain, idempotency, completeness, every payment recomputed."""
-    from mbiagents.ledger.audit import audit_run
+    from mbiagents.verify.audit import audit_run
     from mbiagents.ledger.schema import open_ledger
 
     try:
@@ -308,7 +308,7 @@ def infer(
 @app.command()
 def replay(ledger: LedgerOpt = None, run_id: RunOpt = None, as_json: JsonOpt = False) -> None:
     """Re-execute a run from its logged reports (no agent called); exit 1 naming the first mismatching round."""
-    from mbiagents.ledger.replay import replay_run
+    from mbiagents.verify.replay import replay_run
     from mbiagents.ledger.schema import open_ledger
 
     try:

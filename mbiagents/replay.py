@@ -38,7 +38,7 @@ def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple
             cells[(logged["episode"], logged["step"], agent)] = action
     if not cells:
         raise TrajectoryError(f"run {run.id} has no actions")
-    from mbiagents.ledger.audit import market_of
+    from mbiagents.markets import market_of
 
     n_actions = market_of(run).n_actions
     return run.id, assemble(cells, agent_ids, n_actions, f"run {run.id}"), scenario

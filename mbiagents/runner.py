@@ -18,10 +18,9 @@ from typing import Any, Callable
 from mbiagents.checkpoint import open_checkpointer
 from mbiagents.errors import LedgerError, MbiError
 from mbiagents.graph import NODES_PER_ROUND, RunContext, build_graph
-from mbiagents.ledger.audit import market_of
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import Ledger
-from mbiagents.markets import Market, build_market
+from mbiagents.markets import Market, build_market, market_of
 from mbiagents.scenario import ScenarioBase
 
 OnRound = Callable[[int, dict[str, float]], None]
@@ -128,7 +127,7 @@ def _llm_settings(scenario: ScenarioBase, cli: str | None):
     """The run's LLM settings, checked before anything is written: the backend must be
     usable (the local extra installed; an API key for OpenAI)."""
     from mbiagents.agents.local_server import local_backend_available
-    from mbiagents.agents.settings import resolve_llm_settings
+    from mbiagents.llm_settings import resolve_llm_settings
 
     try:
         settings = resolve_llm_settings(scenario.llm, cli=cli)

@@ -2,40 +2,24 @@
 
 A scenario has a ``[scenario]`` table (name, game, mechanism, rounds, seed, tolerance), a
 ``[game]`` table with the game's public parameters, and ``[[agents]]`` with each agent's
-backend and private type. Every game registers its own models here, so unknown keys,
-wrong types and out-of-range values fail with the file and the field in one line, before
-a ledger is opened.
+backend and private type. ``REGISTRY`` names the scenario model (and the market) of every
+accepted ``(game, mechanism)``, so unknown keys, wrong types and out-of-range values fail
+with the file and the field in one line, before a ledger is opened.
 """
 
 from __future__ import annotations
 
+import importlib
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from mbiagents.agents.settings import LLMSettings
 from mbiagents.errors import ScenarioError
-
-#: an agent or task id: safe in account names, transfer ids and the hash encoding
-AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScenarioMeta(Strict):
-    """The ``[scenario]`` table."""
-
-    name: str = Field(min_length=1)
-    game: str
-    mechanism: str
-    rounds: PositiveInt = 100
-    seed: int = 0
-    tolerance: PositiveFloat = 1e-8
-    description: str = ""
+from mbiagents.scenario_base import AgentId, ScenarioBase, ScenarioMeta, Strict  # noqa: F401  (re-exported)
+from mbiagents.scenario_incentives import PrincipalScenario, QuadraticScenario, RoutingScenario
 
 
 class TeamGameSettings(Strict):
@@ -77,21 +61,6 @@ class TeamAgentSpec(PolicyAgentSpec):
     value: PositiveFloat
     curvature: PositiveFloat
     step: PositiveFloat | None = None
-
-
-class ScenarioBase(Strict):
-    scenario: ScenarioMeta
-    agents: list[Any] = Field(min_length=1)
-    llm: LLMSettings | None = None  # the [llm] table: model endpoint of the LLM agents
-
-    @model_validator(mode="after")
-    def _unique_agent_ids(self) -> "ScenarioBase":
-        seen: set[str] = set()
-        for i, agent in enumerate(self.agents):
-            if agent.id in seen:
-                raise ValueError(f"agents[{i}].id: duplicate agent id {agent.id!r}")
-            seen.add(agent.id)
-        return self
 
 
 class TeamScenario(ScenarioBase):
@@ -207,17 +176,38 @@ class CongestionScenario(ScenarioBase):
     agents: list[CongestionAgentSpec] = Field(min_length=1)
 
 
-# game name -> (scenario model, mechanisms it supports)
-GAMES: dict[str, tuple[type[ScenarioBase], tuple[str, ...]]] = {
-    "team": (TeamScenario, ("dpm",)),
-    "congestion": (CongestionScenario, ("tolls",)),
-    "assignment": (TaskScenario, ("vcg", "vcg-fast", "agv")),
+@dataclass(frozen=True)
+class Game:
+    """One accepted ``(game, mechanism)``: the scenario model that validates it and the
+    market that runs it, named ``"module:Class"`` (markets sit above scenarios and load
+    JAX; ``mbiagents.markets.build_market`` imports the class)."""
+
+    scenario: type[ScenarioBase]
+    market: str
+
+    def market_class(self) -> type:
+        module, _, name = self.market.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+#: every ``(game, mechanism)`` a scenario may name; the parser accepts exactly these, and
+#: a test builds the market of each
+REGISTRY: dict[tuple[str, str], Game] = {
+    ("team", "dpm"): Game(TeamScenario, "mbiagents.markets.team:TeamMarket"),
+    ("team", "reinforce"): Game(TeamScenario, "mbiagents.markets.reinforce:ReinforceMarket"),
+    ("congestion", "tolls"): Game(CongestionScenario, "mbiagents.markets.congestion:CongestionMarket"),
+    ("assignment", "vcg"): Game(TaskScenario, "mbiagents.markets.tasks:TaskMarket"),
+    ("assignment", "vcg-fast"): Game(TaskScenario, "mbiagents.markets.tasks:TaskMarket"),
+    ("assignment", "agv"): Game(TaskScenario, "mbiagents.markets.tasks:TaskMarket"),
+    ("routing", "social-gradient"): Game(RoutingScenario, "mbiagents.markets.social_gradient:SocialGradientMarket"),
+    ("quadratic", "social-gradient"): Game(QuadraticScenario, "mbiagents.markets.social_gradient:SocialGradientMarket"),
+    ("principal-mdp", "two-phase"): Game(PrincipalScenario, "mbiagents.markets.principal:PrincipalMarket"),
 }
 
 
-def register_game(name: str, model: type[ScenarioBase], mechanisms: tuple[str, ...]) -> None:
-    """Register a game's scenario model and the mechanisms that can run it."""
-    GAMES[name] = (model, mechanisms)
+def mechanisms_of(game: str) -> tuple[str, ...]:
+    """The mechanisms that run ``game`` (empty: an unknown game)."""
+    return tuple(m for g, m in REGISTRY if g == game)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -243,17 +233,17 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>") -> ScenarioBa
     if not isinstance(meta, dict):
         raise ScenarioError(f"{path}: scenario: missing [scenario] table")
     game = meta.get("game")
-    if not isinstance(game, str) or game not in GAMES:
-        known = ", ".join(sorted(GAMES))
+    mechanisms = mechanisms_of(game) if isinstance(game, str) else ()
+    if not mechanisms:
+        known = ", ".join(sorted({g for g, _ in REGISTRY}))
         raise ScenarioError(f"{path}: scenario.game: unknown game {game!r} (known: {known})")
-    model, mechanisms = GAMES[game]
     mechanism = meta.get("mechanism")
     if mechanism not in mechanisms:
         raise ScenarioError(
             f"{path}: scenario.mechanism: {mechanism!r} does not run game {game!r} (use: {', '.join(mechanisms)})"
         )
     try:
-        return model.model_validate(data)
+        return REGISTRY[(game, mechanism)].scenario.model_validate(data)
     except ValidationError as err:
         raise _first_error(path, err) from None
 
@@ -273,5 +263,3 @@ def load_scenario(path: str | Path) -> ScenarioBase:
         raise ScenarioError(f"{p}: invalid TOML: {exc}") from None
     return parse_scenario(data, str(p))
 
-
-from mbiagents import scenario_incentives as _incentives  # noqa: E402,F401  (registers routing, quadratic, principal-mdp)

@@ -1,6 +1,6 @@
 """Scenario models of the incentive-design games (issue 6): the social-gradient planner on
 routing and on the quadratic aggregative game, and the two-phase principal on the
-principal-agent MDP. Registered in ``mbiagents.scenario.GAMES`` on import.
+principal-agent MDP, listed in ``mbiagents.scenario.REGISTRY``.
 
 Formats (``examples/pigou_tolling.toml``, ``examples/quadratic_tax.toml``,
 ``examples/principal.toml``):
@@ -29,8 +29,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from mbiagents.scenario import GAMES, AgentId, ScenarioBase, Strict, TeamScenario, register_game
-
+from mbiagents.scenario_base import AgentId, ScenarioBase, Strict
 
 
 class PlannerDynamics(Strict):
@@ -123,9 +122,3 @@ class PrincipalScenario(ScenarioBase):
     game: PrincipalGameSettings
     agents: list[PrincipalAgentSpec] = Field(min_length=1, max_length=1)
 
-
-register_game("routing", RoutingScenario, ("social-gradient",))
-register_game("quadratic", QuadraticScenario, ("social-gradient",))
-register_game("principal-mdp", PrincipalScenario, ("two-phase",))
-# the model-free baseline runs the team game's scenarios (mbiagents.markets.reinforce)
-register_game("team", TeamScenario, (*GAMES["team"][1], "reinforce"))

@@ -223,7 +223,7 @@ def test_cli_run_writes_the_report(tmp_path):
 def test_failed_audit_is_shown_at_the_top(small_run):
     from dataclasses import replace
 
-    from mbiagents.ledger.audit import AuditReport, Check
+    from mbiagents.verify.audit import AuditReport, Check
     from mbiagents.report import render_html
 
     _, _, data, _ = small_run

@@ -113,3 +113,14 @@ def test_task_market_example_validates():
 )
 def test_bad_task_scenarios_name_file_and_field(tmp_path, edit, where):
     assert_one_line_error(tmp_path, edit(TASKS), where)
+
+
+def test_import_scenario_loads_no_llm_sdk_and_no_jax():
+    """Validating a scenario needs pydantic only: the openai SDK and JAX stay unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mbiagents.scenario; "
+            "print(sorted(m for m in ('openai', 'jax', 'mbiagents.agents', 'mbiagents.markets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -26,7 +26,7 @@ from .games import (
 )
 from .llm import RAW_TEXT_LIMIT, Answer, CallRecord, LLMClient, LLMConfigError
 from .local_server import LocalBackendUnavailable, LocalModelServer, local_backend_available, open_llm
-from .settings import LLMSettings, resolve_llm_settings
+from mbiagents.llm_settings import LLMSettings, resolve_llm_settings
 
 __all__ = [
     "Answer", "Bounds", "CallRecord", "Deliverable", "LLMClient", "LLMConfigError", "LLMSettings",

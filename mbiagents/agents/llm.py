@@ -2,7 +2,7 @@
 
 Every model (OpenAI, vLLM, Ollama, llama.cpp's server) is spoken to through the official
 ``openai`` SDK; the backend is chosen by ``base_url``/``model``/key in
-:class:`~mbiagents.agents.settings.LLMSettings`.
+:class:`~mbiagents.llm_settings.LLMSettings`.
 
 What :meth:`LLMClient.ask` guarantees:
 
@@ -44,7 +44,7 @@ import openai
 from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
-from .settings import LLMSettings
+from mbiagents.llm_settings import LLMSettings
 
 #: Raw model text stored per call (characters); longer text is cut and flagged.
 RAW_TEXT_LIMIT = 4000

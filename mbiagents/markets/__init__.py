@@ -3,32 +3,28 @@
 A market turns the generic round (elicit -> mechanism -> act -> settle) into calls of
 pure functions in ``mechanisms``, encodes each round for the ledger, and recomputes a
 logged round for ``mbi audit`` and ``mbi replay``. ``build_market`` picks the market of a
-validated scenario.
+validated scenario from the one registry, ``mbiagents.scenario.REGISTRY`` (keyed by
+``(game, mechanism)``); ``market_of`` rebuilds the market of a logged run.
 """
 
 from __future__ import annotations
 
+import json
+
+from mbiagents.ledger.models import Run
 from mbiagents.markets.base import Market, Settlement
-from mbiagents.scenario import ScenarioBase
-
-MARKETS: dict[str, type[Market]] = {}
-
-
-def register_market(game: str, cls: type[Market]) -> None:
-    MARKETS[game] = cls
+from mbiagents.scenario import REGISTRY, ScenarioBase, parse_scenario
 
 
 def build_market(scenario: ScenarioBase) -> Market:
-    meta = scenario.scenario  # a market registered as "game:mechanism" takes precedence over "game"
-    return MARKETS.get(f"{meta.game}:{meta.mechanism}", MARKETS[meta.game])(scenario)
+    """The market that runs ``scenario`` (its ``(game, mechanism)`` entry of ``REGISTRY``)."""
+    meta = scenario.scenario
+    return REGISTRY[(meta.game, meta.mechanism)].market_class()(scenario)
 
 
-from mbiagents.markets import tasks as _tasks  # noqa: E402  (registers itself)
-from mbiagents.markets import team as _team  # noqa: E402  (registers itself)
-from mbiagents.markets import congestion as _congestion  # noqa: E402  (registers itself)
-from mbiagents.markets import social_gradient as _social_gradient  # noqa: E402,F401  (routing, quadratic)
-from mbiagents.markets import principal as _principal  # noqa: E402,F401  (principal-mdp)
-from mbiagents.markets import reinforce as _reinforce  # noqa: E402,F401  (team:reinforce)
+def market_of(run: Run) -> Market:
+    """The market of a logged run, rebuilt from the scenario stored in its header."""
+    return build_market(parse_scenario(json.loads(run.scenario_json), f"run {run.id}"))
 
-__all__ = ["Market", "Settlement", "build_market", "register_market", "MARKETS"]
-del _team, _tasks, _congestion, _social_gradient, _principal, _reinforce
+
+__all__ = ["Market", "Settlement", "build_market", "market_of"]

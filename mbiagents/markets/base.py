@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mbiagents.ledger.money import MINOR_UNITS, from_minor_units, to_minor_units
-from mbiagents.ledger.store import TREASURY, EventRow, PaymentBatch, RoundRecord, TransferRow, agent_account
+from mbiagents.ledger.store import TREASURY, EventRow, PaymentBatch, RoundRecord, TransferRow
 from mbiagents.scenario import ScenarioBase
 
 
@@ -38,55 +37,6 @@ class Recomputed:
 def welfare_gap(welfare: float, optimum: float) -> float:
     """Relative shortfall ``(W* - W) / |W*|`` of the summary (the absolute one when ``W* = 0``)."""
     return (optimum - welfare) / abs(optimum) if optimum else optimum - welfare
-
-
-def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[PaymentBatch]:
-    """One transfer per agent for its payment ``t_i`` (what it pays; negative = it is paid).
-
-    ``t_i > 0`` debits the agent and credits the treasury; ``t_i < 0`` the reverse; an
-    amount that rounds to zero writes no transfer. Returned as one ``PaymentBatch``
-    (``.rows()`` lists the transfers).
-    """
-    return minor_transfers(agent_ids, to_minor_units(payments), kind)
-
-
-def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[PaymentBatch]:
-    """``payment_transfers`` of payments already in integer minor units (e.g. netted ones)."""
-    return [PaymentBatch(kind, agent_ids, np.asarray(minor, dtype=np.int64), TREASURY)]
-
-
-def budget_balanced_payments(payments: np.ndarray) -> np.ndarray:
-    """Payments that sum to 0 rounded to minor units, so that they settle *exactly* balanced.
-
-    Each ``t_i`` is rounded half to even (``to_minor_units``); the residual of the sum
-    (at most ``N/2`` units) is taken back one unit each from the agents whose rounding
-    moved them furthest in the residual's direction (largest remainder; ties by agent
-    order). Returns the float payments ``minor / 10**6``, which ``payment_transfers``
-    settles unchanged and the audit recomputes bit for bit.
-    """
-    exact = np.asarray(payments, dtype=np.float64)
-    minor = to_minor_units(exact)
-    residual = int(minor.sum())
-    if residual:
-        step = int(np.sign(residual))
-        err = minor - exact * MINOR_UNITS  # > 0: rounded up
-        order = np.argsort(-step * err, kind="stable")
-        minor[order[: abs(residual)]] -= step
-    return np.asarray(from_minor_units(minor), dtype=np.float64)
-
-
-def signed_minor_from_transfers(agent_ids: list[str], transfers, kind: str) -> np.ndarray:
-    """Inverse of ``payment_transfers``: each agent's net payment in minor units."""
-    pos = {agent_account(a): i for i, a in enumerate(agent_ids)}
-    out = np.zeros(len(agent_ids), dtype=np.int64)
-    for _id, k, debit, credit, amount in transfers:
-        if k != kind:
-            continue
-        if debit in pos:
-            out[pos[debit]] += amount
-        if credit in pos:
-            out[pos[credit]] -= amount
-    return out
 
 
 def llm_events(answers: dict[str, Any], usage: dict[str, dict[str, float]] | None) -> tuple[list[EventRow], dict]:

@@ -34,8 +34,8 @@ from mechanisms.games.diml_envs import CongestionParams, congestion_mechanism
 from mbiagents.agents.policy import LogitQPopulation
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
+from mbiagents.ledger.payments import payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 from mbiagents.scenario import CongestionScenario
 
 
@@ -155,6 +155,3 @@ class CongestionMarket(Market):
             "agents": agents,
             "budget": {"payments": float(t.sum()), "operator_cost": 0.0, "surplus": float(t.sum())},
         }
-
-
-register_market("congestion", CongestionMarket)

@@ -41,8 +41,8 @@ import numpy as np
 from mechanisms import principal as pr
 from mechanisms.games import principal_mdp as pm
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
+from mbiagents.ledger.payments import payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -204,6 +204,3 @@ class PrincipalMarket(Market):
                         "benchmarks/bench_principal.py fits R(T) across horizons and seeds",
             },
         }
-
-
-register_market("principal-mdp", PrincipalMarket)

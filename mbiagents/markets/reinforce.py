@@ -28,7 +28,6 @@ from mechanisms import rl
 from mechanisms.games import team
 from mbiagents.errors import ScenarioError
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
 from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 
 LR, SIGMA, BASELINE_RATE, TARGET = 0.1, 0.3, 0.05, 0.99
@@ -116,6 +115,3 @@ class ReinforceMarket(Market):
             "target_welfare": TARGET * self.w_star,
             "agents": {aid: {"action": float(mu[i]), "payment": 0.0} for i, aid in enumerate(self.agent_ids)},
         }
-
-
-register_market("team:reinforce", ReinforceMarket)

@@ -41,9 +41,9 @@ from mechanisms import social_gradient as sg
 from mechanisms.games import routing as rt
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
 from mbiagents.markets.report_data import _payload
-from mbiagents.markets.base import Market, Recomputed, Settlement, payment_transfers, welfare_gap
+from mbiagents.ledger.payments import payment_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 
 
 def _game_fns(game: str):
@@ -210,7 +210,3 @@ class SocialGradientMarket(Market):
         data["welfare"] = [-v for v in social]
         data["optimal_welfare"] = [-so] * len(rounds)
         return data
-
-
-register_market("routing", SocialGradientMarket)
-register_market("quadratic", SocialGradientMarket)

@@ -51,10 +51,8 @@ from mechanisms.games import assignment as game
 from mbiagents.agents.games import Bounds, Task, TaskAgentInfo, task_bid, task_deliver
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets import register_market
-from mbiagents.markets.base import (
-    Market, Recomputed, Settlement, budget_balanced_payments, llm_events, payment_transfers,
-    signed_minor_from_transfers, welfare_gap)
+from mbiagents.ledger.payments import budget_balanced_payments, payment_transfers, signed_minor_from_transfers
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
 from mbiagents.scenario import TaskScenario, TaskSpec
 
 BRUTE_FORCE_LIMIT = 20_000  # (N+1)^M profiles up to which the audit checks efficiency by enumeration
@@ -322,6 +320,3 @@ class TaskMarket(Market):
             "agents": agents,
             "budget": {"payments": round(float(paid.sum()), 6), "task_value": value_done, "surplus": value_done + float(paid.sum())},
         }
-
-
-register_market("assignment", TaskMarket)

@@ -30,9 +30,9 @@ from mechanisms.learning import projected_gradient_norm
 from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled, to_minor_units
+from mbiagents.ledger.payments import minor_transfers
 from mbiagents.ledger.store import EventRow, RoundRecord, last_logged
-from mbiagents.markets import register_market
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, minor_transfers, welfare_gap
+from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -270,6 +270,3 @@ class TeamMarket(Market):
             "agents": agents,
             "budget": {"payments": float(t.sum()), "operator_cost": cost, "surplus": float(t.sum()) - cost},
         }
-
-
-register_market("team", TeamMarket)

@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 
 from mbiagents.errors import MbiError
-from mbiagents.ledger.audit import AuditReport, audit_run
 from mbiagents.ledger.money import MINOR_UNITS
+from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.store import Ledger, RoundRecord
-from mbiagents.markets import build_market
-from mbiagents.markets.base import signed_minor_from_transfers
-from mbiagents.scenario import parse_scenario
+from mbiagents.markets import market_of
+from mbiagents.verify.audit import AuditReport, audit_run
 
 
 @dataclass
@@ -94,8 +93,7 @@ def collect(ledger: Ledger, run_id: str | None) -> ReportData:
     rounds = ledger.read_rounds(run.id)
     if not rounds:
         raise MbiError(f"run {run.id} has no rounds: nothing to report")
-    scenario = parse_scenario(json.loads(run.scenario_json), f"run {run.id}")
-    market = build_market(scenario)
+    market = market_of(run)
     agent_ids = list(market.agent_ids)
     series = market.report_data(rounds)
     payments = {a: [] for a in agent_ids}

@@ -6,7 +6,7 @@ import json
 
 from openai_server import RecordedRequest, Reply
 
-from mbiagents.ledger.audit import audit_run
+from mbiagents.verify.audit import audit_run
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import load_scenario

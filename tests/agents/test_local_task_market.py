@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mbiagents.agents import local_backend_available
-from mbiagents.ledger.audit import audit_run
+from mbiagents.verify.audit import audit_run
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import load_scenario

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from mbiagents.cli import app
 from mbiagents.faults import FAULT_ENV, FAULT_EXIT_CODE
-from mbiagents.ledger.audit import audit_run
+from mbiagents.verify.audit import audit_run
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import Ledger, round_hash
 from mbiagents.runner import resume_run, run_scenario

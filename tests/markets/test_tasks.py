@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from mbiagents.ledger.audit import audit_run
+from mbiagents.verify.audit import audit_run
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.markets import build_market
-from mbiagents.markets.base import signed_minor_from_transfers
+from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import load_scenario, parse_scenario
 

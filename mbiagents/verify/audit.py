@@ -22,19 +22,17 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from mbiagents.errors import ScenarioError
-from mbiagents.ledger.models import Run
 from mbiagents.ledger.money import to_minor_units, within_rounding
+from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.store import History, Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
-from mbiagents.markets import Market, build_market
-from mbiagents.markets.base import Recomputed, signed_minor_from_transfers
-from mbiagents.scenario import parse_scenario
+from mbiagents.markets import Market, market_of
+from mbiagents.markets.base import Recomputed
 
 
 @dataclass
@@ -70,11 +68,6 @@ class AuditReport:
         return {"run_id": self.run_id, "ok": self.ok, "rounds": self.rounds, "transfers": self.transfers,
                 "checks": [{"name": c.name, "ok": c.ok, "informational": c.informational, "failures": c.failures,
                             "first_failure": c.detail or None} for c in self.checks]}
-
-
-def market_of(run: Run) -> Market:
-    """The market of a logged run, rebuilt from the scenario stored in its header."""
-    return build_market(parse_scenario(json.loads(run.scenario_json), f"run {run.id}"))
 
 
 def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[History, RoundRecord]]:

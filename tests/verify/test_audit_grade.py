@@ -13,7 +13,7 @@ from sqlalchemy import MetaData, Table, insert, select, text
 from typer.testing import CliRunner
 
 from mbiagents.cli import app
-from mbiagents.ledger.audit import audit_run
+from mbiagents.verify.audit import audit_run
 from mbiagents.ledger.schema import alembic_config, head_revision, open_ledger, upgrade
 from mbiagents.ledger import store
 from mbiagents.ledger.store import EventRow, TransferRow, canonical_json, make_engine, round_hash
@@ -133,7 +133,7 @@ def test_ir_holds_once_converged(sqlite_url):
     run_id = run_scenario(load_scenario(SCENARIO), ledger_url=sqlite_url, checkpoint=False).run_id
     ledger = open_ledger(sqlite_url)
     rounds = ledger.read_rounds(run_id)
-    from mbiagents.ledger.audit import market_of
+    from mbiagents.markets import market_of
 
     rec = market_of(ledger.get_run(run_id)).recompute(rounds, len(rounds) - 1)
     assert rec.info["individual_rationality"] == (True, "")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mbiagents.ledger.audit import market_of, payment_mismatch, with_history
 from mbiagents.ledger.store import Ledger
+from mbiagents.markets import market_of
+from mbiagents.verify.audit import payment_mismatch, with_history
 
 
 @dataclass
