@@ -428,10 +428,19 @@ class Ledger:
     def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple],
                      arrays: list[tuple]) -> WriteResult:
         with self._begin() as conn:
-            # lock the run row (serialises writers of a run) and read the chain's anchor
-            header = conn.execute(select(Run.header_hash).where(Run.id == run_id).with_for_update()).scalar_one()
+            # lock the run row (serialises writers of a run; on PostgreSQL a statement of its
+            # own, so that the next one reads what a writer before us committed), then read
+            # the chain's anchor and the run's last round in one statement
+            pg = conn.dialect.name == "postgresql"
+            if pg:
+                conn.exec_driver_sql("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+            found = conn.exec_driver_sql(CHAIN_HEAD_SQL.replace("?", "%s") if pg else CHAIN_HEAD_SQL,
+                                         (run_id, run_id)).first()
+            if found is None:
+                raise LedgerError(f"ledger {self.url} has no run {run_id!r}")
+            header = found[0]
+            last = None if found[1] is None else tuple(found[1:])
             cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
-            last = conn.execute(cols.order_by(Round.index.desc()).limit(1)).first()
             if last is not None and last[0] >= round_index:
                 existing = last if last[0] == round_index else conn.execute(
                     cols.where(Round.index == round_index)).first()
@@ -443,8 +452,7 @@ class Ledger:
             if last_index != round_index - 1:
                 raise LedgerError(f"run {run_id}: round {round_index} written after round {last_index}")
             h = round_hash(prev, round_index, ev, tr, arrays)
-            conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
-                                              n_events=len(ev), n_transfers=len(tr))])
+            bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
             bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
             fault_point("settle", round_index)
@@ -522,7 +530,11 @@ class Ledger:
         self.engine.dispose()
 
 
+ROUND_COLUMNS = ("run_id", '"index"', "prev_hash", "hash", "n_events", "n_transfers")
 EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
+CHAIN_HEAD_SQL = ('SELECT runs.header_hash, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
+                  'LEFT JOIN rounds ON rounds.run_id = runs.id AND rounds."index" = '
+                  '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
 ARRAY_COLUMNS = ("run_id", "round_index", "name", "dtype", "shape", "data")
 TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
 
