@@ -41,7 +41,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from mbiagents.ledger.payments import payment_transfers  # noqa: E402
 from mbiagents.ledger.schema import open_ledger  # noqa: E402
-from mbiagents.ledger.store import ARRAY_COLUMNS, EVENT_COLUMNS, ROUND_COLUMNS, TRANSFER_COLUMNS, EventRow, bulk_insert  # noqa: E402
+from mbiagents.ledger.store import (ARRAY_COLUMNS, EVENT_COLUMNS, ROUND_COLUMNS, RUN_ROWS_SQL, TRANSFER_COLUMNS,  # noqa: E402
+                                    EventRow, bulk_insert, driver_rows)
 from mbiagents.runner import run_scenario  # noqa: E402
 from mbiagents.scenario import parse_scenario  # noqa: E402
 from mbiagents.verify.audit import audit_run  # noqa: E402
@@ -105,16 +106,13 @@ def write_vs_driver(url: str, rounds: int) -> tuple[float, float]:
 
 
 def read_rows(url: str, run_id: str) -> float:
-    """Seconds to read every row of a run through the driver (rounds, events, arrays, transfers)."""
+    """Seconds to read every row of a run through the driver: the four queries ``iter_rounds``
+    streams (rounds, events, arrays, transfers), each row fetched and dropped."""
     ledger = open_ledger(url)
     t0 = time.perf_counter()
     with ledger.engine.connect() as conn:
-        for q in ('select "index", prev_hash, hash from rounds where run_id = :r order by "index"',
-                  "select round_index, seq, kind, agent, payload from events where run_id = :r order by round_index, seq",
-                  "select round_index, name, dtype, shape, data from arrays where run_id = :r order by round_index, name",
-                  "select round_index, id, kind, debit, credit, amount from transfers where run_id = :r "
-                  "order by round_index"):
-            for _ in conn.execution_options(stream_results=True, yield_per=20_000).execute(text(q), {"r": run_id}):
+        for sql in RUN_ROWS_SQL.values():
+            for _ in driver_rows(conn, sql, run_id):
                 pass
     t = time.perf_counter() - t0
     ledger.dispose()

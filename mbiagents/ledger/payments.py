@@ -8,6 +8,7 @@ to zero so that they also settle to exactly zero.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Iterable
 
 import numpy as np
@@ -33,16 +34,28 @@ def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[
 
 def signed_minor_from_transfers(agent_ids: list[str], transfers: Iterable, kind: str) -> np.ndarray:
     """Inverse of ``payment_transfers``: each agent's net payment in minor units."""
-    pos = {agent_account(a): i for i, a in enumerate(agent_ids)}
+    pos = _positions(agent_ids)
     out = np.zeros(len(agent_ids), dtype=np.int64)
-    for _id, k, debit, credit, amount in transfers:
-        if k != kind:
-            continue
-        if debit in pos:
-            out[pos[debit]] += amount
-        if credit in pos:
-            out[pos[credit]] -= amount
+    rows = [t for t in transfers if t[1] == kind]
+    if not rows:
+        return out
+    _, _, debits, credits, amounts = zip(*rows)
+    amount = np.fromiter(amounts, np.int64, len(rows))
+    for accounts, sign in ((debits, 1), (credits, -1)):  # column-wise: no Python step per row
+        at = np.fromiter(map(pos.get, accounts, repeat(-1)), np.int64, len(rows))
+        mine = at >= 0
+        np.add.at(out, at[mine], sign * amount[mine])
     return out
+
+
+_POSITIONS: list = [None, {}]  # the last agent list (kept alive, so identity is safe) and its positions
+
+
+def _positions(agent_ids: list[str]) -> dict[str, int]:
+    """``{agent account: position}``, built once per agent list (the audit asks every round)."""
+    if _POSITIONS[0] is not agent_ids:
+        _POSITIONS[:] = [agent_ids, {agent_account(a): i for i, a in enumerate(agent_ids)}]
+    return _POSITIONS[1]
 
 
 def budget_balanced_payments(payments: np.ndarray) -> np.ndarray:

@@ -49,6 +49,15 @@ def _settle(x, reports, kappa):
     return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
 
 
+@jax.jit
+def _recompute(x, x_prev, reports, kappa):
+    """A logged round recomputed in one jitted call (audit, replay): Clarke payments and
+    outcome at ``x``, the signals at ``x_prev``, and the values ``v_i(x_i)`` under reports."""
+    t, agg, cost, w_rep = _settle(x, reports, kappa)
+    g, _ = _price(x_prev, reports, kappa)
+    return t, agg, cost, w_rep, g, team.values(x, reports)
+
+
 _welfare_rounds = jax.jit(jax.vmap(team.welfare, in_axes=(0, None, None)))
 _values_rounds = jax.jit(jax.vmap(team.values, in_axes=(0, None)))
 
@@ -198,8 +207,7 @@ class TeamMarket(Market):
         reports = _types(logged.payload("reports"))
         x = np.asarray(rec.payload("actions")["x"], np.float64)
         x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
-        t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
-        g, _ = _price(x_prev, reports, self.kappa)
+        t, agg, cost, w_rep, g, values = (np.asarray(v) for v in _recompute(x, x_prev, reports, self.kappa))
         outcome = rec.payload("outcome")
         checks = {
             "signals_recompute": _close(self.agent_ids, np.asarray(rec.payload("signals")["G"], np.float64),
@@ -212,7 +220,7 @@ class TeamMarket(Market):
             "budget_balance": _at_least(self.agent_ids, t, 0.0, "payment t_i"),
         }
         # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
-        u = np.asarray(team.values(x, reports)) - t
+        u = values - t
         netted = self.settlement_interval > 1
         return Recomputed(payments=t, checks=checks, info={"individual_rationality": _at_least(
             self.agent_ids, u, 0.0, "reported utility v_i - t_i")},
