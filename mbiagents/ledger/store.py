@@ -189,7 +189,7 @@ class History(Sequence[RoundRecord]):
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            raise KeyError("a streamed history holds only the newest rounds")
+            return [self[j] for j in range(*i.indices(self._n))]
         j = i + self._n if i < 0 else i
         k = j - (self._n - len(self._recent))
         if not 0 <= j < self._n:

@@ -27,7 +27,6 @@ import numpy as np
 from mechanisms import dpm
 from mechanisms.games import team
 from mechanisms.learning import projected_gradient_norm
-from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled, to_minor_units
 from mbiagents.ledger.payments import minor_transfers
@@ -95,8 +94,6 @@ class TeamMarket(Market):
         self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
         self.index = {a: i for i, a in enumerate(self.agent_ids)}
         g = scenario.game
-        self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
-        self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
         self.settlement_interval = g.settlement_interval
 
     # ---- the round ------------------------------------------------------------------
@@ -118,14 +115,30 @@ class TeamMarket(Market):
         x_next = self.population.act(state["signals"], state["actions"])
         return {"next_actions": x_next}
 
-    # ---- LLM agents -----------------------------------------------------------------
-    def _info(self, agent_id: str) -> TeamAgentInfo:
+    # ---- LLM agents (the LLM layer is imported here, not for policy-only runs or the audit) ----
+    @property
+    def report_bounds(self):
+        from mbiagents.agents.games import Bounds
+
+        return Bounds(lo=1e-9, hi=self.scenario.game.max_report)
+
+    @property
+    def usage_bounds(self):
+        from mbiagents.agents.games import Bounds
+
+        return Bounds(lo=0.0, hi=self.scenario.game.max_usage)
+
+    def _info(self, agent_id: str):
+        from mbiagents.agents.games import TeamAgentInfo
+
         spec = self.scenario.agents[self.index[agent_id]]
         return TeamAgentInfo(agent_id=agent_id, value=spec.value, curvature=spec.curvature, kappa=self.kappa,
                              n_agents=len(self.agent_ids), persona=spec.persona)
 
     async def llm_report(self, llm, agent_id, view):
         """Fallback (documented): the agent's previous accepted report, in round 0 its type."""
+        from mbiagents.agents.games import TeamReport, team_report
+
         i = self.index[agent_id]
         prev = view.get("logged_reports") or view["reports"]
         fallback = TeamReport(value=self.report_bounds.clamp(float(prev["value"][i])),
@@ -135,6 +148,8 @@ class TeamMarket(Market):
 
     async def llm_act(self, llm, agent_id, view):
         """Fallback (documented): keep the current usage."""
+        from mbiagents.agents.games import team_act
+
         i = self.index[agent_id]
         x = view["actions"]
         return await team_act(llm, self._info(agent_id), signal=float(view["signals"][i]), usage=float(x[i]),
