@@ -94,14 +94,34 @@ class PaymentBatch:
         return [TransferRow(k, d, c, m) for _, k, d, c, m in self.id_rows("")]
 
     def id_rows(self, prefix: str) -> list[tuple[str, str, str, str, int]]:
-        """``(id, kind, debit, credit, amount)`` of the non-zero transfers; ids are
-        ``prefix + kind:debit:credit`` (``transfer_id`` with ``prefix = run:round:``)."""
+        """``(id, kind, debit, credit, amount)`` of the non-zero transfers, in id order; ids
+        are ``prefix + kind:debit:credit`` (``transfer_id`` with ``prefix = run:round:``)."""
+        accounts, pays_order, paid_order = _batch_layout(self.agent_ids, self.counterparty)
         minor = np.asarray(self.minor, dtype=np.int64)
-        nz = np.flatnonzero(minor)
-        ids, k, cp = self.agent_ids, self.kind, self.counterparty
-        return [(f"{prefix}{k}:agent:{ids[i]}:{cp}", k, f"agent:{ids[i]}", cp, m) if m > 0 else
-                (f"{prefix}{k}:{cp}:agent:{ids[i]}", k, cp, f"agent:{ids[i]}", -m)
-                for i, m in zip(nz.tolist(), minor[nz].tolist())]
+        k, cp = self.kind, self.counterparty
+        pays = pays_order[minor[pays_order] > 0]  # agent -> counterparty, in id order
+        paid = paid_order[minor[paid_order] < 0]  # counterparty -> agent, in id order
+        rows = [(f"{prefix}{k}:{accounts[i]}:{cp}", k, accounts[i], cp, m)
+                for i, m in zip(pays.tolist(), minor[pays].tolist())]
+        rows += [(f"{prefix}{k}:{cp}:{accounts[i]}", k, cp, accounts[i], -m)
+                 for i, m in zip(paid.tolist(), minor[paid].tolist())]
+        if rows and paid.size and pays.size:
+            rows.sort()  # two sorted runs: one linear merge
+        return rows
+
+
+_LAYOUT: list = [None, None, None]  # (agent list kept alive, counterparty, layout): the last batch's
+
+
+def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Account names of a batch's agents and the two id orders of its transfers (agent ->
+    counterparty, counterparty -> agent), computed once per agent list."""
+    if _LAYOUT[0] is not agent_ids or _LAYOUT[1] != counterparty:
+        accounts = [agent_account(a) for a in agent_ids]
+        pays = np.array(sorted(range(len(accounts)), key=lambda i: f"{accounts[i]}:{counterparty}"), dtype=np.int64)
+        paid = np.array(sorted(range(len(accounts)), key=accounts.__getitem__), dtype=np.int64)
+        _LAYOUT[:] = [agent_ids, counterparty, (accounts, pays, paid)]
+    return _LAYOUT[2]
 
 
 @dataclass
