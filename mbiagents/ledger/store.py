@@ -497,7 +497,9 @@ class Ledger:
         as a record with empty hashes, so the audit sees them.
         """
         with self.engine.connect() as conn:
-            heads, events, transfers, arrays = (driver_rows(conn, RUN_ROWS_SQL[t], run_id) for t in RUN_ROWS_SQL)
+            # batches bound memory, not rounds: an array record of 10^6 agents is 8 MB
+            heads, events, transfers, arrays = (driver_rows(conn, RUN_ROWS_SQL[t], run_id, batch=RUN_ROWS_BATCH[t])
+                                                for t in RUN_ROWS_SQL)
             heads = ((i, [(p, h)]) for i, p, h in heads)
             # transfers come in index order of rounds and are sorted by id within a round here,
             # which spares the database a sort of the whole run
@@ -557,6 +559,7 @@ RUN_ROWS_SQL = {
                  "ORDER BY round_index",
     "arrays": "SELECT round_index, name, dtype, shape, data FROM arrays WHERE run_id = ? ORDER BY round_index, name",
 }
+RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 20_000, "arrays": 4}  # rows per fetch
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
                   'LEFT JOIN rounds ON rounds.run_id = runs.id AND rounds."index" = '
                   '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
