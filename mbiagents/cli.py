@@ -359,7 +359,12 @@ def export(
     try:
         led = open_ledger(ledger, create=False)
         try:
-            summary = export_run(led, run_id, fmt, Path(out_path), trajectories)
+            if trajectories:
+                from mbiagents.replay import export_trajectories
+
+                summary = export_trajectories(led, run_id, fmt, Path(out_path))
+            else:
+                summary = export_run(led, run_id, fmt, Path(out_path))
         finally:
             led.dispose()
     except MbiError as exc:

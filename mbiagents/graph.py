@@ -19,7 +19,7 @@ from langgraph.types import Send
 
 from mbiagents.faults import fault_point
 from mbiagents.ledger.store import Ledger
-from mbiagents.markets.base import Market
+from mbiagents.markets.base import Market, llm_events
 
 
 def merge_llm_answers(old: dict | None, new: dict | None) -> dict:
@@ -30,25 +30,22 @@ def merge_llm_answers(old: dict | None, new: dict | None) -> dict:
 
 
 class RoundState(TypedDict, total=False):
-    """Loop state (numpy arrays and numbers). LangGraph keeps only declared keys: a market
-    that needs more state declares it here (or keeps it under ``extra``)."""
+    """Loop state (numpy arrays, numbers and plain containers: checkpointable).
+
+    The loop's own keys, plus two that belong to the market: ``market``, the market's
+    state across rounds (its ``init_state()``, then each ``Settlement.state``), and
+    ``step``, the record of the round in progress (reports, signals, actions) that
+    ``elicit``, ``price`` and ``act`` build and ``settle`` consumes. Each market declares
+    both as its own ``TypedDict``.
+    """
 
     round: int
     max_rounds: int
-    reports: Any
-    signals: Any
-    residual: float
-    actions: Any
-    next_actions: Any
-    payments: Any
-    logged_reports: Any
-    paid_total: Any
-    operator_cost: float
-    outcome: Any
-    metrics: dict[str, float]
     converged: bool
     last_hash: str
-    extra: dict[str, Any]
+    metrics: dict[str, float]
+    market: Any
+    step: Any
     llm_agents: list[str]
     llm_answers: Annotated[dict, merge_llm_answers]
     llm_usage: dict[str, dict[str, float]]
@@ -65,7 +62,7 @@ class RunContext:
 
 def elicit(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Programmatic agents report their private information (one vectorised call)."""
-    return {**runtime.context.market.elicit(state), "llm_answers": None}
+    return {"step": runtime.context.market.elicit(state), "llm_answers": None}
 
 
 class AgentTask(TypedDict):
@@ -92,7 +89,7 @@ def _fan_out(node: str, after: str):
         agents = state.get("llm_agents") or []
         if not agents:
             return after
-        view = {k: state.get(k) for k in ("round", "reports", "logged_reports", "signals", "actions", "outcome")}
+        view = {"round": state["round"], "step": state.get("step"), "market": state.get("market")}
         return [Send(node, {"agent": a, "state": view}) for a in agents]
 
     route.__name__ = f"fan_out_{node}"
@@ -101,25 +98,26 @@ def _fan_out(node: str, after: str):
 
 def mechanism(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The mechanism turns reports (and current actions) into signals or an outcome."""
-    out = runtime.context.market.price(state)
+    step = runtime.context.market.price(state)
     fault_point("mechanism", state["round"])
-    return out
+    return {"step": step}
 
 
 def act(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Agents act on the mechanism's signals."""
-    return runtime.context.market.act(state)
+    return {"step": runtime.context.market.act(state)}
 
 
 def settle(state: RoundState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Payments and the round's record go to the ledger in one transaction."""
+    """Payments and the round's record (with the LLM agents' answers) go to the ledger in
+    one transaction; the market's ``done`` ends the run."""
     ctx = runtime.context
     s = ctx.market.settle(state)
-    result = ctx.ledger.write_round(ctx.run_id, state["round"], s.events, s.transfers)
+    llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
+    result = ctx.ledger.write_round(ctx.run_id, state["round"], s.events + llm, s.transfers)
     ctx.on_round(state["round"], s.metrics)
-    converged = ctx.market.converged(state)
-    return {**s.updates, "metrics": s.metrics, "last_hash": result.hash, "converged": converged,
-            "round": state["round"] + 1}
+    return {"market": s.state, "metrics": s.metrics, "last_hash": result.hash, "converged": s.done,
+            "llm_usage": usage, "round": state["round"] + 1}
 
 
 def next_round(state: RoundState) -> str:

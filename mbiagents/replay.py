@@ -8,9 +8,14 @@ does) becomes ``Trajectories`` in the agents' account order.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
+from mbiagents.errors import MbiError
+from mbiagents.ledger.export import check_format, open_output
 from mbiagents.ledger.store import Ledger, agent_account
-from mbiagents.trajectories import Trajectories, TrajectoryError, assemble
+from mbiagents.markets import market_of
+from mbiagents.trajectories import Trajectories, TrajectoryError, assemble, write_jsonl
 
 
 def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple[str, Trajectories, dict]:
@@ -38,7 +43,18 @@ def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple
             cells[(logged["episode"], logged["step"], agent)] = action
     if not cells:
         raise TrajectoryError(f"run {run.id} has no actions")
-    from mbiagents.markets import market_of
-
     n_actions = market_of(run).n_actions
     return run.id, assemble(cells, agent_ids, n_actions, f"run {run.id}"), scenario
+
+
+def export_trajectories(ledger: Ledger, run_id: str | None, fmt: str, out: Path) -> dict[str, Any]:
+    """``mbi export --trajectories``: the run's discrete actions as trajectory JSONL;
+    returns ``{"run_id", "format", "files", "actions"}``."""
+    check_format(fmt)
+    run = ledger.get_run(run_id)
+    if fmt != "jsonl":
+        raise MbiError("--trajectories writes JSONL: use --format jsonl")
+    _, traj, _ = trajectories_from_ledger(ledger, run.id)
+    with open_output(out) as fh:
+        write_jsonl(traj, fh)
+    return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": int(traj.actions.size)}

@@ -21,6 +21,7 @@ from mbiagents.graph import NODES_PER_ROUND, RunContext, build_graph
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets import Market, build_market, market_of
+from mbiagents.markets.base import ledger_paid
 from mbiagents.scenario import ScenarioBase
 
 OnRound = Callable[[int, dict[str, float]], None]
@@ -66,9 +67,8 @@ def run_scenario(
     ledger = open_ledger(ledger_url)
     meta = scenario.scenario
     run_id = ledger.create_run(name=meta.name, game=meta.game, mechanism=meta.mechanism, seed=meta.seed,
-                               scenario=scenario.model_dump(mode="json"), agent_ids=market.agent_ids,
-                               extra_accounts=market.extra_accounts())
-    state = {"round": 0, "max_rounds": rounds or meta.rounds, "converged": False, **market.initial_state()}
+                               scenario=scenario.model_dump(mode="json"), agent_ids=market.agent_ids)
+    state = initial_state(market, rounds or meta.rounds)
     return _drive(market, ledger, run_id, state, on_round,
                   checkpoint and llm_settings is None and market.checkpointable, llm_settings=llm_settings)
 
@@ -90,8 +90,23 @@ def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound 
     if not market.checkpointable:
         ledger.dispose()
         raise LedgerError(f"run {run_id} ({run.game}, {run.mechanism}) keeps no checkpoints: it cannot be resumed")
-    state = {"round": 0, "max_rounds": market.scenario.scenario.rounds, "converged": False, **market.initial_state()}
+    state = initial_state(market, market.scenario.scenario.rounds)
     return _drive(market, ledger, run_id, state, on_round, True, resume=True)
+
+
+def initial_state(market: Market, max_rounds: int) -> dict[str, Any]:
+    """The loop state before round 0: the loop's keys and the market's ``init_state()``."""
+    return {"round": 0, "max_rounds": max_rounds, "converged": False, "market": market.init_state(),
+            "llm_agents": market.llm_agent_ids, "llm_usage": {}}
+
+
+def summarise(market: Market, ledger: Ledger, run_id: str, final: dict[str, Any]) -> dict[str, Any]:
+    """The market's summary of the final state, its money read from the ledger's balances,
+    with each LLM agent's usage."""
+    summary = market.summary(final, ledger_paid(market.agent_ids, ledger.balances(run_id)))
+    for aid, usage in (final.get("llm_usage") or {}).items():
+        summary["agents"][aid]["llm"] = usage
+    return summary
 
 
 def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], on_round: OnRound | None,
@@ -116,8 +131,8 @@ def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], o
         ledger.finish_run(run_id, "failed")
         raise
     ledger.finish_run(run_id, "completed")
-    result = RunResult(run_id, final["round"], bool(final["converged"]), market.summary(final), ledger.url, resume,
-                       market.summary_columns)
+    result = RunResult(run_id, final["round"], bool(final["converged"]), summarise(market, ledger, run_id, final),
+                       ledger.url, resume, market.summary_columns)
     ledger.dispose()
     return result
 

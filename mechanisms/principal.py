@@ -197,6 +197,19 @@ class Trace(NamedTuple):
     transfer_paid: Array
 
 
+def agent_round(
+    ast: QAgentState, s: Array, menu: Array, key: Array, mdp: pm.PrincipalMDP, eps0: float
+) -> tuple[Array, Array, Array, QAgentState]:
+    """The agent's round on the posted ``menu``: act (epsilon-greedy), earn its private
+    reward, move the MDP, learn. Returns ``(a, r, s_next, next agent state)``; ``key`` is
+    the round's key, split three ways (act, reward, move) as in ``simulate``."""
+    k_act, k_rew, k_next = jax.random.split(key, 3)
+    a = q_agent_act(ast, s, menu, k_act, eps0)
+    r = pm.agent_reward(mdp, s, a, k_rew)
+    s_next = pm.transition(mdp, s, a, k_next)
+    return a, r, s_next, q_agent_update(ast, s, a, r, s_next)
+
+
 def simulate(
     mdp: pm.PrincipalMDP, key: Array, horizon: int, cfg: TwoPhaseConfig, mode: str = "two_phase", eps0: float = 1.0
 ) -> Trace:
@@ -213,12 +226,8 @@ def simulate(
 
     def body(carry, k):
         s, pst, ast = carry
-        k_act, k_rew, k_next = jax.random.split(k, 3)
         menu = principal_transfers(pst, cfg) if mode != "none" else jnp.zeros((n_states, n_actions))
-        a = q_agent_act(ast, s, menu, k_act, eps0)
-        r = pm.agent_reward(mdp, s, a, k_rew)
-        s_next = pm.transition(mdp, s, a, k_next)
-        ast = q_agent_update(ast, s, a, r, s_next)
+        a, _, s_next, ast = agent_round(ast, s, menu, k, mdp, eps0)
         pst = principal_update(pst, s, a, model, cfg) if mode == "two_phase" else pst
         return (s_next, pst, ast), Trace(s, a, pm.welfare(mdp, s, a), menu[s, a])
 

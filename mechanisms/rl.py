@@ -63,6 +63,26 @@ def reinforce_gradient(
     return (reward - baseline) * eps / sigma, reward
 
 
+def reinforce_round(
+    state: ReinforceState,
+    types: team.TeamTypes,
+    kappa: float,
+    optimizer: optax.GradientTransformation,
+    sigma: float,
+    baseline_rate: float = 0.05,
+) -> tuple[Array, Array, ReinforceState]:
+    """One round of independent REINFORCE on the team reward (all agents at once, O(N)):
+    the joint sample ``x = max(0, mu + sigma eps)`` played, the team reward ``R = W(x)``
+    and the learners' next state."""
+    key, sub = jax.random.split(state.key)
+    x = jnp.maximum(0.0, state.mu + sigma * jax.random.normal(sub, state.mu.shape))  # the sample the gradient uses
+    ascent, reward = reinforce_gradient(state.mu, state.baseline, types, kappa, sigma, sub)
+    updates, opt_state = optimizer.update(-ascent, state.opt_state, state.mu)  # optax minimises
+    mu = jnp.maximum(0.0, optax.apply_updates(state.mu, updates))
+    baseline = state.baseline + baseline_rate * (reward - state.baseline)
+    return x, reward, ReinforceState(mu, baseline, opt_state, key, state.rounds + 1, team.welfare(mu, types, kappa))
+
+
 def reinforce_step(
     state: ReinforceState,
     types: team.TeamTypes,
@@ -71,13 +91,8 @@ def reinforce_step(
     sigma: float,
     baseline_rate: float = 0.05,
 ) -> ReinforceState:
-    """One round of independent REINFORCE on the team reward (all agents at once, O(N))."""
-    key, sub = jax.random.split(state.key)
-    ascent, reward = reinforce_gradient(state.mu, state.baseline, types, kappa, sigma, sub)
-    updates, opt_state = optimizer.update(-ascent, state.opt_state, state.mu)  # optax minimises
-    mu = jnp.maximum(0.0, optax.apply_updates(state.mu, updates))
-    baseline = state.baseline + baseline_rate * (reward - state.baseline)
-    return ReinforceState(mu, baseline, opt_state, key, state.rounds + 1, team.welfare(mu, types, kappa))
+    """One round of independent REINFORCE: the next state of ``reinforce_round``."""
+    return reinforce_round(state, types, kappa, optimizer, sigma, baseline_rate)[2]
 
 
 def reinforce_until(

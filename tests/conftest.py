@@ -54,3 +54,25 @@ def drop_append_only_triggers(engine) -> None:
                     conn.execute(text(f"drop trigger if exists {table}_no_{action} on {table}"))
                 else:
                     conn.execute(text(f"drop trigger if exists {table}_no_{action}"))
+
+
+def example_scenarios(policy_only: bool = False) -> dict[tuple[str, str], dict]:
+    """One example scenario mapping per registered ``(game, mechanism)`` (the first example
+    file naming it; for a pair no example names, a scenario of its game under that
+    mechanism). ``policy_only``: skip examples with LLM agents."""
+    import tomllib
+
+    from mbiagents.scenario import REGISTRY
+
+    out: dict[tuple[str, str], dict] = {}
+    for path in sorted(EXAMPLES.glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        if policy_only and any(a.get("backend") == "llm" for a in data.get("agents", [])):
+            continue
+        meta = data["scenario"]
+        out.setdefault((meta["game"], meta["mechanism"]), data)
+    for game, mechanism in REGISTRY:
+        if (game, mechanism) not in out:
+            donor = next(d for (g, _), d in out.items() if g == game)
+            out[(game, mechanism)] = {**donor, "scenario": {**donor["scenario"], "mechanism": mechanism}}
+    return out

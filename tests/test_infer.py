@@ -175,11 +175,10 @@ def test_tolling_scenario_validation(tmp_path):
 def test_logit_q_population_resets_each_episode():
     sc = load_scenario(TOLLING)
     m = build_market(sc)
-    state = {"round": 0, **m.initial_state()}
-    state["extra"] = {**state["extra"], "q": np.ones((len(m.agent_ids), m.n_actions))}
-    assert np.all(m.act(state)["extra"]["q"] == 0)  # round 0 starts an episode
+    state = {"round": 0, "market": {**m.init_state(), "q": np.ones((len(m.agent_ids), m.n_actions))}, "step": {}}
+    assert np.all(m.act(state)["q"] == 0)  # round 0 starts an episode
     state["round"] = 1
-    assert np.all(m.act(state)["extra"]["q"] == 1)
+    assert np.all(m.act(state)["q"] == 1)
     a1, a2 = m.population.act(np.zeros((6, 4)), 5), m.population.act(np.zeros((6, 4)), 5)
     np.testing.assert_array_equal(a1, a2)  # seeded per run and round
 

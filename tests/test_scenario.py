@@ -124,3 +124,19 @@ def test_import_scenario_loads_no_llm_sdk_and_no_jax():
             "print(sorted(m for m in ('openai', 'jax', 'mbiagents.agents', 'mbiagents.markets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_public_surfaces_are_lazy_and_complete():
+    """``import mbiagents`` loads nothing heavy; every exported name resolves; the
+    mechanisms' exports resolve without shadowing a submodule."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mbiagents, mechanisms; "
+            "heavy = sorted(m for m in ('openai', 'langgraph', 'sqlalchemy', 'mbiagents.markets', 'mechanisms.dpm') "
+            "if m in sys.modules); "
+            "[getattr(mbiagents, n) for n in mbiagents.__all__]; [getattr(mechanisms, n) for n in mechanisms.__all__]; "
+            "from mechanisms import vcg, dpm; assert type(vcg).__name__ == 'module' and type(dpm).__name__ == 'module'; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

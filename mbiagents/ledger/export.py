@@ -12,8 +12,9 @@ Formats (documented in the README):
   ``round`` record with the round's hashes.
 - ``--trajectories`` (jsonl only): the trajectory JSONL of ``mbiagents.trajectories``
   (``{"n_actions": A}``, then one ``{"episode", "step", "agent", "action"}`` per agent per
-  step), built by ``mbiagents.replay.trajectories_from_ledger``. Only for markets whose
-  actions are discrete (the congestion market).
+  step), written by ``mbiagents.replay.export_trajectories`` (the ledger only stores and
+  streams rows; it knows no market). Only for markets whose actions are discrete (the
+  congestion market).
 
 Rows are streamed round by round; a run of 10^6 transfers never sits in memory at once
 (except for Parquet, whose writer takes one round group per round).
@@ -58,24 +59,18 @@ def jsonl_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
         yield {"record": "round", "run_id": run.id, "round": r.index, "prev_hash": r.prev_hash, "hash": r.hash}
 
 
-def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, trajectories: bool = False) -> dict[str, Any]:
-    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``."""
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise MbiError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    run = ledger.get_run(run_id)
-    if trajectories:
-        if fmt != "jsonl":
-            raise MbiError("--trajectories writes JSONL: use --format jsonl")
-        from mbiagents.replay import trajectories_from_ledger
-        from mbiagents.trajectories import write_jsonl
 
-        _, traj, _ = trajectories_from_ledger(ledger, run.id)
-        with _open(out) as fh:
-            write_jsonl(traj, fh)
-        return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": int(traj.actions.size)}
+
+def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path) -> dict[str, Any]:
+    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``."""
+    check_format(fmt)
+    run = ledger.get_run(run_id)
     counts = {"transfers": 0, "events": 0}
     if fmt == "jsonl":
-        with _open(out) as fh:
+        with open_output(out) as fh:
             for rec in jsonl_records(ledger, run.id):
                 counts[rec["record"] + "s"] = counts.get(rec["record"] + "s", 0) + 1
                 fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -141,7 +136,7 @@ def _mkdir(out: Path) -> None:
         raise MbiError(f"cannot create output folder {out}: {exc.strerror}") from None
 
 
-def _open(out: Path):
+def open_output(out: Path):
     try:
         return open(out, "w", encoding="utf-8")
     except OSError as exc:

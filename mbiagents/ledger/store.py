@@ -172,66 +172,6 @@ class RoundRecord:
         return canonical_json({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in value.items()})
 
 
-class History(Sequence[RoundRecord]):
-    """The rounds of a run seen so far, as ``Market.recompute`` reads them, in constant memory.
-
-    Holds the last two rounds in full and, per round-level event kind, the last round
-    that logged it (``last_logged``): what a market needs to recompute the newest round
-    (its actions, the previous round's, the reports in force). Older rounds are not held;
-    indexing one raises ``KeyError`` (the audit reports it as a round it cannot recompute).
-    """
-
-    def __init__(self) -> None:
-        self._n = 0
-        self._recent: list[RoundRecord] = []
-        self._last: dict[str, RoundRecord] = {}
-
-    def append(self, r: RoundRecord) -> None:
-        self._recent = [*self._recent[-1:], r]
-        self._n += 1
-        for _, kind, agent, _ in r.events:
-            if agent is None:
-                self._last[kind] = r
-
-    def strip_transfers(self) -> None:
-        """Drop the newest round's transfers once they are checked (the rest is kept)."""
-        r = self._recent[-1]
-        self._recent[-1] = RoundRecord(r.index, r.prev_hash, r.hash, r.events, [], r.arrays, r._parsed)
-        for kind, rec in self._last.items():
-            if rec is r:
-                self._last[kind] = self._recent[-1]
-
-    def last_logged(self, kind: str) -> RoundRecord | None:
-        return self._last.get(kind)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        j = i + self._n if i < 0 else i
-        k = j - (self._n - len(self._recent))
-        if not 0 <= j < self._n:
-            raise IndexError(i)
-        if k < 0:
-            raise KeyError(f"round {j} is no longer held by the streamed history")
-        return self._recent[k]
-
-
-def last_logged(rounds: Sequence[RoundRecord], index: int, kind: str) -> RoundRecord | None:
-    """The latest round at or before ``index`` that logged the round-level event ``kind``.
-
-    O(1) on a streamed ``History`` (audit, replay), a backward scan on a plain list.
-    """
-    if isinstance(rounds, History) and index == len(rounds) - 1:
-        return rounds.last_logged(kind)
-    for j in range(index, -1, -1):
-        if any(k == kind and a is None for _, k, a, _ in rounds[j].events):
-            return rounds[j]
-    return None
-
-
 ARRAY_SEP = "."
 ARRAY_KINDS = "fiub"  # float, signed and unsigned integer, bool: the dtypes an array record may hold
 

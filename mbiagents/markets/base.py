@@ -1,25 +1,50 @@
-"""The Market interface between the round loop, the mechanisms and the ledger."""
+"""The contract between the round loop, the mechanisms and the ledger: small protocols.
+
+A market is four small protocols over explicit state (the shape of optax: records of
+functions, state passed in and returned, never hidden in the object):
+
+- ``RoundSteps`` (the loop, ``mbiagents.graph``): ``init_state() -> S``;
+  ``elicit(state) -> step``, ``price(state) -> step``, ``act(state) -> step`` build the
+  round's record ``state["step"]``; ``settle(state) -> Settlement`` returns the events,
+  the transfers, the market's next state ``S`` and ``done`` (converged), decided where
+  the convergence figure is computed;
+- ``AuditSteps`` (``mbiagents.verify``): ``audit_init() -> A`` and
+  ``audit_round(a, record) -> (a, Recomputed)`` fold over the logged rounds; whatever a
+  round's recomputation needs from earlier rounds travels in ``A``;
+- ``Presentation`` (``mbi run``, ``mbi report``): ``summary(state, paid)`` with the money
+  each agent paid as the ledger holds it, and ``report_data(rounds)``;
+- ``LLMSteps`` (one LangGraph ``Send`` per LLM agent): ``llm_report``, ``llm_act``.
+
+``S`` and the step record are each market's own ``TypedDict`` of numpy arrays and
+numbers, so the LangGraph checkpointer stores them (a market whose state holds JAX
+records says ``checkpointable = False``).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from mbiagents.ledger.store import TREASURY, EventRow, PaymentBatch, RoundRecord, TransferRow
+from mbiagents.ledger.money import from_minor_units
+from mbiagents.ledger.store import EventRow, PaymentBatch, RoundRecord, TransferRow, agent_account
 from mbiagents.scenario import ScenarioBase
+
+S = TypeVar("S")  # a market's own state (a TypedDict)
+A = TypeVar("A")  # a market's audit state
 
 
 @dataclass
-class Settlement:
-    """What a round leaves in the ledger, plus the figures the loop reports."""
+class Settlement(Generic[S]):
+    """What a round leaves in the ledger, the market's next state and whether it is done."""
 
     events: list[EventRow]
     transfers: list[TransferRow | PaymentBatch]
+    state: S
+    done: bool = False  # the run converged with this round (its stopping figure met the tolerance)
     metrics: dict[str, float] = field(default_factory=dict)
-    updates: dict[str, Any] = field(default_factory=dict)  # state keys the settlement changes
 
 
 @dataclass
@@ -32,6 +57,18 @@ class Recomputed:
     #: the round's logged payment vector, set by a market that nets payments over
     #: ``Market.settlement_interval`` rounds (its transfers settle the sum of several rounds)
     logged_payments: np.ndarray | None = None
+
+
+def ledger_paid(agent_ids: list[str], balances: dict[str, int]) -> np.ndarray:
+    """What each agent paid over the run, in units, from the ledger's balances (the one
+    source of truth for money: ``-balance`` of its account, exact to the minor unit)."""
+    return np.asarray(from_minor_units(np.array([-balances.get(agent_account(a), 0) for a in agent_ids],
+                                                np.int64)), np.float64)
+
+
+def converged_below(residual: float, tolerance: float) -> bool:
+    """The stopping rule of a residual: done once it is at most the scenario's tolerance."""
+    return bool(residual <= tolerance)
 
 
 def welfare_gap(welfare: float, optimum: float) -> float:
@@ -62,11 +99,53 @@ def llm_events(answers: dict[str, Any], usage: dict[str, dict[str, float]] | Non
     return events, usage
 
 
-class Market(ABC):
-    """A game + mechanism + agents. Nodes of the round loop call these methods.
+class RoundSteps(Protocol[S]):
+    """The round as the loop runs it: elicit -> mechanism (``price``) -> act -> settle."""
 
-    State is a plain dict of numpy arrays and numbers (checkpointable); methods return the
-    keys they update.
+    def init_state(self) -> S: ...
+    def elicit(self, state: dict[str, Any]) -> dict[str, Any]: ...
+    def price(self, state: dict[str, Any]) -> dict[str, Any]: ...
+    def act(self, state: dict[str, Any]) -> dict[str, Any]: ...
+    def settle(self, state: dict[str, Any]) -> Settlement[S]: ...
+
+
+class AuditSteps(Protocol[A]):
+    """Recomputing logged rounds in order: ``a = audit_init()``, then per round
+    ``a, recomputed = audit_round(a, record)``."""
+
+    agent_ids: list[str]
+    payment_kind: str
+    settlement_interval: int  # rounds one netted settlement covers (1: every round settles)
+
+    def required_events(self, index: int) -> tuple[str, ...]: ...
+    def audit_init(self) -> A: ...
+    def audit_round(self, a: A, record: RoundRecord) -> tuple[A, Recomputed]: ...
+
+
+class Presentation(Protocol):
+    """What ``mbi run`` prints and ``mbi report`` plots."""
+
+    summary_columns: tuple[str, ...]
+
+    def summary(self, state: dict[str, Any], paid: np.ndarray) -> dict[str, Any]: ...
+    def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]: ...
+
+
+class LLMSteps(Protocol):
+    """The LLM agents' steps, one ``Send`` each (``view``: the round, the step record and
+    the market state)."""
+
+    llm_agent_ids: list[str]
+
+    async def llm_report(self, llm: Any, agent_id: str, view: dict[str, Any]) -> Any: ...
+    async def llm_act(self, llm: Any, agent_id: str, view: dict[str, Any]) -> Any: ...
+
+
+class Market(ABC, Generic[S, A]):
+    """A game + mechanism + agents: the four protocols above, over one scenario.
+
+    Subclasses implement ``init_state``, the round steps, ``settle``, ``audit_init``,
+    ``audit_round`` and ``summary``; the LLM steps only when the game has LLM agents.
     """
 
     game: str
@@ -76,8 +155,8 @@ class Market(ABC):
     summary_columns: tuple[str, ...] = ("action", "incentive", "payment", "utility", "total_paid")
     #: True when the mechanism's schedule depends on the horizon (``--rounds`` is then stored)
     schedules_by_horizon: bool = False
-    #: False when the market keeps state the LangGraph checkpointer cannot serialise (JAX
-    #: records under ``extra``): its runs keep no checkpoint and cannot be resumed
+    #: False when the market's state holds records the LangGraph checkpointer cannot
+    #: serialise (JAX pytrees): its runs keep no checkpoint and cannot be resumed
     checkpointable: bool = True
     #: rounds whose payments one settlement nets (one transfer per agent per interval)
     settlement_interval: int = 1
@@ -90,25 +169,42 @@ class Market(ABC):
     def mechanism(self) -> str:
         return self.scenario.scenario.mechanism
 
-    @abstractmethod
-    def initial_state(self) -> dict[str, Any]: ...
+    @property
+    def tolerance(self) -> float:
+        return self.scenario.scenario.tolerance
 
+    # ---- RoundSteps -----------------------------------------------------------------------
     @abstractmethod
-    def elicit(self, state: dict[str, Any]) -> dict[str, Any]: ...
+    def init_state(self) -> S: ...
+
+    def elicit(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The round's reports (default: nothing is reported)."""
+        return {}
 
     @abstractmethod
     def price(self, state: dict[str, Any]) -> dict[str, Any]: ...
 
-    @abstractmethod
-    def act(self, state: dict[str, Any]) -> dict[str, Any]: ...
+    def act(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The agents' actions on the signals (default: the step record unchanged)."""
+        return state["step"]
 
     @abstractmethod
-    def settle(self, state: dict[str, Any]) -> Settlement: ...
+    def settle(self, state: dict[str, Any]) -> Settlement[S]: ...
 
-    def converged(self, state: dict[str, Any]) -> bool:
-        return False
+    # ---- AuditSteps -----------------------------------------------------------------------
+    def required_events(self, index: int) -> tuple[str, ...]:
+        """Event kinds every complete round must hold."""
+        return ()
 
-    # ---- LLM agents (one Send each; see mbiagents.graph) -------------------------------
+    def audit_init(self) -> A:
+        """The audit state before round 0 (default: none; rounds recompute on their own)."""
+        return None  # type: ignore[return-value]
+
+    @abstractmethod
+    def audit_round(self, a: A, record: RoundRecord) -> tuple[A, Recomputed]:
+        """Recompute the logged round ``record`` given what earlier rounds left in ``a``."""
+
+    # ---- LLMSteps -------------------------------------------------------------------------
     @property
     def llm_agent_ids(self) -> list[str]:
         return [a.id for a in self.scenario.agents if getattr(a, "backend", "policy") == "llm"]
@@ -119,22 +215,11 @@ class Market(ABC):
     async def llm_act(self, llm: Any, agent_id: str, view: dict[str, Any]) -> Any:
         raise NotImplementedError(f"game {self.game!r} has no LLM act step")
 
+    # ---- Presentation ---------------------------------------------------------------------
     @abstractmethod
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        """Recompute round ``rounds[index]`` from the logged rows of it and earlier rounds."""
-
-    @abstractmethod
-    def summary(self, state: dict[str, Any]) -> dict[str, Any]: ...
-
-    def required_events(self, index: int) -> tuple[str, ...]:
-        """Event kinds every complete round must hold."""
-        return ()
-
-    def extra_accounts(self) -> tuple[str, ...]:
-        return ()
-
-    def treasury(self) -> str:
-        return TREASURY
+    def summary(self, state: dict[str, Any], paid: np.ndarray) -> dict[str, Any]:
+        """The run's summary from the final loop state; ``paid``: what each agent paid over
+        the run (units), read from the ledger's balances (``ledger_paid``)."""
 
     # ---- reports (``mbi report``) ---------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ recomputes every transfer; the logged actions are the trajectories ``mbi infer``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import numpy as np
@@ -61,7 +61,22 @@ def optimal_cost(n_agents: int, c1: np.ndarray, c2: np.ndarray) -> float:
     return float(route_costs(loads, c1, c2).sum())
 
 
-class CongestionMarket(Market):
+class LearnersQ(TypedDict):
+    """Across rounds: the learners' ``Q`` tables, the last actions, payments and payoffs."""
+
+    q: np.ndarray
+    actions: np.ndarray
+    payments: np.ndarray
+    payoffs: np.ndarray
+
+
+class RouteStep(TypedDict, total=False):
+    signals: np.ndarray  # the posted tolls
+    q: np.ndarray  # Q this round acts on (reset at an episode's start)
+    next_actions: np.ndarray
+
+
+class CongestionMarket(Market[LearnersQ, None]):
     game = "congestion"
     payment_kind = "toll"
 
@@ -78,73 +93,68 @@ class CongestionMarket(Market):
         self._counterfactual = jax.jit(mech.counterfactual)
 
     # ---- the round ------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> LearnersQ:
         n = len(self.agent_ids)
-        return {"actions": np.zeros(n, np.int64), "paid_total": np.zeros(n), "llm_agents": [],
-                "extra": {"q": self.population.reset()}}
+        return LearnersQ(q=self.population.reset(), actions=np.zeros(n, np.int64), payments=np.zeros(n),
+                         payoffs=np.zeros(n))
 
-    def elicit(self, state):
-        return {}
+    def price(self, state) -> RouteStep:
+        return RouteStep(signals=self.tolls)
 
-    def price(self, state):
-        return {"signals": self.tolls}
-
-    def act(self, state):
+    def act(self, state) -> RouteStep:
         r = state["round"]
-        extra = dict(state["extra"])
-        if r % self.episode_length == 0:
-            extra["q"] = self.population.reset()
-        return {"next_actions": self.population.act(extra["q"], r), "extra": extra}
+        q = self.population.reset() if r % self.episode_length == 0 else state["market"]["q"]
+        return {**state["step"], "q": q, "next_actions": self.population.act(q, r)}
 
-    def settle(self, state) -> Settlement:
-        r = state["round"]
-        a = np.asarray(state["next_actions"], np.int64)
+    def settle(self, state) -> Settlement[LearnersQ]:
+        r, step = state["round"], state["step"]
+        a = np.asarray(step["next_actions"], np.int64)
         t = toll_payments(a, self.tolls)
         loads = np.bincount(a, minlength=self.n_actions)
         welfare = -float(route_costs(loads, self.c1, self.c2).sum())
         u_cf = np.asarray(self._counterfactual(self.true_params, a))
-        extra = dict(state["extra"])
-        extra["q"] = self.population.learn(extra["q"], u_cf)
-        extra["payoffs"] = u_cf[np.arange(len(a)), a]
-        episode, step = divmod(r, self.episode_length)
+        episode, step_index = divmod(r, self.episode_length)
         events = [
-            EventRow("actions", {"episode": episode, "step": step, "a": a.tolist()}),
+            EventRow("actions", {"episode": episode, "step": step_index, "a": a.tolist()}),
             EventRow("payments", {"t": t.tolist()}),
             EventRow("outcome", {"loads": loads.tolist(), "welfare": welfare}),
         ]
         return Settlement(
             events=events,
             transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
+            state=LearnersQ(q=self.population.learn(step["q"], u_cf), actions=a, payments=t,
+                            payoffs=u_cf[np.arange(len(a)), a]),
             metrics={"welfare": welfare},
-            updates={"actions": a, "payments": t, "paid_total": state["paid_total"] + t, "extra": extra},
         )
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("actions", "payments", "outcome")
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        logged = rounds[index].payload("actions")
+    def audit_round(self, a_: None, rec: RoundRecord) -> tuple[None, Recomputed]:
+        """Tolls are a function of the round's logged actions alone (no audit state)."""
+        logged = rec.payload("actions")
         a = np.asarray(logged["a"], np.int64)
         ok = (len(a) == len(self.agent_ids) and bool(np.all((a >= 0) & (a < self.n_actions)))
-              and (logged["episode"], logged["step"]) == divmod(rounds[index].index, self.episode_length))
+              and (logged["episode"], logged["step"]) == divmod(rec.index, self.episode_length))
         if not ok:
-            return Recomputed(payments=np.zeros(len(self.agent_ids)), checks={
+            return None, Recomputed(payments=np.zeros(len(self.agent_ids)), checks={
                 "actions_valid": (False, f"actions {logged!r} out of range or misnumbered")})
-        return Recomputed(payments=toll_payments(a, self.tolls), checks={"actions_valid": (True, "")})
+        return None, Recomputed(payments=toll_payments(a, self.tolls), checks={"actions_valid": (True, "")})
 
     # ---- summary --------------------------------------------------------------------
-    def summary(self, state) -> dict[str, Any]:
-        a = np.asarray(state["actions"], np.int64)
-        t = settled(state.get("payments", np.zeros(len(a))))
-        payoffs = np.asarray(state["extra"].get("payoffs", np.zeros(len(a))))  # toll included
+    def summary(self, state, paid) -> dict[str, Any]:
+        ms = state["market"]
+        a = np.asarray(ms["actions"], np.int64)
+        t = settled(ms["payments"])
+        payoffs = np.asarray(ms["payoffs"])  # toll included
         loads = np.bincount(a, minlength=self.n_actions)
         w = -float(route_costs(loads, self.c1, self.c2).sum())
         w_star = -optimal_cost(len(a), self.c1, self.c2)
         agents = {
             aid: {"action": int(a[i]), "payment": float(t[i]), "utility": float(payoffs[i]),
                   "value": float(payoffs[i] + t[i]),
-                  "total_paid": float(settled(state["paid_total"][i]))}
+                  "total_paid": float(paid[i])}
             for i, aid in enumerate(self.agent_ids)
         }
         return {

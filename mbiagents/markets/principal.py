@@ -33,7 +33,7 @@ learner on the same randomness (``pr.simulate(mode="none")``).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import numpy as np
@@ -50,14 +50,7 @@ def _menu(pst, cfg):
     return pr.principal_transfers(pst, cfg)
 
 
-@partial(jax.jit, static_argnames=("eps0",))
-def _agent(ast, s, menu, key, mdp, eps0):
-    """The agent's round, exactly as in ``pr.simulate``: act, private reward, move, learn."""
-    k_act, k_rew, k_next = jax.random.split(key, 3)
-    a = pr.q_agent_act(ast, s, menu, k_act, eps0)
-    r = pm.agent_reward(mdp, s, a, k_rew)
-    s_next = pm.transition(mdp, s, a, k_next)
-    return a, r, s_next, pr.q_agent_update(ast, s, a, r, s_next)
+_agent = jax.jit(pr.agent_round, static_argnames=("eps0",))  # the agent's round, as in pr.simulate
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -78,11 +71,36 @@ def _slope(regret_curve: np.ndarray) -> float | None:
     return pr.regret_exponent(ts, r)
 
 
-class PrincipalMarket(Market):
+class PrincipalState(TypedDict):
+    """Across rounds (JAX records: not checkpointable): the MDP state ``s``, the principal
+    and the agent, each round's welfare (a buffer of the horizon), the last action and payment."""
+
+    s: int
+    pst: pr.PrincipalState
+    ast: pr.QAgentState
+    welfare: np.ndarray
+    actions: np.ndarray
+    payments: np.ndarray
+
+
+class PrincipalStep(TypedDict, total=False):
+    signals: Any  # the posted menu tau[s, a]
+    a: int
+    reward: float
+    s_next: int
+    ast: pr.QAgentState  # the agent after learning
+
+
+class PrincipalAudit(TypedDict):
+    pst: pr.PrincipalState  # the schedule replayed from the logged (s, a) of earlier rounds
+    s_next: int  # the state the previous round logged it moved to
+
+
+class PrincipalMarket(Market[PrincipalState, PrincipalAudit]):
     game = "principal-mdp"
     payment_kind = "transfer"
     schedules_by_horizon = True  # the two-phase schedule (epoch length, bisection) is planned for T
-    checkpointable = False  # PrincipalState / QAgentState records under extra
+    checkpointable = False  # PrincipalState / QAgentState records in the market state
 
     def __init__(self, scenario):
         super().__init__(scenario)
@@ -93,7 +111,6 @@ class PrincipalMarket(Market):
         self.eps0 = float(g.eps0)
         self.key = jax.random.PRNGKey(scenario.scenario.seed)
         self._keys = None
-        self._audit: tuple[int, Any] | None = None  # (next round, principal state) of the audit replay
 
     @property
     def keys(self):
@@ -106,92 +123,82 @@ class PrincipalMarket(Market):
         return pr.principal_init(n_s, n_a, self.cfg)
 
     # ---- the round ------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> PrincipalState:
         n_s, n_a = self.mdp.reward.shape
-        return {"reports": None, "actions": np.zeros(1), "paid_total": np.zeros(1),
-                "extra": {"s": 0, "pst": self._init_principal(), "ast": pr.q_agent_init(n_s, n_a),
-                          "welfare": np.zeros(self.horizon), "transfers": 0.0}}
+        return PrincipalState(s=0, pst=self._init_principal(), ast=pr.q_agent_init(n_s, n_a),
+                              welfare=np.zeros(self.horizon), actions=np.zeros(1), payments=np.zeros(1))
 
-    def elicit(self, state):
-        return {}
+    def price(self, state) -> PrincipalStep:
+        return PrincipalStep(signals=_menu(state["market"]["pst"], self.cfg))
 
-    def price(self, state):
-        return {"signals": _menu(state["extra"]["pst"], self.cfg)}
-
-    def act(self, state):
-        ex, t = state["extra"], state["round"]
-        a, r, s_next, ast = _agent(ex["ast"], ex["s"], state["signals"], self.keys[t], self.mdp, self.eps0)
+    def act(self, state) -> PrincipalStep:
+        ms, t, step = state["market"], state["round"], state["step"]
+        a, r, s_next, ast = _agent(ms["ast"], ms["s"], step["signals"], self.keys[t], self.mdp, self.eps0)
         a, r, s_next = jax.device_get((a, r, s_next))
-        return {"next_actions": {"a": int(a), "reward": float(r), "s_next": int(s_next), "ast": ast}}
+        return {**step, "a": int(a), "reward": float(r), "s_next": int(s_next), "ast": ast}
 
-    def settle(self, state) -> Settlement:
-        ex, t, nxt = state["extra"], state["round"], state["next_actions"]
-        s, a = ex["s"], nxt["a"]
-        paid, w, pst = _principal(ex["pst"], s, a, state["signals"], self.mdp, self.cfg)
+    def settle(self, state) -> Settlement[PrincipalState]:
+        ms, t, step = state["market"], state["round"], state["step"]
+        s, a = ms["s"], step["a"]
+        paid, w, pst = _principal(ms["pst"], s, a, step["signals"], self.mdp, self.cfg)
         paid, w = (float(v) for v in jax.device_get((paid, w)))
-        welfare = ex["welfare"]
+        welfare = ms["welfare"]
         welfare[t] = w  # preallocated per-run buffer (the summary's regret curve)
         events = [
-            EventRow("menu", {"tau": np.asarray(state["signals"]).tolist()}),
-            EventRow("step", {"s": int(s), "a": a, "s_next": nxt["s_next"], "reward": nxt["reward"]}),
+            EventRow("menu", {"tau": np.asarray(step["signals"]).tolist()}),
+            EventRow("step", {"s": int(s), "a": a, "s_next": step["s_next"], "reward": step["reward"]}),
             EventRow("outcome", {"welfare": w, "transfer": paid}),
         ]
         pay = np.array([-paid])  # the agent is paid: a negative payment
         return Settlement(
             events=events,
             transfers=payment_transfers(self.agent_ids, pay, self.payment_kind),
+            state=PrincipalState(s=step["s_next"], pst=pst, ast=step["ast"], welfare=welfare,
+                                 actions=np.array([float(a)]), payments=pay),
             metrics={"welfare": w, "transfer": paid},
-            updates={"actions": np.array([float(a)]), "payments": pay, "paid_total": state["paid_total"] + pay,
-                     "extra": {**ex, "s": nxt["s_next"], "pst": pst, "ast": nxt["ast"], "welfare": welfare}},
         )
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("menu", "step", "outcome")
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        if self._audit is None or self._audit[0] != index:  # replay the schedule up to this round
-            pst = self._init_principal()
-            for r in rounds[:index]:
-                st = r.payload("step")
-                pst = _principal(pst, st["s"], st["a"], _menu(pst, self.cfg), self.mdp, self.cfg)[2]
-            self._audit = (index, pst)
-        pst = self._audit[1]
-        rec = rounds[index]
+    def audit_init(self) -> PrincipalAudit:
+        return PrincipalAudit(pst=self._init_principal(), s_next=0)
+
+    def audit_round(self, a: PrincipalAudit, rec: RoundRecord) -> tuple[PrincipalAudit, Recomputed]:
         st, out = rec.payload("step"), rec.payload("outcome")
-        menu = _menu(pst, self.cfg)
-        paid, w, pst_next = _principal(pst, st["s"], st["a"], menu, self.mdp, self.cfg)
-        self._audit = (index + 1, pst_next)
+        menu = _menu(a["pst"], self.cfg)
+        paid, w, pst_next = _principal(a["pst"], st["s"], st["a"], menu, self.mdp, self.cfg)
         logged = np.asarray(rec.payload("menu")["tau"], np.float64)
-        s_prev = rounds[index - 1].payload("step")["s_next"] if index else 0
+        s_prev = a["s_next"]
         ok_menu = bool(np.allclose(logged, np.asarray(menu), rtol=0, atol=1e-12))
         ok_w = abs(float(w) - out["welfare"]) <= 1e-12
-        return Recomputed(payments=np.array([-float(paid)]), checks={
+        return PrincipalAudit(pst=pst_next, s_next=st["s_next"]), Recomputed(payments=np.array([-float(paid)]), checks={
             "menu_recompute": (ok_menu, "" if ok_menu else f"logged menu {logged.tolist()}, recomputed {np.asarray(menu).tolist()}"),
             "state_chain": (st["s"] == s_prev, "" if st["s"] == s_prev else f"s={st['s']} but the previous round moved to {s_prev}"),
             "welfare_recompute": (ok_w, "" if ok_w else f"logged welfare {out['welfare']!r}, recomputed {float(w)!r}"),
         })
 
     # ---- summary --------------------------------------------------------------------
-    def summary(self, state) -> dict[str, Any]:
+    def summary(self, state, paid) -> dict[str, Any]:
         T = int(state["round"])
-        ex = state["extra"]
-        w = np.asarray(ex["welfare"][:T])
+        ms = state["market"]
+        w = np.asarray(ms["welfare"][:T])
         g = float(jax.jit(pm.first_best)(self.mdp)[1])
         regret = np.cumsum(g - w)
         base = jax.jit(pr.simulate, static_argnums=(2, 3, 4, 5))(self.mdp, self.key, self.horizon, self.cfg, "none", self.eps0)
         regret_none = np.cumsum(g - np.asarray(base.welfare)[:T])
-        pst = ex["pst"]
+        pst = ms["pst"]
         menu = np.asarray(_menu(pst, self.cfg))
         aid = self.agent_ids[0]
-        paid = -float(state["paid_total"][0])
+        received = -float(paid[0])
         mean_w = float(w.mean()) if T else 0.0
         return {
             "welfare": mean_w,  # average social welfare per round (transfers excluded)
             "optimal_welfare": g,  # first-best average welfare per round
             "welfare_gap": welfare_gap(mean_w, g),
-            "agents": {aid: {"action": int(state["actions"][0]), "payment": float(state["payments"][0]) if T else 0.0,
-                             "total_paid": -paid, "total_received": paid}},
+            "agents": {aid: {"action": int(ms["actions"][0]), "payment": float(ms["payments"][0]) if T else 0.0,
+                             "total_paid": float(paid[0]), "total_received": received}},
             "incentives": {"menu": menu.tolist(), "estimated_minimal_transfers": np.asarray(pr.estimated_transfers(pst)).tolist(),
                            "target_policy": np.asarray(pst.target).tolist(), "steering": bool(pst.steering)},
             "regret": {

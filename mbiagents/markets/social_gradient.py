@@ -24,14 +24,16 @@ Ledger per round: events ``incentives`` (``p``, ``posted``), ``actions`` (``x``)
 (kind ``incentive``). ``mbi audit`` recomputes the posted incentives, the payments, the
 social cost and the planner's update from the logged actions, and checks the chain
 ``p_next(t) = p(t+1)``, ``p(0) = 0``. Welfare is ``-S(x)`` (sign: higher is better).
-The run converges when ``|P grad S(x)|_inf`` is at most the scenario's tolerance (with an
-unused link at the optimum it never does; the round limit ends the run).
+The run converges with the first round whose ``|P grad S(x)|_inf`` (computed at settlement)
+is at most the scenario's tolerance (with an unused link at the optimum it never does; the
+round limit ends the run).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Callable, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -43,43 +45,91 @@ from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.markets.report_data import _payload
 from mbiagents.ledger.payments import payment_transfers
-from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
+from mbiagents.markets.base import Market, Recomputed, Settlement, converged_below, welfare_gap
 
 
-def _game_fns(game: str):
-    if game == "routing":
-        return rt.social_cost, rt.project_tangent, lambda p: p - jnp.min(p)
-    return rt.quadratic_social_cost, (lambda v: v), (lambda p: p)
+@dataclass(frozen=True)
+class PlannedGame:
+    """What the social-gradient market needs of its game: the social cost ``S(x, params)``,
+    the tangent projection ``P``, how the planner's ``p`` is posted, the agents'
+    equilibrium and gradient-play responses, and the optimum ``(x°, S(x°), reference
+    incentive)``. Plain functions of arrays (hashable: a static argument of the jits)."""
+
+    social_cost: Callable
+    project: Callable
+    post: Callable
+    equilibrium: Callable  # (x, posted, params, eta) -> x
+    gradient_step: Callable  # (x, posted, params, eta) -> x
+    optimum: Callable  # params -> (x°, S(x°), reference incentive)
+    initial_actions: Callable  # params, n -> x_0
+
+
+def _routing_optimum(params):
+    """Pigouvian tolls ``x l'(x)`` at ``x°``, shifted to a zero minimum."""
+    xo = rt.routing_optimum(params)
+    ref = rt.pigouvian_toll(xo, params)
+    return xo, rt.social_cost(xo, params), ref - jnp.min(ref)
+
+
+def _quadratic_optimum(params):
+    xo = rt.quadratic_optimum(params)
+    return xo, rt.quadratic_social_cost(xo, params), rt.quadratic_optimal_incentive(params)
+
+
+ROUTING = PlannedGame(
+    social_cost=rt.social_cost, project=rt.project_tangent, post=lambda p: p - jnp.min(p),
+    equilibrium=lambda x, posted, params, eta: rt.wardrop_equilibrium(params, posted, x0=x, eta=eta),
+    gradient_step=lambda x, posted, params, eta: rt.routing_equilibrium_step(x, posted, params, eta),
+    optimum=_routing_optimum, initial_actions=lambda params, n: np.full(n, float(params.demand) / n))
+QUADRATIC = PlannedGame(
+    social_cost=rt.quadratic_social_cost, project=lambda v: v, post=lambda p: p,
+    equilibrium=lambda x, posted, params, eta: rt.quadratic_equilibrium(params, posted),
+    gradient_step=lambda x, posted, params, eta: x - eta * (rt.quadratic_pseudo_gradient(x, params) + posted),
+    optimum=_quadratic_optimum, initial_actions=lambda params, n: np.zeros(n))
 
 
 @partial(jax.jit, static_argnames=("game",))
-def _post(p, game):
-    return _game_fns(game)[2](p)
+def _post(p, game: PlannedGame):
+    return game.post(p)
 
 
 @partial(jax.jit, static_argnames=("game",))
-def _plan(p, x, params, step, game):
+def _plan(p, x, params, step, game: PlannedGame):
     """Posted incentives, payments ``posted * x``, ``S(x)``, next ``p`` and ``|P grad S|``."""
-    cost, project, post = _game_fns(game)
-    posted = post(p)
-    s, g = jax.value_and_grad(cost)(x, params)
-    st = sg.social_gradient_step(sg.social_gradient_init(p), g, step, project)
+    posted = game.post(p)
+    s, g = jax.value_and_grad(game.social_cost)(x, params)
+    st = sg.social_gradient_step(sg.social_gradient_init(p), g, step, game.project)
     return posted, posted * x, s, st.p, st.grad_norm
 
 
 @partial(jax.jit, static_argnames=("game", "response", "inner"))
-def _respond(x, posted, params, eta, game, response, inner):
+def _respond(x, posted, params, eta, game: PlannedGame, response, inner):
     """The agents' move on the posted incentives (their own costs; the planner never sees them)."""
-    if game == "routing":
-        if response == "equilibrium":
-            return rt.wardrop_equilibrium(params, posted, x0=x, eta=eta)
-        return jax.lax.fori_loop(0, inner, lambda _, z: rt.routing_equilibrium_step(z, posted, params, eta), x)
     if response == "equilibrium":
-        return rt.quadratic_equilibrium(params, posted)
-    return jax.lax.fori_loop(0, inner, lambda _, z: z - eta * (rt.quadratic_pseudo_gradient(z, params) + posted), x)
+        return game.equilibrium(x, posted, params, eta)
+    return jax.lax.fori_loop(0, inner, lambda _, z: game.gradient_step(z, posted, params, eta), x)
 
 
-class SocialGradientMarket(Market):
+class PlannerState(TypedDict):
+    """Across rounds: the agents' actions ``x_t``, the planner's ``p_t``, what was posted
+    and paid last round."""
+
+    actions: np.ndarray
+    p: np.ndarray
+    posted: np.ndarray | None
+    payments: np.ndarray
+
+
+class PlannerStep(TypedDict, total=False):
+    signals: np.ndarray  # posted incentives
+    next_actions: np.ndarray  # the agents' response x_{t+1}
+
+
+class PlannerAudit(TypedDict):
+    p_next: np.ndarray | None  # the planner's update logged by the previous round
+
+
+class SocialGradientMarket(Market[PlannerState, PlannerAudit]):
     game = "routing"
     payment_kind = "incentive"
 
@@ -87,6 +137,7 @@ class SocialGradientMarket(Market):
         super().__init__(scenario)
         g = scenario.game
         self.game = scenario.scenario.game
+        self.planned = ROUTING if self.game == "routing" else QUADRATIC
         self.step, self.response, self.eta, self.inner = g.step, g.response, g.eta, g.inner
         f64 = lambda k: jnp.asarray([getattr(a, k) for a in scenario.agents], jnp.float64)  # noqa: E731
         if self.game == "routing":
@@ -96,25 +147,23 @@ class SocialGradientMarket(Market):
             self.params = rt.QuadraticGame(f64("q"), f64("r"), jnp.full((n,), g.coupling), jnp.asarray(g.congestion))
 
     # ---- the round ------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> PlannerState:
         n = len(self.agent_ids)
-        x0 = np.full(n, float(self.params.demand) / n) if self.game == "routing" else np.zeros(n)
-        return {"actions": x0, "reports": None, "paid_total": np.zeros(n), "extra": {"p": np.zeros(n)}}
+        return PlannerState(actions=self.planned.initial_actions(self.params, n), p=np.zeros(n), posted=None,
+                            payments=np.zeros(n))
 
-    def elicit(self, state):
-        return {}
+    def price(self, state) -> PlannerStep:
+        return PlannerStep(signals=np.asarray(_post(jnp.asarray(state["market"]["p"]), self.planned)))
 
-    def price(self, state):
-        return {"signals": np.asarray(_post(jnp.asarray(state["extra"]["p"]), self.game))}
+    def act(self, state) -> PlannerStep:
+        step = state["step"]
+        x = _respond(jnp.asarray(state["market"]["actions"]), jnp.asarray(step["signals"]), self.params, self.eta,
+                     self.planned, self.response, self.inner)
+        return {**step, "next_actions": np.asarray(x)}
 
-    def act(self, state):
-        x = _respond(jnp.asarray(state["actions"]), jnp.asarray(state["signals"]), self.params, self.eta,
-                     self.game, self.response, self.inner)
-        return {"next_actions": np.asarray(x)}
-
-    def settle(self, state) -> Settlement:
-        p, x = state["extra"]["p"], state["next_actions"]
-        posted, t, s, p_next, gnorm = (np.asarray(v) for v in _plan(p, x, self.params, self.step, self.game))
+    def settle(self, state) -> Settlement[PlannerState]:
+        p, x = state["market"]["p"], state["step"]["next_actions"]
+        posted, t, s, p_next, gnorm = (np.asarray(v) for v in _plan(p, x, self.params, self.step, self.planned))
         events = [
             EventRow("incentives", {"p": p.tolist(), "posted": posted.tolist()}),
             EventRow("actions", {"x": x.tolist()}),
@@ -124,25 +173,24 @@ class SocialGradientMarket(Market):
         return Settlement(
             events=events,
             transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
+            state=PlannerState(actions=x, p=p_next, posted=posted, payments=t),
+            done=converged_below(float(gnorm), self.tolerance),
             metrics={"social_cost": float(s), "grad_norm": float(gnorm)},
-            updates={"actions": x, "payments": t, "paid_total": state["paid_total"] + t, "residual": float(gnorm),
-                     "extra": {**state["extra"], "p": p_next, "posted": posted}},
         )
-
-    def converged(self, state) -> bool:
-        return state.get("residual", np.inf) <= self.scenario.scenario.tolerance
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("incentives", "actions", "social_cost", "planner")
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        rec = rounds[index]
+    def audit_init(self) -> PlannerAudit:
+        return PlannerAudit(p_next=None)
+
+    def audit_round(self, a: PlannerAudit, rec: RoundRecord) -> tuple[PlannerAudit, Recomputed]:
         inc = rec.payload("incentives")
         p = np.asarray(inc["p"], np.float64)
         x = np.asarray(rec.payload("actions")["x"], np.float64)
-        posted, t, s, p_next, gnorm = (np.asarray(v) for v in _plan(p, x, self.params, self.step, self.game))
-        prev = np.asarray(rounds[index - 1].payload("planner")["p_next"], np.float64) if index else np.zeros_like(p)
+        posted, t, s, p_next, gnorm = (np.asarray(v) for v in _plan(p, x, self.params, self.step, self.planned))
+        prev = a["p_next"] if a["p_next"] is not None else np.zeros_like(p)
         logged_next = np.asarray(rec.payload("planner")["p_next"], np.float64)
         close = partial(np.allclose, rtol=1e-9, atol=1e-12)
         checks = {
@@ -155,31 +203,26 @@ class SocialGradientMarket(Market):
         }
         s_log = rec.payload("social_cost")["S"]
         checks["social_cost_recompute"] = (close(s, s_log), "" if close(s, s_log) else f"logged S={s_log!r}, recomputed {float(s)!r}")
-        return Recomputed(payments=t, checks=checks)
+        return PlannerAudit(p_next=logged_next), Recomputed(payments=t, checks=checks)
 
     # ---- summary --------------------------------------------------------------------
     def optimum(self) -> tuple[np.ndarray, float, np.ndarray]:
         """Social optimum ``x°``, ``S(x°)`` and the reference incentive: Pigouvian tolls
         ``x l'(x)`` at ``x°`` shifted to a zero minimum (routing); the closed-form optimal
         incentive (quadratic game)."""
-        if self.game == "routing":
-            xo = rt.routing_optimum(self.params)
-            ref = rt.pigouvian_toll(xo, self.params)
-            return np.asarray(xo), float(rt.social_cost(xo, self.params)), np.asarray(ref - jnp.min(ref))
-        xo = rt.quadratic_optimum(self.params)
-        return (np.asarray(xo), float(rt.quadratic_social_cost(xo, self.params)),
-                np.asarray(rt.quadratic_optimal_incentive(self.params)))
+        xo, so, ref = self.planned.optimum(self.params)
+        return np.asarray(xo), float(so), np.asarray(ref)
 
-    def summary(self, state) -> dict[str, Any]:
-        x = np.asarray(state["actions"])
-        cost = _game_fns(self.game)[0]
-        s = float(cost(jnp.asarray(x), self.params))
+    def summary(self, state, paid) -> dict[str, Any]:
+        ms = state["market"]
+        x = np.asarray(ms["actions"])
+        s = float(self.planned.social_cost(jnp.asarray(x), self.params))
         xo, so, ref = self.optimum()
-        posted = np.asarray(state["extra"].get("posted", _post(jnp.asarray(state["extra"]["p"]), self.game)))
-        t = settled(state.get("payments", np.zeros_like(x)))
+        posted = np.asarray(ms["posted"] if ms["posted"] is not None else _post(jnp.asarray(ms["p"]), self.planned))
+        t = settled(ms["payments"])
         agents = {
             aid: {"action": float(x[i]), "incentive": float(posted[i]), "payment": float(t[i]),
-                  "total_paid": float(settled(state["paid_total"][i])),
+                  "total_paid": float(paid[i]),
                   "optimal_action": float(xo[i])}
             for i, aid in enumerate(self.agent_ids)
         }
@@ -192,7 +235,7 @@ class SocialGradientMarket(Market):
             "agents": agents,
             "incentives": {aid: float(posted[i]) for i, aid in enumerate(self.agent_ids)},
             "reference_incentives": {aid: float(ref[i]) for i, aid in enumerate(self.agent_ids)},
-            "treasury_revenue": float(settled(state["paid_total"]).sum()),
+            "treasury_revenue": float(paid.sum()),
         }
 
     # ---- report -----------------------------------------------------------------------

@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mechanisms import bayesian, properties, vcg
@@ -52,7 +53,7 @@ from mbiagents.agents.games import Bounds, Task, TaskAgentInfo, task_bid, task_d
 from mbiagents.ledger.money import settled
 from mbiagents.ledger.store import EventRow, RoundRecord
 from mbiagents.ledger.payments import budget_balanced_payments, payment_transfers, signed_minor_from_transfers
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
+from mbiagents.markets.base import Market, Recomputed, Settlement, welfare_gap
 from mbiagents.scenario import TaskScenario, TaskSpec
 
 BRUTE_FORCE_LIMIT = 20_000  # (N+1)^M profiles up to which the audit checks efficiency by enumeration
@@ -75,7 +76,26 @@ def decode_costs(rows: list[list[float | None]]) -> np.ndarray:
     return np.array([[np.inf if c is None else float(c) for c in row] for row in rows], dtype=np.float64)
 
 
-class TaskMarket(Market):
+class TaskTotals(TypedDict):
+    """Across rounds: per agent the true cost of its tasks, the tasks it did, its utility
+    and its utility had it reported truthfully; welfare and optimum summed; the last
+    round's assignment."""
+
+    cost: np.ndarray
+    tasks: list[list[str]]
+    welfare: float
+    optimum: float
+    truthful_utility: np.ndarray
+    utility: np.ndarray
+    assignment: dict[str, str | None]
+
+
+class AuctionStep(TypedDict, total=False):
+    reports: np.ndarray  # reported costs [N, M] (inf: cannot / abstains)
+    outcome: dict[str, Any]  # assignment {task: agent | None}, payments, reported_welfare
+
+
+class TaskMarket(Market[TaskTotals, None]):
     game = "assignment"
     summary_columns = ("tasks", "cost", "payment", "utility", "utility_if_truthful")
 
@@ -142,22 +162,20 @@ class TaskMarket(Market):
         return {t.id: (self.agent_ids[a] if a >= 0 else None) for t, a in zip(self.round_tasks(r), assign.tolist())}
 
     # ---- the round ------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> TaskTotals:
         n = len(self.agent_ids)
-        extra = {"cost": np.zeros(n), "tasks": [[] for _ in range(n)], "welfare": 0.0, "optimum": 0.0,
-                 "truthful_utility": np.zeros(n), "utility": np.zeros(n), "assignment": {}}
-        return {"reports": None, "outcome": None, "paid_total": np.zeros(n), "extra": extra,
-                "llm_agents": self.llm_agent_ids, "llm_usage": {}}
+        return TaskTotals(cost=np.zeros(n), tasks=[[] for _ in range(n)], welfare=0.0, optimum=0.0,
+                          truthful_utility=np.zeros(n), utility=np.zeros(n), assignment={})
 
-    def elicit(self, state):
+    def elicit(self, state) -> AuctionStep:
         r = state["round"]
         reports = self.true_costs(r) * self.factors[:, None]
         reports[self.is_llm] = np.inf  # LLM agents abstain unless their bid validates
-        return {"reports": reports, "outcome": None}
+        return AuctionStep(reports=reports)
 
-    def price(self, state):
+    def price(self, state) -> AuctionStep:
         r = state["round"]
-        reports = np.array(state["reports"], dtype=np.float64)
+        reports = np.array(state["step"]["reports"], dtype=np.float64)
         tasks = self.round_tasks(r)
         for key, ans in (state.get("llm_answers") or {}).items():
             if key.startswith("report:"):
@@ -166,12 +184,9 @@ class TaskMarket(Market):
                                                              for t in tasks]
         reports = np.where(np.isfinite(self.true_costs(r)), reports, np.inf)  # who can do what is public
         out = self.run_mechanism(reports, r)
-        return {"reports": reports, "outcome": {"assignment": self.assignment_map(r, out.assignment),
-                                                "payments": out.payments.tolist(),
-                                                "reported_welfare": out.reported_welfare}}
-
-    def act(self, state):
-        return {}
+        return AuctionStep(reports=reports, outcome={"assignment": self.assignment_map(r, out.assignment),
+                                                     "payments": out.payments.tolist(),
+                                                     "reported_welfare": out.reported_welfare})
 
     # ---- LLM agents -----------------------------------------------------------------
     def _info(self, agent_id: str, r: int) -> TaskAgentInfo:
@@ -191,8 +206,9 @@ class TaskMarket(Market):
     async def llm_act(self, llm, agent_id, view):
         """Deliverables of the agent's assigned tasks (none: no call); fallback: empty text."""
         r = view["round"]
-        won = [t for t in self._tasks(r) if view["outcome"]["assignment"].get(t.id) == agent_id]
-        received = -view["outcome"]["payments"][self.index[agent_id]]
+        outcome = view["step"]["outcome"]
+        won = [t for t in self._tasks(r) if outcome["assignment"].get(t.id) == agent_id]
+        received = -outcome["payments"][self.index[agent_id]]
         info = self._info(agent_id, r)
         return list(await asyncio.gather(*(
             task_deliver(llm, info, t, payment=received if len(won) == 1 else None, round=r) for t in won)))
@@ -203,9 +219,9 @@ class TaskMarket(Market):
         t = settled(out.payments)
         return float(-np.sum(self.true_costs(r)[i, out.assignment == i]) - t[i])
 
-    def settle(self, state) -> Settlement:
+    def settle(self, state) -> Settlement[TaskTotals]:
         r = state["round"]
-        reports, outcome = state["reports"], state["outcome"]
+        reports, outcome = state["step"]["reports"], state["step"]["outcome"]
         true = self.true_costs(r)
         values = self.values(r)
         assign = np.array([self.index[a] if a is not None else -1 for a in outcome["assignment"].values()],
@@ -222,12 +238,12 @@ class TaskMarket(Market):
             honest = reports.copy()
             honest[i] = true[i]
             truthful[i] = self._utility(honest, r, i)
-        ex = state["extra"]
+        ms = state["market"]
         tasks_done = [list(ts) + [tid for tid, a in outcome["assignment"].items() if a == aid]
-                      for ts, aid in zip(ex["tasks"], self.agent_ids)]
-        extra = {"cost": ex["cost"] + cost, "tasks": tasks_done, "welfare": ex["welfare"] + welfare,
-                 "optimum": ex["optimum"] + optimum, "truthful_utility": ex["truthful_utility"] + truthful,
-                 "utility": ex["utility"] + utility, "assignment": outcome["assignment"]}
+                      for ts, aid in zip(ms["tasks"], self.agent_ids)]
+        totals = TaskTotals(cost=ms["cost"] + cost, tasks=tasks_done, welfare=ms["welfare"] + welfare,
+                            optimum=ms["optimum"] + optimum, truthful_utility=ms["truthful_utility"] + truthful,
+                            utility=ms["utility"] + utility, assignment=outcome["assignment"])
         events = [
             EventRow("tasks", {"ids": [tk.id for tk in self.round_tasks(r)], "values": values.tolist()}),
             EventRow("reports", {"costs": encode_costs(reports)}),
@@ -235,21 +251,19 @@ class TaskMarket(Market):
                                  "welfare": welfare, "optimal_welfare": optimum}),
             EventRow("payments", {"t": t.tolist()}),
         ]
-        llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
         return Settlement(
-            events=events + llm,
+            events=events,
             transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
+            state=totals,
             metrics={"welfare": welfare, "optimal_welfare": optimum, "paid_out": float(-paid.sum())},
-            updates={"payments": paid, "paid_total": state["paid_total"] + paid, "extra": extra,
-                     "llm_usage": usage},
         )
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         return ("tasks", "reports", "outcome", "payments")
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        rec = rounds[index]
+    def audit_round(self, a: None, rec: RoundRecord) -> tuple[None, Recomputed]:
+        """Every round is an independent auction: recomputed from its own rows (no audit state)."""
         r = rec.index
         expected = [t.id for t in self.round_tasks(r)]
         logged_tasks = rec.payload("tasks")["ids"]
@@ -273,43 +287,39 @@ class TaskMarket(Market):
             checks["ir"] = (ok, "" if ok else f"agent {self.agent_ids[int(ir.where)]}: utility {float(ir.witness)!r} < 0")
             n, m = reports.shape
             if 0 < n * m <= DSIC_LIMIT:
-                checks["dsic_search"] = self._dsic(reports, r, out)
+                checks["dsic_search"] = self._dsic(reports, r)
         n, m = reports.shape
         if 0 < m and (n + 1) ** m <= BRUTE_FORCE_LIMIT:
             best, _ = game.brute_force_optimum(reports, self.values(r), self.capacities)
             ok = out.reported_welfare >= best - 1e-9 * (1.0 + abs(best))
             checks["efficiency"] = (ok, "" if ok else f"reported welfare {out.reported_welfare!r} < optimum {best!r}")
-        return Recomputed(payments=out.payments, checks=checks)
+        return None, Recomputed(payments=out.payments, checks=checks)
 
-    def _dsic(self, reports: np.ndarray, r: int, truthful: RoundOutcome) -> tuple[bool, str]:
-        """Deviation search: no agent gains, valued at its reported costs, by scaling its
-        report by any of ``DSIC_FACTORS`` (others fixed). ``N * K`` mechanism calls."""
-        def u(out: RoundOutcome, i: int) -> float:
-            return float(-np.sum(reports[i, out.assignment == i]) - out.payments[i])
-
-        tol = 1e-9 * (1.0 + float(np.max(self.values(r))))
-        for i in range(reports.shape[0]):
-            for f in DSIC_FACTORS:
-                dev = reports.copy()
-                dev[i] *= f
-                gain = u(self.run_mechanism(dev, r), i) - u(truthful, i)
-                if gain > tol:
-                    return False, f"agent {self.agent_ids[i]} gains {gain!r} by reporting {f} x its costs"
+    def _dsic(self, reports: np.ndarray, r: int) -> tuple[bool, str]:
+        """Deviation search (``properties.deviation_gains`` on ``vcg.utilities``): no agent
+        gains, valued at its reported costs, by scaling its report by any of
+        ``DSIC_FACTORS`` (others fixed). ``N * K`` mechanism calls."""
+        values = self.values(r)
+        capacities = None if self.mechanism == "vcg-fast" else self.capacities
+        deviations = reports[:, None, :] * DSIC_FACTORS[None, :, None]  # [N, K, M]
+        gains, _ = properties.deviation_gains(lambda rep, true: vcg.utilities(rep, true, values, capacities),
+                                              jnp.asarray(reports), jnp.asarray(deviations))
+        gains = np.asarray(gains)
+        i, k = np.unravel_index(int(np.argmax(gains)), gains.shape)
+        if gains[i, k] > 1e-9 * (1.0 + float(np.max(values))):
+            return False, f"agent {self.agent_ids[i]} gains {float(gains[i, k])!r} by reporting {DSIC_FACTORS[k]} x its costs"
         return True, ""
 
     # ---- summary --------------------------------------------------------------------
-    def summary(self, state) -> dict[str, Any]:
-        ex = state["extra"]
-        paid = np.asarray(state["paid_total"], np.float64)
+    def summary(self, state, paid) -> dict[str, Any]:
+        ex = state["market"]
         agents: dict[str, dict[str, Any]] = {}
         for i, aid in enumerate(self.agent_ids):
-            row: dict[str, Any] = {"tasks": ex["tasks"][i], "cost": float(ex["cost"][i]), "payment": round(float(paid[i]), 6),
-                                   "utility": float(-ex["cost"][i] - paid[i])}
+            row: dict[str, Any] = {"tasks": ex["tasks"][i], "cost": float(ex["cost"][i]), "payment": float(paid[i]),
+                                   "utility": float(-ex["cost"][i] - paid[i]), "total_paid": float(paid[i])}
             if self.factors[i] != 1.0:
                 row["utility_if_truthful"] = float(ex["truthful_utility"][i])
             agents[aid] = row
-        for aid, u in (state.get("llm_usage") or {}).items():
-            agents[aid]["llm"] = u
         w, w_star = float(ex["welfare"]), float(ex["optimum"])
         value_done = w + float(np.sum(ex["cost"]))
         return {
@@ -318,5 +328,6 @@ class TaskMarket(Market):
             "welfare_gap": welfare_gap(w, w_star),
             "assignment": ex["assignment"],
             "agents": agents,
-            "budget": {"payments": round(float(paid.sum()), 6), "task_value": value_done, "surplus": value_done + float(paid.sum())},
+            "budget": {"payments": round(float(paid.sum()), 6), "task_value": value_done,
+                       "surplus": value_done + float(paid.sum())},
         }

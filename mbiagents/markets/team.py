@@ -13,13 +13,14 @@ Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 Per-agent vectors (reports, signals, actions, payments) are logged as array records
 (8 bytes per agent and field, hashed), not JSON.
 
-The run converges when the residual at ``x^t`` is at most the scenario's tolerance.
+The run converges when the residual at ``x^t`` is at most the scenario's tolerance
+(``Settlement.done`` of the round that computed it).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import numpy as np
@@ -30,8 +31,8 @@ from mechanisms.learning import projected_gradient_norm
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled, to_minor_units
 from mbiagents.ledger.payments import minor_transfers
-from mbiagents.ledger.store import EventRow, RoundRecord, last_logged
-from mbiagents.markets.base import Market, Recomputed, Settlement, llm_events, welfare_gap
+from mbiagents.ledger.store import EventRow, RoundRecord
+from mbiagents.markets.base import Market, Recomputed, Settlement, converged_below, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -84,7 +85,33 @@ def _at_least(names: list[str], values: np.ndarray, bound: float, what: str, sla
     return False, f"{names[j]}: {what} = {float(values[j])!r} < {bound}"
 
 
-class TeamMarket(Market):
+class TeamState(TypedDict):
+    """The team market across rounds: usage ``x^t``, the last logged reports, the last
+    round's payments, and the rounded payments not yet settled (minor units)."""
+
+    actions: np.ndarray
+    logged_reports: dict[str, np.ndarray] | None
+    payments: np.ndarray
+    unsettled: np.ndarray
+
+
+class TeamStep(TypedDict, total=False):
+    """One round in progress: reports, the signals and residual at ``x^t``, ``x^{t+1}``."""
+
+    reports: dict[str, np.ndarray]
+    signals: np.ndarray
+    residual: float
+    next_actions: np.ndarray
+
+
+class TeamAudit(TypedDict):
+    """The audit fold: the reports in force and the usage logged by the previous round."""
+
+    reports: team.TeamTypes | None
+    actions: np.ndarray | None
+
+
+class TeamMarket(Market[TeamState, TeamAudit]):
     game = "team"
     payment_kind = "clarke"
 
@@ -93,27 +120,26 @@ class TeamMarket(Market):
         self.kappa = float(scenario.game.congestion)
         self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
         self.index = {a: i for i, a in enumerate(self.agent_ids)}
-        g = scenario.game
-        self.settlement_interval = g.settlement_interval
+        self.settlement_interval = scenario.game.settlement_interval
 
     # ---- the round ------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
+    def init_state(self) -> TeamState:
         n = len(self.agent_ids)
-        return {"actions": np.zeros(n), "reports": None, "logged_reports": None, "paid_total": np.zeros(n),
-                "llm_agents": self.llm_agent_ids, "llm_usage": {}, "extra": {"unsettled": np.zeros(n, np.int64)}}
+        return TeamState(actions=np.zeros(n), logged_reports=None, payments=np.zeros(n),
+                         unsettled=np.zeros(n, np.int64))
 
-    def elicit(self, state):
+    def elicit(self, state) -> TeamStep:
         r = self.population.report(state["round"])
-        return {"reports": {"value": np.asarray(r.a), "curvature": np.asarray(r.b)}}
+        return TeamStep(reports={"value": np.asarray(r.a), "curvature": np.asarray(r.b)})
 
-    def price(self, state):
-        reports = self._with_llm(state, "report", state["reports"])
-        g, residual = _price(state["actions"], _types(reports), self.kappa)
-        return {"reports": reports, "signals": np.asarray(g), "residual": float(residual)}
+    def price(self, state) -> TeamStep:
+        reports = self._with_llm(state, "report", state["step"]["reports"])
+        g, residual = _price(state["market"]["actions"], _types(reports), self.kappa)
+        return TeamStep(reports=reports, signals=np.asarray(g), residual=float(residual))
 
-    def act(self, state):
-        x_next = self.population.act(state["signals"], state["actions"])
-        return {"next_actions": x_next}
+    def act(self, state) -> TeamStep:
+        step = state["step"]
+        return {**step, "next_actions": self.population.act(step["signals"], state["market"]["actions"])}
 
     # ---- LLM agents (the LLM layer is imported here, not for policy-only runs or the audit) ----
     @property
@@ -140,7 +166,7 @@ class TeamMarket(Market):
         from mbiagents.agents.games import TeamReport, team_report
 
         i = self.index[agent_id]
-        prev = view.get("logged_reports") or view["reports"]
+        prev = view["market"]["logged_reports"] or view["step"]["reports"]
         fallback = TeamReport(value=self.report_bounds.clamp(float(prev["value"][i])),
                               curvature=self.report_bounds.clamp(float(prev["curvature"][i])))
         return await team_report(llm, self._info(agent_id), value_bounds=self.report_bounds,
@@ -151,8 +177,8 @@ class TeamMarket(Market):
         from mbiagents.agents.games import team_act
 
         i = self.index[agent_id]
-        x = view["actions"]
-        return await team_act(llm, self._info(agent_id), signal=float(view["signals"][i]), usage=float(x[i]),
+        x = view["market"]["actions"]
+        return await team_act(llm, self._info(agent_id), signal=float(view["step"]["signals"][i]), usage=float(x[i]),
                               aggregate=float(np.sum(x)), usage_bounds=self.usage_bounds, round=view["round"])
 
     def _with_llm(self, state, step: str, values):
@@ -172,56 +198,54 @@ class TeamMarket(Market):
                 out[self.index[key.split(":", 1)[1]]] = ans.value.usage
         return out
 
-    def settle(self, state) -> Settlement:
-        x = self._with_llm(state, "act", state["next_actions"])
-        reports = state["reports"]
+    def settle(self, state) -> Settlement[TeamState]:
+        step = state["step"]
+        x = self._with_llm(state, "act", step["next_actions"])
+        reports = step["reports"]
         t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, _types(reports), self.kappa))
         events = []
-        logged = state.get("logged_reports")
+        logged = state["market"]["logged_reports"]
         changed = logged is None or any(not np.array_equal(reports[k], logged[k]) for k in reports)
         if changed:
             events.append(EventRow("reports", {k: np.asarray(v, np.float64) for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": np.asarray(state["signals"], np.float64), "residual": state["residual"]}),
+            EventRow("signals", {"G": np.asarray(step["signals"], np.float64), "residual": step["residual"]}),
             EventRow("actions", {"x": x}),
             EventRow("payments", {"t": t}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
         ]
-        llm, usage = llm_events(state.get("llm_answers") or {}, state.get("llm_usage"))
-        events += llm
         true_w = float(team.welfare(x, self.population.true_types, self.kappa))
-        extra = dict(state.get("extra") or {})
-        unsettled = extra.get("unsettled", np.zeros(len(x), np.int64)) + to_minor_units(t)
-        last = state["round"] + 1 >= state.get("max_rounds", 0) or self.converged(state)
-        if (state["round"] + 1) % self.settlement_interval == 0 or last:
-            transfers = minor_transfers(self.agent_ids, unsettled, self.payment_kind)
+        done = converged_below(step["residual"], self.tolerance)
+        unsettled = state["market"].get("unsettled", np.zeros(len(x), np.int64)) + to_minor_units(t)
+        transfers = []
+        if (state["round"] + 1) % self.settlement_interval == 0 or done or state["round"] + 1 >= state["max_rounds"]:
+            transfers = minor_transfers(self.agent_ids, unsettled, self.payment_kind)  # settles the interval
             unsettled = np.zeros_like(unsettled)
-        else:
-            transfers = []
         return Settlement(
             events=events,
             transfers=transfers,
-            metrics={"welfare": true_w, "residual": state["residual"]},
-            updates={"actions": x, "payments": t, "logged_reports": reports, "paid_total": state["paid_total"] + t,
-                     "operator_cost": float(cost), "llm_usage": usage, "extra": {**extra, "unsettled": unsettled}},
+            state=TeamState(actions=x, logged_reports=reports, payments=t, unsettled=unsettled),
+            done=done,
+            metrics={"welfare": true_w, "residual": step["residual"]},
         )
-
-    def converged(self, state) -> bool:
-        return state.get("residual", np.inf) <= self.scenario.scenario.tolerance
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         base = ("signals", "actions", "payments", "outcome")
         return ("reports", *base) if index == 0 else base
 
-    def recompute(self, rounds: list[RoundRecord], index: int) -> Recomputed:
-        rec = rounds[index]
-        logged = last_logged(rounds, index, "reports")
-        if logged is None:
+    def audit_init(self) -> TeamAudit:
+        return TeamAudit(reports=None, actions=None)
+
+    def audit_round(self, a: TeamAudit, rec: RoundRecord) -> tuple[TeamAudit, Recomputed]:
+        try:
+            reports = _types(rec.payload("reports"))  # logged when they change
+        except KeyError:
+            reports = a["reports"]
+        if reports is None:
             raise KeyError("reports")
-        reports = _types(logged.payload("reports"))
         x = np.asarray(rec.payload("actions")["x"], np.float64)
-        x_prev = np.asarray(rounds[index - 1].payload("actions")["x"], np.float64) if index else np.zeros_like(x)
+        x_prev = a["actions"] if a["actions"] is not None else np.zeros_like(x)
         t, agg, cost, w_rep, g, values = (np.asarray(v) for v in _recompute(x, x_prev, reports, self.kappa))
         outcome = rec.payload("outcome")
         checks = {
@@ -236,10 +260,10 @@ class TeamMarket(Market):
         }
         # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
         u = values - t
-        netted = self.settlement_interval > 1
-        return Recomputed(payments=t, checks=checks, info={"individual_rationality": _at_least(
-            self.agent_ids, u, 0.0, "reported utility v_i - t_i")},
-            logged_payments=np.asarray(rec.payload("payments")["t"], np.float64) if netted else None)
+        netted = np.asarray(rec.payload("payments")["t"], np.float64) if self.settlement_interval > 1 else None
+        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, info={
+            "individual_rationality": _at_least(self.agent_ids, u, 0.0, "reported utility v_i - t_i")},
+            logged_payments=netted)
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:
@@ -263,15 +287,16 @@ class TeamMarket(Market):
         return data
 
     # ---- summary --------------------------------------------------------------------
-    def summary(self, state) -> dict[str, Any]:
+    def summary(self, state, paid) -> dict[str, Any]:
         truth = self.population.true_types
-        x = np.asarray(state["actions"])
+        ms = state["market"]
+        x = np.asarray(ms["actions"])
         # the money that moved: payments as settled in minor units
-        t = settled(state.get("payments", np.zeros_like(x)))
+        t = settled(ms["payments"])
         v = np.asarray(team.values(x, truth))
         w = float(team.welfare(x, truth, self.kappa))
         w_star = float(team.optimal_welfare(truth, self.kappa))
-        reports = state.get("reports") or {"value": truth.a, "curvature": truth.b}
+        reports = ms["logged_reports"] or {"value": truth.a, "curvature": truth.b}
         agents = {
             aid: {
                 "action": float(x[i]),
@@ -279,12 +304,10 @@ class TeamMarket(Market):
                 "utility": float(v[i] - t[i]),
                 "value": float(v[i]),
                 "reported_value": float(reports["value"][i]),
-                "total_paid": float(settled(state["paid_total"][i])),
+                "total_paid": float(paid[i]),
             }
             for i, aid in enumerate(self.agent_ids)
         }
-        for aid, u in (state.get("llm_usage") or {}).items():
-            agents[aid]["llm"] = u
         cost = float(team.congestion_cost(x.sum(), self.kappa))
         return {
             "welfare": w,

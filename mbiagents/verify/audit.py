@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from mbiagents.errors import ScenarioError
 from mbiagents.ledger.money import to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_transfers
-from mbiagents.ledger.store import (History, Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id,
-                                    transfer_ids)
-from mbiagents.markets import Market, market_of
-from mbiagents.markets.base import Recomputed
+from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id, transfer_ids
+from mbiagents.markets import market_of
+from mbiagents.markets.base import AuditSteps, Recomputed
 
 
 @dataclass
@@ -72,18 +71,16 @@ class AuditReport:
                             "first_failure": c.detail or None} for c in self.checks]}
 
 
-def with_history(rounds: Iterable[RoundRecord]) -> Iterator[tuple[History, RoundRecord]]:
-    """Yield ``(history, round)`` with ``history[-1] is round``: what ``Market.recompute``
-    needs, in memory independent of the number of rounds (``store.History``: the last two
-    rounds and the last round logging each event kind; transfers dropped once yielded)."""
-    history = History()
-    for r in rounds:
-        history.append(r)
-        yield history, r
-        history.strip_transfers()
+def recompute_round(market: AuditSteps, a: Any, r: RoundRecord) -> tuple[Any, Recomputed | str]:
+    """One step of the audit fold: the next audit state and the round recomputed, or why it
+    cannot be (a logged row is missing or malformed; the audit state is then unchanged)."""
+    try:
+        return market.audit_round(a, r)
+    except (KeyError, ValueError, TypeError) as exc:
+        return a, f"cannot recompute payments ({exc})"
 
 
-def payment_mismatch(market: Market, r: RoundRecord, rec: Recomputed) -> str | None:
+def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str | None:
     """The first agent whose transfers are not the documented rounding of its recomputed payment.
 
     For a market that nets payments (``rec.logged_payments`` set), the round's logged
@@ -105,7 +102,7 @@ class Settlements:
     """Netted payments: the rounded logged payments accumulate per agent until a round
     settles them; its transfers must then equal the sum exactly (``settle``)."""
 
-    def __init__(self, market: Market):
+    def __init__(self, market: AuditSteps):
         self.market = market
         self.pending = np.zeros(len(market.agent_ids), dtype=np.int64)
         self.since: int | None = None  # first round whose payments are pending
@@ -141,8 +138,8 @@ class Settlements:
 def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     """Verify a run from the ledger alone, streaming its rounds (one round in memory).
 
-    Only the events of earlier rounds are kept (markets recompute a round from the
-    reports and actions logged before it); transfers are dropped once checked.
+    The market's audit fold (``audit_init``, ``audit_round``) carries what a round's
+    recomputation needs from earlier rounds; nothing else of them is kept.
     """
     run = ledger.get_run(run_id)
     double_entry, idem, chain, complete, pay = (Check(n) for n in (
@@ -164,7 +161,8 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
     account_names = frozenset(accounts)
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
-    for history, r in with_history(ledger.iter_rounds(run.id)):
+    a = market.audit_init()
+    for r in ledger.iter_rounds(run.id):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         # double entry + idempotency: a whole round at C speed; row by row (naming the first
@@ -193,7 +191,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None) -> AuditReport:
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
-        _recompute_round(market, history, r, complete, pay, extra, settlements)
+        a = _recompute_round(market, a, r, complete, pay, extra, settlements)
     if run.final_rounds is not None and (left := settlements.unsettled()):
         pay.fail(f"round {n_rounds - 1}: {left}")
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
@@ -223,18 +221,17 @@ def _transfers_clean(run_id: str, r: RoundRecord, accounts: frozenset[str]) -> b
             and len(set(ids)) == len(ids))
 
 
-def _recompute_round(market: Market, history: History, r: RoundRecord, complete: Check, pay: Check,
-                     extra: dict[str, Check], settlements: Settlements) -> None:
-    kinds = {k for _, k, a, _ in r.events if a is None}
+def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check, pay: Check,
+                     extra: dict[str, Check], settlements: "Settlements") -> Any:
+    kinds = {k for _, k, agent, _ in r.events if agent is None}
     missing = [k for k in market.required_events(r.index) if k not in kinds]
     if missing:
         complete.fail(f"round {r.index}: missing events {', '.join(missing)}")
-        return
-    try:
-        rec = market.recompute(history, len(history) - 1)
-    except (KeyError, ValueError, TypeError) as exc:
-        pay.fail(f"round {r.index}: cannot recompute payments ({exc})")
-        return
+        return a
+    a, rec = recompute_round(market, a, r)
+    if isinstance(rec, str):
+        pay.fail(f"round {r.index}: {rec}")
+        return a
     for mismatch in (payment_mismatch(market, r, rec), settlements.settle(r, rec)):
         if mismatch:
             pay.fail(f"round {r.index} {mismatch}")
@@ -246,3 +243,4 @@ def _recompute_round(market: Market, history: History, r: RoundRecord, complete:
         c = extra.setdefault(name, Check(name, informational=True))
         if not ok_c:
             c.fail(f"round {r.index}: {detail}")
+    return a

@@ -1,7 +1,7 @@
 """``mbi replay``: re-execute a run from its logged reports, round by round.
 
 No agent or LLM is called: each round's mechanism is run again on the logged reports and
-actions (``Market.recompute``, the same code the audit uses), and its outcome, signals
+actions (the market's audit fold, ``audit_init`` / ``audit_round``, the same code the audit uses), and its outcome, signals
 and payments are compared with what the ledger holds.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from mbiagents.ledger.store import Ledger
 from mbiagents.markets import market_of
-from mbiagents.verify.audit import payment_mismatch, with_history
+from mbiagents.verify.audit import payment_mismatch, recompute_round
 
 
 @dataclass
@@ -52,11 +52,11 @@ def replay_run(ledger: Ledger, run_id: str | None = None) -> ReplayReport:
     run = ledger.get_run(run_id)
     market = market_of(run)
     report = ReplayReport(run.id)
-    for history, r in with_history(ledger.iter_rounds(run.id)):
-        try:
-            rec = market.recompute(history, len(history) - 1)
-        except (KeyError, ValueError, TypeError) as exc:
-            report.rounds.append(ReplayRound(r.index, {"payments": False}, f"cannot recompute: {exc}"))
+    a = market.audit_init()
+    for r in ledger.iter_rounds(run.id):
+        a, rec = recompute_round(market, a, r)
+        if isinstance(rec, str):
+            report.rounds.append(ReplayRound(r.index, {"payments": False}, rec))
             continue
         mismatch = payment_mismatch(market, r, rec)
         matched = {k: v for k, v in rec.checks.items() if k.endswith("_recompute")}  # not properties

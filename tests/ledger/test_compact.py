@@ -1,5 +1,5 @@
 """Compact ledger (migration 0005_compact): array records, payment batches, netted
-settlements, the streamed audit history, disk per agent-round."""
+settlements, disk per agent-round."""
 
 import sqlite3
 
@@ -10,7 +10,7 @@ from sqlalchemy import text
 from mbiagents.errors import LedgerError
 from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.schema import open_ledger
-from mbiagents.ledger.store import EventRow, History, PaymentBatch, RoundRecord, TransferRow, last_logged, round_hash
+from mbiagents.ledger.store import EventRow, PaymentBatch, TransferRow, round_hash
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import parse_scenario
 from mbiagents.verify.audit import audit_run
@@ -91,19 +91,6 @@ def test_netted_settlement_audits_and_catches_a_changed_settlement(url, tmp_path
     checks = {c.name: c for c in audit_run(ledger, res.run_id).checks}
     assert not checks["hash_chain"].ok and checks["hash_chain"].detail.startswith("round 5")
     assert not checks["payments_recompute"].ok and "rounds 3..5" in checks["payments_recompute"].detail
-
-
-def test_streamed_history_keeps_two_rounds_and_the_last_logged_of_each_kind():
-    h = History()
-    for i in range(50):
-        events = [(0, "actions", None, "{}")] + ([(1, "reports", None, "{}")] if i in (0, 7) else [])
-        h.append(RoundRecord(i, "", "", events, [("t", "k", "d", "c", 1)]))
-        h.strip_transfers()
-    assert len(h) == 50 and h[-1].index == 49 and h[48].index == 48 and h[-1].transfers == []
-    assert last_logged(h, 49, "reports").index == 7 and h[:0] == []
-    with pytest.raises(KeyError, match="no longer held"):
-        h[10]
-    assert last_logged([h[-2], h[-1]], 1, "reports") is None  # a plain list scans back
 
 
 def test_policy_population_costs_at_most_64_bytes_per_agent_round(tmp_path):

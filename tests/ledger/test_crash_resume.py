@@ -126,7 +126,9 @@ def test_numpy_state_round_trips_through_the_checkpointer(sqlite_url):
     run_id = run_scenario(load_scenario(SCENARIO), ledger_url=sqlite_url, rounds=3).run_id
     with open_checkpointer(open_ledger(sqlite_url)) as saver:
         values = build_graph(saver).get_state({"configurable": {"thread_id": run_id}}).values
-    assert values["round"] == 3 and isinstance(values["actions"], np.ndarray)
+    market = values["market"]  # the team market's TeamState, a TypedDict of numpy arrays
+    assert values["round"] == 3 and isinstance(market["actions"], np.ndarray)
     last = open_ledger(sqlite_url).read_rounds(run_id)[-1]
-    assert values["actions"].tolist() == last.payload("actions")["x"].tolist()
-    assert isinstance(values["reports"]["value"], np.ndarray) and values["reports"]["value"].dtype == np.float64
+    assert market["actions"].tolist() == last.payload("actions")["x"].tolist()
+    reports = values["step"]["reports"]
+    assert isinstance(reports["value"], np.ndarray) and reports["value"].dtype == np.float64

@@ -1,32 +1,15 @@
 """The one registry: every (game, mechanism) the parser accepts builds its market."""
 
-import tomllib
-
 import pytest
 
 from mbiagents.errors import ScenarioError
 from mbiagents.markets import Market, build_market
 from mbiagents.scenario import REGISTRY, mechanisms_of, parse_scenario
 
-from tests.conftest import EXAMPLES
+from tests.conftest import example_scenarios
 
 
-def example_data() -> dict[tuple[str, str], dict]:
-    """One example scenario per (game, mechanism), the same scenario under a mechanism
-    of its game where the examples have none."""
-    out: dict[tuple[str, str], dict] = {}
-    for path in sorted(EXAMPLES.glob("*.toml")):
-        data = tomllib.loads(path.read_text())
-        meta = data["scenario"]
-        out.setdefault((meta["game"], meta["mechanism"]), data)
-    for game, mechanism in REGISTRY:
-        if (game, mechanism) not in out:
-            donor = next(d for (g, _), d in out.items() if g == game)
-            out[(game, mechanism)] = {**donor, "scenario": {**donor["scenario"], "mechanism": mechanism}}
-    return out
-
-
-DATA = example_data()
+DATA = example_scenarios()
 
 
 def test_every_example_is_registered():
@@ -42,8 +25,7 @@ def test_every_accepted_pair_builds_its_market(key):
     assert type(market) is entry.market_class()
     assert isinstance(market, Market)
     assert market.mechanism == key[1]
-    state = market.initial_state()
-    assert isinstance(state, dict)
+    assert isinstance(market.init_state(), dict)  # a TypedDict: plain, checkpointable data
 
 
 def test_parser_accepts_only_registered_pairs():
