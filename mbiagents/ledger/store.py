@@ -499,7 +499,7 @@ RUN_ROWS_SQL = {
                  "ORDER BY round_index",
     "arrays": "SELECT round_index, name, dtype, shape, data FROM arrays WHERE run_id = ? ORDER BY round_index, name",
 }
-RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 20_000, "arrays": 4}  # rows per fetch
+RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
                   'LEFT JOIN rounds ON rounds.run_id = runs.id AND rounds."index" = '
                   '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
@@ -555,8 +555,12 @@ def driver_rows(conn: Connection, sql: str, *params: Any, batch: int = 20_000) -
         cur = dbapi.cursor()
     try:
         cur.execute(sql, params)
-        while rows := cur.fetchmany(batch):
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                break
             yield from rows
+            del rows  # one batch alive at a time: memory bounded by the batch, not the run
     finally:
         cur.close()
 
