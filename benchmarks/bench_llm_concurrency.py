@@ -6,7 +6,13 @@ are awaited together (as the graph's ``Send`` fan-out does). Reported per N (med
 rounds): round wall time, slowest call, wall / slowest call (goal <= 1.1), and the
 framework's own overhead per round = wall - the largest latency the server injected.
 overhead/call = client latency - injected latency (SDK, HTTP, parsing, prompt rendering; the
-scripted server runs in its own process). If the local extra is installed, also seconds per call of the embedded local model.
+scripted server runs in its own process); client CPU/round = the benchmark process's CPU time
+per round (what the framework itself costs, least sensitive to the machine's load).
+
+The peer in the same run ("bare HTTP"): the same N requests (same JSON body, one pooled
+``httpx2.AsyncClient``, JSON decoded, nothing else) against the same server: no SDK, no prompt
+rendering, no validation, no records. The framework's share is the difference of the two.
+If the local extra is installed, also seconds per call of the embedded local model.
 
 Run: PYTHONPATH=. python benchmarks/bench_llm_concurrency.py [--rounds 5] [--no-local]
 """
@@ -47,15 +53,16 @@ def info(i: int) -> TeamAgentInfo:
 async def bench_n(base_url: str, n: int, rounds: int) -> dict[str, float]:
     settings = LLMSettings(backend="custom", base_url=base_url, concurrency=max(n, 1), timeout_s=10)
     debug = base_url.removesuffix("/v1") + "/_debug/requests"
-    walls, slowest, ratios, overheads, per_call = [], [], [], [], []
+    walls, slowest, ratios, overheads, per_call, cpu = [], [], [], [], [], []
     async with LLMClient(settings) as llm:
         await llm.probe()
         for _ in range(rounds):
             httpx.delete(debug)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             answers = await asyncio.gather(*[
                 team_report(llm, info(i), value_bounds=VB, curvature_bounds=CB, fallback=FALLBACK) for i in range(n)])
             wall = time.perf_counter() - t0
+            cpu.append(time.process_time() - c0)
             assert all(a.ok for a in answers)
             lat = [a.latency_s for a in answers]
             injected = {r["agent"]: r["delay_s"] for r in httpx.get(debug).json()}
@@ -66,7 +73,48 @@ async def bench_n(base_url: str, n: int, rounds: int) -> dict[str, float]:
             per_call.append(statistics.mean(a.latency_s - injected[a.agent_id] for a in answers))
     med = statistics.median
     return {"wall": med(walls), "slowest": med(slowest), "ratio": med(ratios), "overhead": med(overheads),
-            "per_call": med(per_call)}
+            "per_call": med(per_call), "cpu": med(cpu)}
+
+
+async def bench_bare(base_url: str, n: int, rounds: int) -> dict[str, float]:
+    """The peer: the same requests through one pooled httpx2 client, nothing else."""
+    import httpx2
+
+    from mbiagents.agents.games import team_report_messages
+    from mbiagents.agents.llm import response_format_for
+
+    debug = base_url.removesuffix("/v1") + "/_debug/requests"
+    settings = LLMSettings(backend="custom", base_url=base_url)
+    walls, slowest, ratios, overheads, per_call, cpu = [], [], [], [], [], []
+    async with LLMClient(settings) as llm, httpx2.AsyncClient(base_url=base_url, timeout=10) as http:
+        bodies = []
+        for i in range(n):
+            msgs, schema = team_report_messages(llm, info(i), VB, CB)
+            bodies.append({"model": "m", "messages": msgs, "temperature": 0.2, "max_tokens": 400,
+                           "response_format": response_format_for("json_schema", schema)})
+
+        async def call(i: int) -> float:
+            t = time.perf_counter()
+            r = await http.post("/chat/completions", json=bodies[i], headers={"x-mbi-agent": f"a{i}"})
+            r.json()
+            return time.perf_counter() - t
+
+        await asyncio.gather(*[call(i) for i in range(n)])  # warm the pool, as the probe does above
+        for _ in range(rounds):
+            httpx.delete(debug)
+            t0, c0 = time.perf_counter(), time.process_time()
+            lat = await asyncio.gather(*[call(i) for i in range(n)])
+            wall = time.perf_counter() - t0
+            cpu.append(time.process_time() - c0)
+            injected = {r["agent"]: r["delay_s"] for r in httpx.get(debug).json()}
+            walls.append(wall)
+            slowest.append(max(lat))
+            ratios.append(wall / max(lat))
+            overheads.append(wall - max(injected.values()))
+            per_call.append(statistics.mean(lat[i] - injected[f"a{i}"] for i in range(n)))
+    med = statistics.median
+    return {"wall": med(walls), "slowest": med(slowest), "ratio": med(ratios), "overhead": med(overheads),
+            "per_call": med(per_call), "cpu": med(cpu)}
 
 
 async def bench_local(calls: int) -> list[tuple[str, float, bool]]:
@@ -90,8 +138,8 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     table = Table(title="LLM fan-out: scripted server, 300 ms +- 50 ms per call")
-    for col in ("agents", "round wall (s)", "slowest call (s)", "wall / slowest", "overhead / round (ms)",
-                "client overhead / call (ms)"):
+    for col in ("agents", "client", "round wall (s)", "slowest call (s)", "wall / slowest", "overhead / round (ms)",
+                "client overhead / call (ms)", "client CPU / round (ms)"):
         table.add_column(col, justify="right")
     # the server runs in its own process, so its CPU time is not counted as the client's
     proc = subprocess.Popen(
@@ -101,9 +149,10 @@ def main() -> None:
     try:
         base_url = proc.stdout.readline().strip()
         for n in args.sizes:
-            r = asyncio.run(bench_n(base_url, n, args.rounds))
-            table.add_row(str(n), f"{r['wall']:.3f}", f"{r['slowest']:.3f}", f"{r['ratio']:.3f}",
-                          f"{1000 * r['overhead']:.1f}", f"{1000 * r['per_call']:.1f}")
+            for name, fn in (("mbi", bench_n), ("bare", bench_bare)):
+                r = asyncio.run(fn(base_url, n, args.rounds))
+                table.add_row(str(n), name, f"{r['wall']:.3f}", f"{r['slowest']:.3f}", f"{r['ratio']:.3f}",
+                              f"{1000 * r['overhead']:.1f}", f"{1000 * r['per_call']:.1f}", f"{1000 * r['cpu']:.0f}")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

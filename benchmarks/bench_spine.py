@@ -1,9 +1,13 @@
-"""Spine benchmark: DPM step and full rounds against N, and DPM vs a NumPy gradient.
+"""Spine benchmark: DPM step and full rounds against N, DPM vs a NumPy gradient, and the
+rounds the DPM's step rules need to converge against N.
 
-Run: ``python benchmarks/bench_spine.py [--quick]``; ``--million`` runs only the team game
-with N = 10^6 policy agents end to end (per-round wall time, peak RSS; ``bench_million``). Prints one table per part, the
-fitted log-log slopes (target <= 1.1: linear) and the jitted-DPM / NumPy time ratio
-(target <= 1.0 for N >= 1e5). JIT compile time is excluded (one warm-up call per size).
+Run: ``python benchmarks/bench_spine.py [--quick] [--only convergence]``. Prints one table
+per part, the fitted log-log slopes (target <= 1.1: linear), the jitted-DPM / NumPy time
+ratio (target <= 1.0 for N >= 1e5) and the rounds to a 1e-8 residual of the ``newton`` and
+``fixed`` step rules for N = 10^2 ... 10^6 (goal: flat in N), on the mechanism-level loop
+(``mechanisms.dpm.dpm_solve``, no ledger). JIT compile time is excluded (one warm-up call
+per size). ``--million`` runs only the team game with N = 10^6 policy agents end to end
+(per-round wall time, peak RSS; ``bench_million``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import os
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -154,18 +159,61 @@ def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2) -> Table:
     steady = out["round_s"][1:]
     table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}")
     table.add_row("end", "finish + summary", f"{out['end_s']:.2f}")
+
+
+@partial(jax.jit, static_argnames=("kappa", "rule", "max_rounds"))
+def solve_rounds(types, kappa: float, rule: str, max_rounds: int):
+    """Rounds to a 1e-8 projected residual from ``x = 0`` (capped), and the final residual."""
+    steps = dpm.default_steps(types, kappa, rule)
+    s = dpm.dpm_solve(types, kappa, steps, jnp.zeros_like(types.a), tol=TOL, max_rounds=max_rounds, rule=rule)
+    return s.rounds, s.residual, s.x
+
+
+TOL = 1e-8
+
+
+def bench_convergence(sizes, fixed_cap: int) -> Table:
+    """Rounds to a 1e-8 residual against N, for both step rules, at fixed ``kappa = 0.5``
+    (the issue's setting: the optimal active set shrinks like N^{-1/2}) and at congestion
+    per capita ``kappa = 50 / N`` (the shares of active agents stay fixed)."""
+    table = Table(title=f"DPM rounds to a {TOL:g} residual from x = 0 (mechanism loop, no ledger)")
+    for c in ("N", "newton κ=.5", "fixed κ=.5", "newton κ=50/N", "fixed κ=50/N", "newton ms κ=.5", "|x-x*| max"):
+        table.add_column(c, justify="right")
+    for n in sizes:
+        types = random_types(n)
+        row = [f"{n:,}"]
+        t_newton, err = 0.0, 0.0
+        for kappa in (KAPPA, 50.0 / n):
+            for rule in ("newton", "fixed"):
+                cap = 1000 if rule == "newton" else fixed_cap
+                rounds, residual, x = jax.block_until_ready(solve_rounds(types, kappa, rule, cap))
+                if int(rounds) >= cap and float(residual) > TOL:
+                    row.append(f">{cap} ({float(residual):.0e})")
+                else:
+                    row.append(f"{int(rounds):,}")
+                if rule == "newton":
+                    err = max(err, float(jnp.max(jnp.abs(x - team.optimal_usage(types, kappa)))))
+                if rule == "newton" and kappa == KAPPA:
+                    t_newton = best_time(lambda: jax.block_until_ready(solve_rounds(types, kappa, rule, cap)),
+                                         repeat=3)
+        table.add_row(*row, f"{t_newton * 1e3:.1f}", f"{err:.1e}")
     return table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--only", choices=["convergence"], help="run only this part")
     ap.add_argument("--million", action="store_true", help="only the N = 10^6 end-to-end team run")
     ap.add_argument("--n", type=int, default=10**6, help="agents of the --million run")
     args = ap.parse_args()
     console = Console()
     if args.million:
         console.print(bench_million(args.n))
+        return
+    conv_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
+    console.print(bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000))
+    if args.only == "convergence":
         return
     step_sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
     round_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5]

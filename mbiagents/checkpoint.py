@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from mbiagents.errors import LedgerError
+from mbiagents.ledger.outfiles import CHECKPOINT_FILE_SUFFIX as SQLITE_SUFFIX
 from mbiagents.ledger.store import Ledger
 
 CHECKPOINT_SCHEMA = "mbi_checkpoints"
-SQLITE_SUFFIX = "-checkpoints"
 SETUP_LOCK = 0x6D6269_01  # PostgreSQL advisory lock key: checkpointer set-up
 
 

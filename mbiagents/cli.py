@@ -30,6 +30,8 @@ LedgerOpt = Annotated[Optional[str], typer.Option(
     help="SQLAlchemy URL of the ledger [default: sqlite:///mbi-ledger.db; env MBI_LEDGER]. "
          "PostgreSQL: postgresql+psycopg://user@host/db")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Write over existing output files (never over the ledger's own database files).")]
 RunOpt = Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")]
 
 
@@ -58,6 +60,7 @@ def run(
     resume: Annotated[Optional[str], typer.Option(
         "--resume", metavar="RUN_ID", help="Continue a crashed run from its checkpoint (same run id; "
                                            "no SCENARIO, --rounds or --seed).")] = None,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a team through rounds of a mechanism and settle every payment in the ledger."""
@@ -82,7 +85,7 @@ def run(
         if report_dir is not None:  # after the scenario is known good, before anything runs
             from mbiagents.report import prepare_out_dir
 
-            prepare_out_dir(report_dir)
+            prepare_out_dir(report_dir, force=force)
         if not as_json and err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -97,7 +100,7 @@ def run(
                 result = start(on_round)
         else:
             result = start(None)
-        written = _write_report(ledger, result.run_id, report_dir) if report_dir is not None else None
+        written = _write_report(ledger, result.run_id, report_dir, force) if report_dir is not None else None
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
@@ -109,13 +112,13 @@ def run(
         out.print(f"report: {written.index}")
 
 
-def _write_report(ledger_url: Optional[str], run_id: Optional[str], out_dir: str):
+def _write_report(ledger_url: Optional[str], run_id: Optional[str], out_dir: str, force: bool = False):
     from mbiagents.ledger.schema import open_ledger
     from mbiagents.report import build_report
 
     led = open_ledger(ledger_url, create=False)
     try:
-        return build_report(led, run_id, out_dir)
+        return build_report(led, run_id, out_dir, force=force)
     finally:
         led.dispose()
 
@@ -210,11 +213,12 @@ def report(
     run_id: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest run).")] = None,
     out_dir: Annotated[str, typer.Option("--out", help="Folder for the PNG plots and index.html (created if needed).")]
     = "mbi-report",
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Plot a run from the ledger alone: welfare vs optimum, actions, payments, budget, LLM use, audit verdict."""
     try:
-        written = _write_report(ledger, run_id, out_dir)
+        written = _write_report(ledger, run_id, out_dir, force)
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
         return
@@ -348,6 +352,7 @@ def export(
     trajectories: Annotated[bool, typer.Option(
         "--trajectories", help="With --format jsonl: write the agents' discrete actions in the "
                                "`mbi infer --trajectories` format instead of the ledger rows.")] = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a run's transfers and events (or its trajectories) for analysis."""
@@ -362,9 +367,9 @@ def export(
             if trajectories:
                 from mbiagents.replay import export_trajectories
 
-                summary = export_trajectories(led, run_id, fmt, Path(out_path))
+                summary = export_trajectories(led, run_id, fmt, Path(out_path), force=force)
             else:
-                summary = export_run(led, run_id, fmt, Path(out_path))
+                summary = export_run(led, run_id, fmt, Path(out_path), force=force)
         finally:
             led.dispose()
     except MbiError as exc:
@@ -378,19 +383,36 @@ def export(
 
 
 @db_app.command("upgrade")
-def db_upgrade(ledger: LedgerOpt = None) -> None:
-    """Bring the ledger's schema to the newest revision (alembic upgrade head)."""
-    from mbiagents.ledger.schema import head_revision, upgrade
-    from mbiagents.ledger.store import DEFAULT_LEDGER_URL, make_engine
+def db_upgrade(
+    ledger: LedgerOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Migrate even a database that holds other tables and no ledger.")] = False,
+) -> None:
+    """Bring the ledger's schema to the newest revision (alembic upgrade head).
 
+    A database that is not an mbiagents ledger (other tables, no ledger) is left alone
+    unless --force is given (or, at a terminal, the question is answered yes).
+    """
+    from mbiagents.ledger.schema import head_revision, unrelated_database, upgrade
+    from mbiagents.ledger.store import DEFAULT_LEDGER_URL, _short, display_url, make_engine
+
+    url = ledger or DEFAULT_LEDGER_URL
     try:
-        engine = make_engine(ledger or DEFAULT_LEDGER_URL)
-        upgrade(engine)
-        engine.dispose()
+        engine = make_engine(url)
+        try:
+            why = unrelated_database(engine)
+            if why is not None and not force:
+                if not (sys.stdin.isatty() and typer.confirm(
+                        f"{display_url(url)} is not an mbiagents ledger ({why}); add the ledger's tables to it?")):
+                    raise MbiError(f"ledger {display_url(url)!r} is not an mbiagents ledger ({why}); "
+                                   "pass --force to add the ledger's tables to it anyway")
+            upgrade(engine)
+        finally:
+            engine.dispose()
     except MbiError as exc:
         _fail(str(exc), exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - surface driver errors as one line
-        _fail(f"cannot upgrade ledger: {str(exc).splitlines()[0]}")
+    except Exception as exc:  # noqa: BLE001 - surface driver errors as one line, without a password
+        _fail(f"cannot upgrade ledger {display_url(url)!r}: {_short(exc, url)}")
     out.print(f"ledger at schema {head_revision()}")
 
 

@@ -25,15 +25,26 @@ Environment variables (all optional):
 
 The API key is never stored in the settings, logged or written to the ledger: the
 settings hold only the variable's name and the key is read when the client is built.
+
+What a scenario's ``[llm]`` table may do with keys (README, "Security model"):
+
+- ``api_key_env`` must name a variable that looks like an API key
+  (:data:`KEY_VAR_PATTERN`: ``NAME_API_KEY``), or one the user allows in
+  ``MBI_LLM_KEY_VARS`` (comma-separated; user settings, never the scenario). A scenario
+  cannot make the client send ``$HOME`` or ``$DATABASE_URL`` as a Bearer token.
+- A key is sent only to a host the user chose: the backend's default (api.openai.com, or
+  the user's ``OPENAI_BASE_URL``), or a URL given by ``--llm URL`` or ``MBI_LLM_BASE_URL``.
+  To a ``base_url`` taken from the scenario file the client sends no key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Backend = Literal["local", "openai", "custom"]
 ResponseFormatMode = Literal["auto", "json_schema", "json_object", "none"]
@@ -44,6 +55,11 @@ DEFAULT_MODELS: dict[str, str] = {
     "openai": "gpt-4o-mini",
     "custom": "default",
 }
+
+#: Names a scenario's ``api_key_env`` may take without the user's allow-list.
+KEY_VAR_PATTERN = r"^[A-Z][A-Z0-9_]*_API_KEY$"
+#: The user's allow-list of further key variables (comma-separated names).
+KEY_VARS_ENV = "MBI_LLM_KEY_VARS"
 
 #: Environment variable -> settings field.
 ENV_VARS: dict[str, str] = {
@@ -91,6 +107,10 @@ class LLMSettings(BaseModel):
         default=None, description="GGUF file for the local backend; None: the gemma3-270m package"
     )
 
+    #: may the key be sent to ``base_url``? False when the scenario file chose the URL
+    #: (set by :func:`resolve_llm_settings`; not settable from a table)
+    _key_to_base_url: bool = PrivateAttr(default=True)
+
     @model_validator(mode="after")
     def _check_backend(self) -> "LLMSettings":
         if self.backend == "custom" and not self.base_url:
@@ -105,6 +125,11 @@ class LLMSettings(BaseModel):
     def api_key(self) -> str | None:
         """Read the key from ``api_key_env`` (never stored on the settings)."""
         return os.environ.get(self.api_key_env) or None
+
+    @property
+    def sends_key(self) -> bool:
+        """Whether the client may send the key to this endpoint (see the module docstring)."""
+        return self.base_url is None or self._key_to_base_url
 
 
 def _is_url(value: str) -> bool:
@@ -148,8 +173,14 @@ def resolve_llm_settings(
         data: dict[str, Any] = table.model_dump(exclude_unset=True)
     else:
         data = dict(table or {})
-        if data.get("base_url") and "backend" not in data:
-            data["backend"] = "custom"
+    if data.get("base_url") and "backend" not in data:
+        data["backend"] = "custom"
+    key_var = data.get("api_key_env")
+    allowed = {v.strip() for v in env.get(KEY_VARS_ENV, "").split(",") if v.strip()}
+    if isinstance(key_var, str) and not re.match(KEY_VAR_PATTERN, key_var) and key_var not in allowed:
+        raise ValueError(f"api_key_env {key_var!r} does not look like an API key variable (NAME_API_KEY); "
+                         f"to use it, allow it in your environment: {KEY_VARS_ENV}={key_var}")
+    scenario_url = data.get("base_url")
     if env.get("MBI_LLM_BACKEND"):
         _apply_backend(data, env["MBI_LLM_BACKEND"])
     for var, field in ENV_VARS.items():
@@ -159,4 +190,8 @@ def resolve_llm_settings(
         data["backend"] = "custom"
     if cli:
         _apply_backend(data, cli)
-    return LLMSettings.model_validate(data)
+    settings = LLMSettings.model_validate(data)
+    # the key goes to a base_url only if the user gave it (CLI or environment), not the scenario
+    settings._key_to_base_url = settings.base_url is None or settings.base_url != scenario_url or bool(
+        cli and _is_url(cli.strip())) or bool(env.get("MBI_LLM_BASE_URL"))
+    return settings

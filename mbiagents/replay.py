@@ -47,7 +47,8 @@ def trajectories_from_ledger(ledger: Ledger, run_id: str | None = None) -> tuple
     return run.id, assemble(cells, agent_ids, n_actions, f"run {run.id}"), scenario
 
 
-def export_trajectories(ledger: Ledger, run_id: str | None, fmt: str, out: Path) -> dict[str, Any]:
+def export_trajectories(ledger: Ledger, run_id: str | None, fmt: str, out: Path, *,
+                        force: bool = False) -> dict[str, Any]:
     """``mbi export --trajectories``: the run's discrete actions as trajectory JSONL;
     returns ``{"run_id", "format", "files", "actions"}``."""
     check_format(fmt)
@@ -55,6 +56,6 @@ def export_trajectories(ledger: Ledger, run_id: str | None, fmt: str, out: Path)
     if fmt != "jsonl":
         raise MbiError("--trajectories writes JSONL: use --format jsonl")
     _, traj, _ = trajectories_from_ledger(ledger, run.id)
-    with open_output(out) as fh:
+    with open_output(out, ledger, force) as fh:  # never over a file without force, never the ledger
         write_jsonl(traj, fh)
     return {"run_id": run.id, "format": "trajectories", "files": [str(out)], "actions": int(traj.actions.size)}

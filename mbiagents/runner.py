@@ -59,9 +59,11 @@ def run_scenario(
     a run cannot be resumed (its ledger still records every answer).
     """
     market = build_market(scenario)
-    if rounds and rounds != scenario.scenario.rounds and market.schedules_by_horizon:
-        # the market plans by its horizon T: record the overridden T so the audit rebuilds it
-        scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update={"rounds": rounds})})
+    if rounds and rounds != scenario.scenario.rounds:
+        # record the limit so that --resume without a checkpoint honours it; a market that
+        # plans by its horizon T also gets T overridden, so that the audit rebuilds it
+        update = {"round_limit": rounds, **({"rounds": rounds} if market.schedules_by_horizon else {})}
+        scenario = scenario.model_copy(update={"scenario": scenario.scenario.model_copy(update=update)})
         market = build_market(scenario)
     llm_settings = _llm_settings(scenario, llm) if market.llm_agent_ids else None
     ledger = open_ledger(ledger_url)
@@ -90,7 +92,8 @@ def resume_run(run_id: str, *, ledger_url: str | None = None, on_round: OnRound 
     if not market.checkpointable:
         ledger.dispose()
         raise LedgerError(f"run {run_id} ({run.game}, {run.mechanism}) keeps no checkpoints: it cannot be resumed")
-    state = initial_state(market, market.scenario.scenario.rounds)
+    meta = market.scenario.scenario
+    state = initial_state(market, meta.round_limit or meta.rounds)
     return _drive(market, ledger, run_id, state, on_round, True, resume=True)
 
 
@@ -153,6 +156,9 @@ def _llm_settings(scenario: ScenarioBase, cli: str | None):
                        "(or pass --llm openai / --llm http://host:port/v1)")
     if settings.backend == "openai" and settings.base_url is None and settings.api_key() is None:
         raise MbiError(f"the openai LLM backend needs an API key in ${settings.api_key_env}")
+    from mbiagents.agents.prompts import check_templates
+
+    check_templates(settings.prompts_dir)  # a broken template fails here, before anything is written
     return settings
 
 

@@ -23,14 +23,20 @@ from mbiagents.scenario_incentives import PrincipalScenario, QuadraticScenario, 
 
 
 class TeamGameSettings(Strict):
-    """``[game]`` of the team game: congestion ``kappa`` in ``C(X) = kappa X^2 / 2``."""
+    """``[game]`` of the team game: congestion ``kappa`` in ``C(X) = kappa X^2 / 2``; ``step``:
+    the agents' step rule (``mechanisms.dpm``): ``"newton"`` (rounds that do not grow like
+    N) or ``"fixed"`` (gradient play with ``1 / (b_i + kappa N)``, rounds that grow like N)."""
 
     congestion: PositiveFloat
+    step: Literal["newton", "fixed"] = "newton"
     max_report: PositiveFloat = 1000.0  # bounds an LLM agent's reported value and curvature
     max_usage: PositiveFloat = 1000.0  # bounds an LLM agent's usage
     #: rounds whose payments one settlement nets: one transfer per agent every k rounds
     #: (every round's payment vector is still logged, hashed and recomputed by the audit)
     settlement_interval: PositiveInt = 1
+    #: the operator's prior on each agent's type: an LLM agent's reported value (curvature)
+    #: must lie within this factor of the value (curvature) the scenario gives it
+    prior_ratio: float = Field(default=4.0, gt=1.0, le=1e6)
 
 
 class PolicyAgentSpec(Strict):
@@ -261,5 +267,13 @@ def load_scenario(path: str | Path) -> ScenarioBase:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: invalid TOML: {exc}") from None
+    llm = data.get("llm")
+    if isinstance(llm, dict) and isinstance(llm.get("prompts_dir"), str):
+        # a scenario's templates live beside it: relative to the file, and inside its folder
+        folder = p.resolve().parent
+        pdir = (folder / llm["prompts_dir"]).resolve()
+        if not pdir.is_relative_to(folder):
+            raise ScenarioError(f"{p}: llm.prompts_dir: {llm['prompts_dir']!r} is outside the scenario's folder {folder}")
+        data = {**data, "llm": {**llm, "prompts_dir": str(pdir)}}
     return parse_scenario(data, str(p))
 

@@ -27,6 +27,9 @@ class ScenarioMeta(Strict):
     game: str
     mechanism: str
     rounds: PositiveInt = 100
+    #: the round limit a run was started with when ``mbi run --rounds`` overrode ``rounds``
+    #: (recorded so that ``--resume`` honours it); a scenario file leaves it out
+    round_limit: PositiveInt | None = None
     seed: int = 0
     tolerance: PositiveFloat = 1e-8
     description: str = ""

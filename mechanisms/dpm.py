@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from mechanisms.games import team
-from mechanisms.learning import projected_gradient_norm, projected_gradient_play
+from mechanisms.learning import free_coordinates, projected_gradient_norm, projected_gradient_play
 
 Array = jax.Array
 
@@ -72,9 +72,91 @@ def marginal_price_payment(x: Array, kappa: float) -> Array:
     return team.congestion_cost(total, kappa) - team.congestion_cost(total - x, kappa)
 
 
-def default_steps(reports: team.TeamTypes, kappa: float) -> Array:
-    """Safe per-agent steps ``eta_i = 1 / (b_i + kappa N)`` for gradient play."""
-    return 1.0 / (reports.b + kappa * reports.a.shape[0])
+#: step rules of the team game's gradient play: ``newton`` (default of the team market) and ``fixed``
+STEP_RULES = ("newton", "fixed")
+
+
+def default_steps(reports: team.TeamTypes, kappa: float, rule: str = "fixed") -> Array:
+    """Per-agent steps of a step rule: ``fixed``: ``eta_i = 1 / (b_i + kappa N)``;
+    ``newton``: ``eta_i = 1 / b_i``, the agent's own curvature (see ``newton_price_move``).
+
+    ``fixed`` is a contraction, but a slow one: its factor is ``1 - O(b / (kappa N))``, so the
+    rounds to a given residual grow like ``N`` (see ``newton_price_move`` for why every
+    step that is diagonal in the agents has this defect).
+    """
+    if rule == "newton":
+        return 1.0 / reports.b
+    if rule == "fixed":
+        return 1.0 / (reports.b + kappa * reports.a.shape[0])
+    raise ValueError(f"unknown step rule {rule!r} (expected one of {', '.join(STEP_RULES)})")
+
+
+def newton_price_move(x: Array, signals: Array, reports: team.TeamTypes, kappa: float) -> Array:
+    """The ``newton`` rule's public broadcast: the price move ``pi = kappa * dX`` the mechanism
+    announces with the signals, ``pi = kappa sum_F G_j / b_j / (1 + kappa sum_F 1 / b_j)``
+    over the free agents ``F`` (``x_j > 0`` or ``G_j >= 0``), O(N), reported curvatures.
+
+    Derived for this project (the paper, MBI Grassi 2025, gives the signal ``G_i = -dL/dx_i``
+    and no step rule or rate). Agent ``i`` sees ``G_i``, its own curvature ``b_i`` and the
+    public ``pi``, and plays
+
+        x_i <- max(0, x_i + (G_i - pi) / b_i),                         (agent side)
+
+    the move that zeroes its next signal ``G_i' = G_i - b_i dx_i - kappa dX`` if the
+    aggregate price ``kappa X`` moves by ``pi``. On ``F`` this is exactly the Newton step of
+    the team loss: ``H_F = diag(b_F) + kappa 1 1^T`` and, by Sherman-Morrison,
+    ``H_F^{-1} G_F = (G_F - pi 1) / b_F``: the rank-one coupling that makes the team loss
+    ill-conditioned (``cond H ~ kappa N / b``) is carried by one public scalar.
+
+    Guarantee (truthful curvatures, any ``x^0 >= 0``; with an overstated value ``a_hat`` read
+    ``a`` as the reports). The agent rule gives ``x_i^{t+1} = max(0, (a_i - p^t) / b_i)`` with
+    ``p^t = kappa X^t + pi^t``, so the joint dynamic is a scalar iteration on the price. Let
+    ``h(p) = kappa sum_j max(0, (a_j - p) / b_j) - p`` (convex, strictly decreasing, piecewise
+    linear; its root ``p* = kappa X*`` is the optimal price), ``S(p) = sum_{a_j > p} 1 / b_j``,
+    ``P(F) = kappa sum_F (a_j / b_j) / (1 + kappa S_F)``, ``e_t = p* - p^t``.
+
+    1. ``p^0 = P(F^0) <= p*`` for every set ``F``: ``P(F) <= p*`` iff
+       ``kappa sum_F (a_j - p*) / b_j <= p* = kappa sum_{A*} (a_j - p*) / b_j``.
+    2. For ``t >= 1``, ``F^t = {j : a_j > p^{t-1}}`` and ``p^t = p^{t-1} + h(p^{t-1}) / (1 +
+       kappa S(p^{t-1}))``: Newton's method on ``h`` from the left, so
+       ``p^{t-1} <= p^t <= p*`` (monotone, never overshoots).
+    3. Contraction: ``e_{t+1} <= r_t e_t`` with ``r_t = kappa (S(p^t) - S(p*)) / (1 + kappa
+       S(p^t)) <= kappa (S_all - S*) / (1 + kappa S_all) < 1``: the share of the price slope
+       ``1 + kappa S`` held by agents free now but idle at the optimum. It has no factor
+       of ``N``, and ``r_t -> 0`` as the free set shrinks to the optimal active set ``A*``
+       (superlinear).
+    4. Finite: once ``{a_j > p^t} = A*`` the next price is ``p*`` exactly. If every agent
+       is active at the optimum, ``x^1 = x*`` from any start: one round for every ``N``.
+    5. The residual at ``x^{t+1}`` is ``h(p^t) <= (1 + kappa S(p^t)) e_t``.
+    6. Fixed points, for any agent steps ``eta_i > 0``: ``G_i = pi`` on ``F`` forces
+       ``pi = kappa pi S_F / (1 + kappa S_F)``, so ``pi = 0`` and ``G_F = 0``: the KKT point,
+       the closed-form optimum. The outcome and the Clarke payments (hence DSIC) are those of
+       the ``fixed`` rule.
+
+    Why a public scalar is needed: for ``x <- x + D G`` with any positive diagonal ``D``
+    (agents' own steps, nothing aggregate), ``D^{1/2} H D^{1/2}`` has an eigenvalue
+    ``>= kappa tr D`` (test vector ``D^{1/2} 1``), so stability needs ``tr D < 2 / kappa``;
+    then at least half the agents have ``d_i <= 4 / (kappa N)``, and a vector on two of
+    them orthogonal to ``D^{1/2} 1`` has Rayleigh quotient ``<= 4 b_max / (kappa N)``: the
+    contraction factor is ``>= 1 - 4 b_max / (kappa N)``, i.e. ``Omega(N)`` rounds.
+
+    Note on scaling: at fixed ``kappa`` the optimal active set itself shrinks with ``N``
+    (the congestion price ``kappa X*`` rises towards the largest values), so ``r_t`` stays
+    near 1/2 for the first rounds and the count grows like ``log N`` (measured in
+    ``benchmarks/bench_spine.py``); with congestion per capita (``kappa = kappa_0 / N``)
+    the shares, and the rounds, are flat in ``N``.
+    """
+    free = free_coordinates(x, signals)
+    inv_b = jnp.where(free, 1.0 / reports.b, 0.0)
+    return kappa * jnp.sum(signals * inv_b) / (1.0 + kappa * jnp.sum(inv_b))
+
+
+def announced_price_move(x: Array, signals: Array, reports: team.TeamTypes, kappa: float, rule: str) -> Array:
+    """What the mechanism broadcasts with the signals: ``newton_price_move`` under ``newton``,
+    nothing (0) under ``fixed``."""
+    if rule == "newton":
+        return newton_price_move(x, signals, reports, kappa)
+    return jnp.zeros((), signals.dtype)
 
 
 class DPMState(NamedTuple):
@@ -91,22 +173,27 @@ def dpm_init(x0: Array, reports: team.TeamTypes, kappa: float) -> DPMState:
     return DPMState(x0, g, jnp.asarray(0), projected_gradient_norm(x0, g))
 
 
-def dpm_step(state: DPMState, reports: team.TeamTypes, kappa: float, steps: Array) -> DPMState:
-    """One round: agents move along their signals, the mechanism re-prices."""
-    x = projected_gradient_play(state.x, state.signals, steps)
+def dpm_step(state: DPMState, reports: team.TeamTypes, kappa: float, steps: Array, rule: str = "fixed") -> DPMState:
+    """One round: the mechanism broadcasts ``pi`` (rule), agents play
+    ``x_i <- max(0, x_i + eta_i (G_i - pi))``, the mechanism re-prices."""
+    move = announced_price_move(state.x, state.signals, reports, kappa, rule)
+    x = projected_gradient_play(state.x, state.signals - move, steps)
     g = team_signals(x, reports, kappa)
     return DPMState(x, g, state.rounds + 1, projected_gradient_norm(x, g))
 
 
 def dpm_solve(
-    reports: team.TeamTypes, kappa: float, steps: Array, x0: Array, tol: float = 1e-10, max_rounds: int = 10_000
+    reports: team.TeamTypes, kappa: float, steps: Array, x0: Array, tol: float = 1e-10, max_rounds: int = 10_000,
+    rule: str = "fixed",
 ) -> DPMState:
     """Iterate ``dpm_step`` until the projected signal is ``<= tol`` or ``max_rounds``."""
 
     def cond(s: DPMState) -> Array:
         return (s.residual > tol) & (s.rounds < max_rounds)
 
-    return jax.lax.while_loop(cond, lambda s: dpm_step(s, reports, kappa, steps), dpm_init(x0, reports, kappa))
+    return jax.lax.while_loop(
+        cond, lambda s: dpm_step(s, reports, kappa, steps, rule), dpm_init(x0, reports, kappa)
+    )
 
 
 def team_outcome(reports: team.TeamTypes, kappa: float) -> Array:
@@ -128,3 +215,20 @@ def team_dsic_violation(true_types: team.TeamTypes, deviations: team.TeamTypes, 
     from mechanisms import properties
 
     return properties.dsic_violation(lambda r, t: team_utilities(r, t, kappa), true_types, deviations)
+
+
+def capped_clarke_payments(x: Array, reports: team.TeamTypes, kappa: float) -> Array:
+    """Clarke payments capped by what each agent's own report justifies (what ``i`` pays):
+
+        t_i = min( W_{-i}(x*_{-i}) - W_{-i}(x),  max(v_i(x_i; theta_hat_i), 0) ).
+
+    Guarantees at every ``x >= 0`` (not only at the optimum): no subsidy (``t_i >= 0``) and
+    individual rationality under the reports (``v_i(x_i; theta_hat_i) - t_i >= 0``), so an
+    agent that reports truthfully never loses by taking part, whatever the others report;
+    in particular an agent using nothing pays nothing. Where the Clarke pivot is already IR,
+    e.g. at the reported optimum ``x*(theta_hat)`` (Clarke 1971; Groves 1973), the payments
+    are Clarke's. Why the cap is needed: reports and usage are separate steps, so others
+    who report a huge value and then use nothing would otherwise make ``W_{-i}(x*_{-i})``
+    large and charge the honest agents for an externality that never happens.
+    """
+    return jnp.minimum(clarke_pivot_payments(x, reports, kappa), jnp.maximum(team.values(x, reports), 0.0))

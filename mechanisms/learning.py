@@ -1,6 +1,7 @@
 """Agent learning dynamics as pure functions (state in, state out).
 
 - ``projected_gradient_play``: gradient play on a price signal, projected onto ``x >= 0``.
+- ``free_coordinates``: the coordinates a projected step can move (not pinned at ``x = 0``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ def projected_gradient_play(x: Array, gradient: Array, step: Array) -> Array:
     Each agent ascends its own utility gradient ``g_i`` with its own step ``eta_i``. With
     the DPM signal as ``g`` and ``eta_i <= 1 / (b_i + kappa N)`` in the team game the joint
     map is a contraction onto the team optimum (the Jacobian of ``-g`` is
-    ``diag(b) + kappa 11^T``, whose eigenvalues scaled by ``eta`` lie in ``(0, 2)``).
+    ``diag(b) + kappa 11^T``, whose eigenvalues scaled by ``eta`` lie in ``(0, 2)``), but
+    with factor ``1 - O(b / (kappa N))``: rounds grow like ``N``. ``mechanisms.dpm``'s
+    ``newton`` rule calls this with ``g - pi`` and ``eta_i = 1 / b_i`` instead.
     """
     return jnp.maximum(0.0, x + step * gradient)
+
+
+def free_coordinates(x: Array, gradient: Array) -> Array:
+    """Mask of the coordinates not blocked by ``x >= 0``: ``x_i > 0`` or ``g_i >= 0``."""
+    return ~((x <= 0.0) & (gradient < 0.0))
 
 
 def projected_gradient_norm(x: Array, gradient: Array) -> Array:
@@ -27,8 +35,7 @@ def projected_gradient_norm(x: Array, gradient: Array) -> Array:
 
     Zero exactly at a KKT point of ``max U`` subject to ``x >= 0``.
     """
-    blocked = (x <= 0.0) & (gradient < 0.0)
-    return jnp.max(jnp.where(blocked, 0.0, jnp.abs(gradient)), initial=0.0)
+    return jnp.max(jnp.where(free_coordinates(x, gradient), jnp.abs(gradient), 0.0), initial=0.0)
 
 
 # ---------------------------------------------------------------------------------------

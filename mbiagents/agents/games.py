@@ -88,7 +88,7 @@ class TeamAction(StrictAnswer):
     usage: float
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8192)  # one per agent with per-agent bounds
 def team_report_model(value_bounds: Bounds, curvature_bounds: Bounds) -> type[TeamReport]:
     """:class:`TeamReport` with the scenario's bounds in its schema and validation."""
     return create_model(
@@ -120,12 +120,18 @@ class TeamAgentInfo:
     payment_rule: str = DEFAULT_TEAM_PAYMENT_RULE
 
 
+@functools.lru_cache(maxsize=1024)
+def _schema_text(schema: type[BaseModel]) -> str:
+    """The answer model's JSON schema as the system prompt shows it (built once per model)."""
+    return json.dumps(json_schema(schema), separators=(",", ":"))
+
+
 def _messages(llm: LLMClient, template: str, ctx: dict[str, Any], schema: type[BaseModel]) -> list[dict[str, str]]:
     pdir = llm.settings.prompts_dir
     system = render(
         "system.md",
         {"agent_id": ctx["agent_id"], "persona": ctx.get("persona"),
-         "schema": json.dumps(json_schema(schema), separators=(",", ":"))},
+         "schema": _schema_text(schema)},
         pdir,
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": render(template, ctx, pdir)}]

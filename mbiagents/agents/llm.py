@@ -22,13 +22,29 @@ What :meth:`LLMClient.ask` guarantees:
 * Every HTTP call made on behalf of an ask is a :class:`CallRecord` (agent, step, attempt,
   model, latency, tokens, cost, error, raw text truncated to :data:`RAW_TEXT_LIMIT`
   characters); the :class:`Answer` carries them, so the caller can write them as ledger
-  events. The API key never appears in any record.
+  events.
 
-Concurrency: one client is safe to share between many coroutines on one event loop
-(LangGraph ``Send`` fan-out): one ``AsyncOpenAI`` (connection pool), one
-``asyncio.Semaphore(concurrency)``. Each request has the SDK timeout ``timeout_s``; the
-whole SDK call (its retries included) is additionally bounded by
-``timeout_s * (max_retries + 1) + 8 s * max_retries`` (the SDK's maximal backoff).
+What a hostile model server cannot do (README, "Security model"):
+
+* get a secret stored or shown: the API key, and the value of every environment variable
+  whose name says it is a secret (``*_API_KEY``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``),
+  is replaced by ``[redacted]`` in the model text as soon as it arrives, so neither the
+  records, nor the parsed answer, nor the ledger, export or report can hold it;
+* make a stored field unbounded or unstorable: every stored string is cut (``model`` and
+  ``finish_reason`` to :data:`FIELD_LIMIT` characters, texts to :data:`RAW_TEXT_LIMIT`),
+  lone surrogates (``\\udcff``) become ``?``, token counts are clamped to
+  ``[0, MAX_TOKENS_COUNTED]``;
+* hold the run: ``timeout_s`` bounds each HTTP request in total (connect, a trickling
+  body and all), per agent; a server that cannot even answer the capability probe does
+  not serialise the agents behind one another.
+
+Concurrency and cost: one client is shared by all coroutines of a run (LangGraph ``Send``
+fan-out): one ``AsyncOpenAI``, one connection pool, one
+``asyncio.Semaphore(concurrency)``. The request body is built here from the settings read
+once (no per-call validation of settings or of the SDK's typed parameters; the answer
+schema's ``response_format`` is built once per model) and posted with the SDK's own
+``post`` (its retries, backoff and ``Retry-After``). The whole SDK call, retries
+included, is bounded by ``timeout_s * (max_retries + 1) + 8 s * max_retries``.
 """
 
 from __future__ import annotations
@@ -40,7 +56,10 @@ import re
 import time
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
+import httpcore2
+import httpx2
 import openai
+from httpcore2._utils import is_socket_readable
 from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
@@ -54,6 +73,13 @@ MAX_PARSE_CHARS = 20_000
 ERROR_TEXT_LIMIT = 600
 #: Placeholder key for endpoints that need none (local llama.cpp, most vLLM/Ollama).
 NO_KEY = "not-needed"
+#: Stored length of short server-chosen fields (``model``, ``finish_reason``).
+FIELD_LIMIT = 200
+#: Token counts above this are stored as this (a server may send any integer).
+MAX_TOKENS_COUNTED = 10**9
+#: Environment variables whose values are scrubbed from everything kept (besides the key).
+SECRET_VAR = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|PASSWD)", re.I)
+REDACTED = "[redacted]"
 
 MODES: tuple[str, ...] = ("json_schema", "json_object", "none")
 
@@ -130,6 +156,131 @@ def truncate(text: str, limit: int = RAW_TEXT_LIMIT) -> str:
     return text[:limit] + f"...[truncated {len(text) - limit} chars]"
 
 
+def clean_text(text: str) -> str:
+    """``text`` storable as UTF-8: lone surrogates (e.g. from a ``\\udcff`` escape) become ``?``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _clean_strings(obj: Any) -> Any:
+    """``clean_text`` on every string of parsed JSON."""
+    if isinstance(obj, str):
+        return clean_text(obj)
+    if isinstance(obj, dict):
+        return {clean_text(k): _clean_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean_strings(v) for v in obj]
+    return obj
+
+
+def _count(x: Any) -> int:
+    """A server's token count as a stored integer in ``[0, MAX_TOKENS_COUNTED]``."""
+    try:
+        n = int(x or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return min(max(n, 0), MAX_TOKENS_COUNTED)
+
+
+def _short_field(x: Any) -> str | None:
+    return None if x is None else truncate(clean_text(str(x)), FIELD_LIMIT)
+
+
+class Scrubber:
+    """Replaces secrets (the API key, secret-looking environment variables) by ``[redacted]``."""
+
+    def __init__(self, key: str | None, env: Any = None) -> None:
+        import os
+
+        env = os.environ if env is None else env
+        found = {v for k, v in env.items()
+                 if SECRET_VAR.search(k) and not k.startswith("MBI_LLM_") and len(v) >= 8}  # MBI_LLM_*: names
+        if key and key != NO_KEY and len(key) >= 4:
+            found.add(key)
+        self.secrets = sorted(found, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+class _SocketCachingStream(httpcore2.AsyncNetworkStream):
+    """A network stream that answers the pool's "is the idle socket readable?" from a cached
+    socket. httpcore asks it of every idle connection each time it assigns a request;
+    through anyio each answer rebuilds a dict of socket attributes, which made the pool
+    check about a third of the client's CPU per call at 64 agents (profiled)."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._sock = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore2.AsyncNetworkStream:
+        return _SocketCachingStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._sock is not None:
+            return is_socket_readable(self._sock)
+        if info == "socket":
+            return self._sock
+        return self._inner.get_extra_info(info)
+
+
+class _SocketCachingBackend(httpcore2.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        from httpcore2._backends.auto import AutoBackend
+
+        self._inner = AutoBackend()
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
+        return _SocketCachingStream(await self._inner.connect_tcp(*args, **kwargs))
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
+        return _SocketCachingStream(await self._inner.connect_unix_socket(*args, **kwargs))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
+    """The SDK's httpx client with a total deadline per request (connect + send + the whole
+    body): httpx's own read timeout restarts with every byte, so a trickling server could
+    hold a request for ever. A request past the deadline raises ``ReadTimeout``, which the
+    SDK treats as any timeout (retry, then ``APITimeoutError``)."""
+
+    def __init__(self, total_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._total_s = total_s
+        # the direct (non-proxy) transport's pool, with the socket-caching network backend
+        pool = getattr(self._transport, "_pool", None)
+        if type(pool) is httpcore2.AsyncConnectionPool:
+            self._transport._pool = httpcore2.AsyncConnectionPool(  # type: ignore[attr-defined]
+                ssl_context=pool._ssl_context, max_connections=pool._max_connections,
+                max_keepalive_connections=pool._max_keepalive_connections, keepalive_expiry=pool._keepalive_expiry,
+                http1=pool._http1, http2=pool._http2, network_backend=_SocketCachingBackend())
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:  # type: ignore[override]
+        try:
+            async with asyncio.timeout(self._total_s):
+                return await super().send(request, **kwargs)
+        except TimeoutError:
+            raise httpx2.ReadTimeout(f"no complete answer within {self._total_s:g} s", request=request) from None
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid number")
 
@@ -157,7 +308,8 @@ def extract_json(text: str) -> Any:
         if not cand:
             continue
         try:
-            return json.loads(cand, parse_constant=_reject_constant)
+            value = json.loads(cand, parse_constant=_reject_constant)
+            return _clean_strings(value) if "\\u" in cand else value
         except (ValueError, RecursionError) as exc:
             last = exc
     raise ValueError(f"reply is not valid JSON: {last}" if last else "reply is empty")
@@ -197,8 +349,9 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 
 
+@functools.lru_cache(maxsize=1024)
 def response_format_for(mode: str, schema_model: type[BaseModel]) -> dict[str, Any] | None:
-    """The ``response_format`` body for a mode (None for prompt-only)."""
+    """The (cached, read-only) ``response_format`` body for a mode (None for prompt-only)."""
     schema = json_schema(schema_model)
     if mode == "json_schema":
         return {
@@ -230,8 +383,10 @@ class LLMClient:
     def __init__(self, settings: LLMSettings, *, base_url: str | None = None) -> None:
         self.settings = settings
         self.model = settings.effective_model
-        key = settings.api_key()
         url = base_url or settings.base_url
+        # a key goes only to a host the user chose (see mbiagents.llm_settings); never to
+        # the loopback server of the local backend, which needs none
+        key = settings.api_key() if base_url is None and settings.sends_key else None
         if key is None:
             if settings.backend == "openai" and url is None:
                 raise LLMConfigError(
@@ -239,29 +394,30 @@ class LLMClient:
                 )
             key = NO_KEY
         self.base_url = url
-        self._secret = key if key != NO_KEY and len(key) >= 4 else None
+        self._scrub = Scrubber(settings.api_key() or key)
         self._client = AsyncOpenAI(
             api_key=key,
             base_url=url,
             timeout=settings.timeout_s,
             max_retries=settings.max_retries,
+            http_client=_DeadlineHttpClient(settings.timeout_s, timeout=httpx2.Timeout(settings.timeout_s)),
         )
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._mode: str | None = None if settings.response_format == "auto" else settings.response_format
         self._mode_lock = asyncio.Lock()
+        self._detect_failed = False  # the deciding request failed in transport: others detect unlocked
         # detection requests: no SDK retries, so a 5xx capability refusal is seen at once
         self._client_once = self._client.with_options(max_retries=0)
         self.probe_records: list[CallRecord] = []
         self._call_deadline = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
+        # the request body's constant part, read from the settings once
+        self._body = {"model": self.model, "temperature": settings.temperature, "max_tokens": settings.max_tokens}
+        self._price = settings.price_per_1k_tokens / 1000.0
 
     @property
     def mode(self) -> str | None:
         """The response_format mode in use (None until the first request decided it)."""
         return self._mode
-
-    def _scrub(self, text: str) -> str:
-        """Remove the API key from text we keep (a server may echo it in an error)."""
-        return text.replace(self._secret, "[redacted]") if self._secret else text
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -277,11 +433,15 @@ class LLMClient:
         self, agent_id: str, step: str, attempt: int, mode: str, messages: list[dict[str, str]],
         schema_model: type[BaseModel], *, detecting: bool = False,
     ) -> tuple[CallRecord, str | None, BaseException | None]:
-        """One chat-completions request (with the SDK's own retries). Never raises except on cancel."""
-        kwargs: dict[str, Any] = {}
+        """One chat-completions request (with the SDK's own retries). Never raises except on cancel.
+
+        The returned text is already cleaned (storable UTF-8) and scrubbed of secrets.
+        """
+        body = dict(self._body, messages=messages)
         rf = response_format_for(mode, schema_model)
         if rf is not None:
-            kwargs["response_format"] = rf
+            body["response_format"] = rf
+        options = {"headers": {"x-mbi-agent": agent_id, "x-mbi-step": step}, "security": {"bearer_auth": True}}
         started = time.time()
         t0 = time.perf_counter()
         text: str | None = None
@@ -294,51 +454,81 @@ class LLMClient:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(self._call_deadline):
                     client = self._client_once if detecting else self._client
-                    resp = await client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,  # type: ignore[arg-type]
-                        temperature=self.settings.temperature,
-                        max_tokens=self.settings.max_tokens,
-                        extra_headers={"x-mbi-agent": agent_id, "x-mbi-step": step},
-                        **kwargs,
-                    )
+                    resp = await client.post("/chat/completions", body=body, cast_to=httpx2.Response,
+                                             options=options)  # type: ignore[arg-type]
+                    data = resp.json()  # a plain dict: no SDK model is built from what the server sent
             latency = time.perf_counter() - t0
-            model = resp.model or self.model
-            if resp.usage is not None:
-                usage_p = int(resp.usage.prompt_tokens or 0)
-                usage_c = int(resp.usage.completion_tokens or 0)
-            if resp.choices:
-                choice = resp.choices[0]
-                finish = choice.finish_reason
-                text = choice.message.content or ""
-                refusal = getattr(choice.message, "refusal", None)
-                if not text and refusal:
-                    text = f"[refusal] {refusal}"
-            else:
-                text = ""
+            if not isinstance(data, dict):
+                raise ValueError(f"the server answered a JSON {type(data).__name__}, not an object")
+            model = data.get("model") or self.model
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                usage_p = _count(usage.get("prompt_tokens"))
+                usage_c = _count(usage.get("completion_tokens"))
+            choices = data.get("choices")
+            choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+            message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+            finish = choice.get("finish_reason")
+            text = message.get("content") or ""
+            if not text and message.get("refusal"):
+                text = f"[refusal] {message['refusal']}"
+            if not isinstance(text, str):
+                text = json.dumps(text)
         except Exception as exc:  # noqa: BLE001 - any transport/SDK failure ends this ask with the fallback
             # (asyncio.CancelledError is a BaseException and propagates)
             latency = time.perf_counter() - t0
             err = exc
+            text = None
+        if text:
+            text = self._scrub(clean_text(text))
         raw = text or ""
         record = CallRecord(
             agent_id=agent_id,
             step=step,
             attempt=attempt,
-            model=model,
+            model=self._scrub(_short_field(model) or self.model),
             mode=mode,
             started_at=started,
             latency_s=latency,
             prompt_tokens=usage_p,
             completion_tokens=usage_c,
-            cost=(usage_p + usage_c) / 1000.0 * self.settings.price_per_1k_tokens,
-            finish_reason=finish,
-            error=self._scrub(_error_text(err)) if err is not None else None,
+            cost=(usage_p + usage_c) * self._price,
+            finish_reason=_short_field(finish),
+            error=self._error(err) if err is not None else None,
             raw_text=truncate(raw),
             raw_chars=len(raw),
             raw_truncated=len(raw) > RAW_TEXT_LIMIT,
         )
         return record, text, err
+
+    def _error(self, exc: BaseException) -> str:
+        return self._scrub(clean_text(_error_text(exc)))
+
+    async def _detect(
+        self, agent_id: str, step: str, attempt: int, messages: list[dict[str, str]], schema_model: type[BaseModel],
+        records: list[CallRecord], start: int = 0,
+    ) -> tuple[str | None, BaseException | None, int]:
+        """Try the modes from ``MODES[start]`` on; the first that is not refused is the client's."""
+        text: str | None = None
+        err: BaseException | None = None
+        for i in range(start, len(MODES)):
+            mode = MODES[i]
+            last = i + 1 == len(MODES)
+            rec, text, err = await self._request(
+                agent_id, step, attempt, mode, messages, schema_model, detecting=not last)
+            records.append(rec)
+            if err is not None and not last:
+                if _is_capability_rejection(err):
+                    attempt += 1
+                    continue  # server refused this response_format: demote
+                # some other failure: same request again, now with the SDK's retries
+                attempt += 1
+                rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
+                records.append(rec)
+            if err is None and self._mode is None:
+                self._mode = mode
+            break
+        return text, err, attempt
 
     async def _request_detecting(
         self, agent_id: str, step: str, attempt: int, messages: list[dict[str, str]], schema_model: type[BaseModel], records: list[CallRecord]
@@ -346,27 +536,19 @@ class LLMClient:
         """Request with the decided mode; the first request of the client decides it.
 
         Concurrent first requests wait for the deciding one (the lock is held only while
-        the mode is undecided), then go out in parallel.
+        the mode is undecided), then go out in parallel. If the deciding request fails in
+        transport (a dead or trickling server), the others do not queue behind one another:
+        each detects on its own, in parallel, within its own timeout.
         """
-        if self._mode is None:
+        if self._mode is None and not self._detect_failed:
             async with self._mode_lock:
-                if self._mode is None:
-                    for i, mode in enumerate(MODES):
-                        last = i + 1 == len(MODES)
-                        rec, text, err = await self._request(
-                            agent_id, step, attempt, mode, messages, schema_model, detecting=not last)
-                        records.append(rec)
-                        if err is not None and not last:
-                            if _is_capability_rejection(err):
-                                attempt += 1
-                                continue  # server refused this response_format: demote
-                            # some other failure: same request again, now with the SDK's retries
-                            attempt += 1
-                            rec, text, err = await self._request(agent_id, step, attempt, mode, messages, schema_model)
-                            records.append(rec)
-                        if err is None:
-                            self._mode = mode
-                        return text, err, attempt
+                if self._mode is None and not self._detect_failed:
+                    text, err, attempt = await self._detect(agent_id, step, attempt, messages, schema_model, records)
+                    if self._mode is None:
+                        self._detect_failed = True
+                    return text, err, attempt
+        if self._mode is None:
+            return await self._detect(agent_id, step, attempt, messages, schema_model, records)
         rec, text, err = await self._request(agent_id, step, attempt, self._mode, messages, schema_model)
         records.append(rec)
         return text, err, attempt
@@ -424,7 +606,7 @@ class LLMClient:
             attempt += 1
             text, err, attempt = await self._request_detecting(agent_id, step, attempt, convo, schema, records)
             if err is not None:
-                errors.append(self._scrub(_error_text(err)))
+                errors.append(self._error(err))
                 break  # the SDK already retried; give up on this ask
             answers += 1
             text = text or ""
@@ -436,7 +618,7 @@ class LLMClient:
                 if check is not None:
                     check(value)
             except (ValueError, ValidationError) as exc:
-                msg = _format_validation_error(exc)
+                msg = self._scrub(clean_text(_format_validation_error(exc)))
                 errors.append(msg)
                 records[-1] = records[-1].model_copy(update={"error": f"invalid answer: {msg}"})
                 convo = convo[: len(messages)] + [

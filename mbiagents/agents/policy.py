@@ -10,8 +10,12 @@ Team game policies:
   report (it follows the signal priced on its report), so the mechanism steers to the
   optimum of the reported welfare; the summary shows what the lie costs it.
 
-Step sizes: ``step`` from the scenario, else ``1 / (b_hat_i + kappa N)`` (see
-``mechanisms.dpm.default_steps``), which keeps simultaneous gradient play a contraction.
+Step rule (the team game's ``[game] step``, ``mechanisms.dpm``): under ``newton`` (the
+default) agent ``i`` plays ``x_i <- max(0, x_i + eta_i (G_i - pi))`` with ``pi`` the price
+move the mechanism broadcasts and ``eta_i = 1 / b_i`` (its own curvature), which converges
+in rounds that do not grow like ``N``; under ``fixed``, ``pi = 0`` and
+``eta_i = 1 / (b_i + kappa N)``, a contraction whose rounds grow like ``N``. A ``step`` in
+the scenario overrides ``eta_i`` under either rule (``mechanisms.dpm.default_steps``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from mechanisms.dpm import default_steps
 from mechanisms.games.team import TeamTypes
 from mechanisms.learning import LogitQParams, logit_q_log_policy, logit_q_update, projected_gradient_play
 
@@ -34,11 +39,11 @@ class TeamPopulation:
     steps: np.ndarray
 
     @classmethod
-    def from_specs(cls, specs, kappa: float) -> "TeamPopulation":
+    def from_specs(cls, specs, kappa: float, rule: str = "fixed") -> "TeamPopulation":
         value = np.array([s.value for s in specs], dtype=np.float64)
         curvature = np.array([s.curvature for s in specs], dtype=np.float64)
         factor = np.array([s.misreport_factor or 1.0 for s in specs], dtype=np.float64)
-        default = 1.0 / (curvature + kappa * len(specs))
+        default = np.asarray(default_steps(TeamTypes(value, curvature), kappa, rule))
         steps = np.array([s.step if s.step is not None else d for s, d in zip(specs, default)], dtype=np.float64)
         return cls([s.id for s in specs], value, curvature, factor, steps)
 
@@ -49,11 +54,14 @@ class TeamPopulation:
     def report(self, round_index: int) -> TeamTypes:
         return TeamTypes(self.value * self.factor, self.curvature)
 
-    def act(self, signals: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return np.asarray(_gradient_play(actions, signals, self.steps))
+    def act(self, signals: np.ndarray, actions: np.ndarray, move: float = 0.0) -> np.ndarray:
+        """``x <- max(0, x + eta (G - pi))`` with the broadcast price move ``pi`` (0: ``fixed``)."""
+        return np.asarray(_gradient_play(actions, signals, self.steps, move))
 
 
-_gradient_play = jax.jit(projected_gradient_play)
+@jax.jit
+def _gradient_play(x, signals, steps, move):
+    return projected_gradient_play(x, signals - move, steps)
 
 
 # ---- logit-Q learners (congestion / tolling game) ----------------------------------------

@@ -16,6 +16,10 @@ Formats (documented in the README):
   streams rows; it knows no market). Only for markets whose actions are discrete (the
   congestion market).
 
+Output files are checked first (``mbiagents.ledger.outfiles``): an existing file is written over
+only with ``force``, a file of the ledger's own database never; each file is written under
+a temporary name and renamed into place when complete.
+
 Rows are streamed round by round; a run of 10^6 transfers never sits in memory at once
 (except for Parquet, whose writer takes one round group per round).
 """
@@ -29,6 +33,7 @@ from typing import Any, Iterator
 
 from mbiagents.errors import MbiError
 from mbiagents.ledger.store import Ledger, RoundRecord
+from mbiagents.ledger.outfiles import atomic_path, atomic_text, check_outputs, database_files
 
 FORMATS = ("csv", "jsonl", "parquet")
 TRANSFER_FIELDS = ("run_id", "round", "id", "kind", "debit", "credit", "amount")
@@ -64,30 +69,38 @@ def check_format(fmt: str) -> None:
         raise MbiError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
-def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path) -> dict[str, Any]:
-    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``."""
+def export_run(ledger: Ledger, run_id: str | None, fmt: str, out: Path, *, force: bool = False) -> dict[str, Any]:
+    """Export a run; returns ``{"run_id", "format", "files", "transfers", "events"}``.
+
+    ``MbiError`` before anything is written if an output file exists (unless ``force``) or
+    is a file of the ledger's database (always).
+    """
     check_format(fmt)
     run = ledger.get_run(run_id)
     counts = {"transfers": 0, "events": 0}
     if fmt == "jsonl":
-        with open_output(out) as fh:
+        with open_output(out, ledger, force) as fh:
             for rec in jsonl_records(ledger, run.id):
                 counts[rec["record"] + "s"] = counts.get(rec["record"] + "s", 0) + 1
                 fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
         return {"run_id": run.id, "format": fmt, "files": [str(out)], "transfers": counts["transfers"],
                 "events": counts["events"]}
-    _mkdir(out)
+    if out.exists() and not out.is_dir():
+        raise MbiError(f"--out {out}: exists and is not a folder")
     paths = {name: out / f"{name}.{fmt}" for name in ("transfers", "events")}
-    writers = {"csv": _CsvTables, "parquet": _ParquetTables}[fmt](paths)
-    try:
-        for r in ledger.iter_rounds(run.id):
-            t, e = list(transfer_rows(run.id, r)), list(event_rows(run.id, r))
-            writers.write("transfers", TRANSFER_FIELDS, t)
-            writers.write("events", EVENT_FIELDS, e)
-            counts["transfers"] += len(t)
-            counts["events"] += len(e)
-    finally:
-        writers.close()
+    check_outputs(list(paths.values()), force=force, protected=database_files(ledger.engine))
+    _mkdir(out)
+    with atomic_path(paths["transfers"]) as tmp_t, atomic_path(paths["events"]) as tmp_e:
+        writers = {"csv": _CsvTables, "parquet": _ParquetTables}[fmt]({"transfers": tmp_t, "events": tmp_e})
+        try:
+            for r in ledger.iter_rounds(run.id):
+                t, e = list(transfer_rows(run.id, r)), list(event_rows(run.id, r))
+                writers.write("transfers", TRANSFER_FIELDS, t)
+                writers.write("events", EVENT_FIELDS, e)
+                counts["transfers"] += len(t)
+                counts["events"] += len(e)
+        finally:
+            writers.close()
     return {"run_id": run.id, "format": fmt, "files": [str(p) for p in paths.values()], **counts}
 
 
@@ -136,8 +149,9 @@ def _mkdir(out: Path) -> None:
         raise MbiError(f"cannot create output folder {out}: {exc.strerror}") from None
 
 
-def open_output(out: Path):
-    try:
-        return open(out, "w", encoding="utf-8")
-    except OSError as exc:
-        raise MbiError(f"cannot write {out}: {exc.strerror}") from None
+
+def open_output(out: Path, ledger: Ledger, force: bool = False):
+    """``out`` checked (``outfiles.check_outputs``: not over a file without ``force``, never
+    over the ledger's database) and opened for writing under a temporary name."""
+    check_outputs([out], force=force, protected=database_files(ledger.engine))
+    return atomic_text(out)

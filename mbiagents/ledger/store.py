@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, make_url, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mbiagents.errors import LedgerError
@@ -253,6 +254,14 @@ def _enable_sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
+def display_url(url: str) -> str:
+    """A ledger URL as messages show it: the password (if any) replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparsable: mask anything between "user:" and "@"
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for an SQLAlchemy URL; a clear ``LedgerError`` if it is unusable."""
     if url.startswith("postgresql://"):
@@ -260,11 +269,12 @@ def make_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, future=True)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise LedgerError(f"ledger URL {url!r} is not a usable SQLAlchemy URL: {exc}") from None
+        raise LedgerError(f"ledger URL {display_url(url)!r} is not a usable SQLAlchemy URL: "
+                          f"{_scrub_password(str(exc), url)}") from None
     if engine.dialect.name == "sqlite":
         db = engine.url.database
         if db and db != ":memory:" and not Path(db).parent.exists():
-            raise LedgerError(f"ledger URL {url!r}: folder {Path(db).parent} does not exist")
+            raise LedgerError(f"ledger URL {display_url(url)!r}: folder {Path(db).parent} does not exist")
         _enable_sqlite_pragmas(engine)
     return engine
 
@@ -574,8 +584,18 @@ def _by_round(rows) -> Iterator[tuple[int, list[tuple]]]:
         yield index, list(map(_TAIL, group))
 
 
-def _short(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+def _short(exc: SQLAlchemyError, url: str | None = None) -> str:
+    """The driver's first line of an error (without the URL's password, if it names it)."""
+    text = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+    return _scrub_password(text, url)
+
+
+def _scrub_password(text: str, url: str | None) -> str:
+    try:
+        password = make_url(url).password if url else None
+    except Exception:  # noqa: BLE001
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 def table_names(engine: Engine) -> list[str]:

@@ -3,15 +3,24 @@
 Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 
 1. elicit: agents report ``theta_hat`` (logged when it changes; always in round 0);
-2. mechanism: signals ``G = -dL/dx`` at ``x^t`` and the projected residual;
-3. act: agents move to ``x^{t+1}``;
-4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, one
-   transfer per agent (agent -> treasury), plus the outcome. With
-   ``[game] settlement_interval = k`` the rounded payments accumulate per agent and one
-   netted transfer per agent settles them every ``k`` rounds and in the last round.
+2. mechanism: signals ``G = -dL/dx`` at ``x^t``, the projected residual and, under the
+   ``newton`` step rule (``[game] step``), the public price move ``pi`` (logged with ``G``);
+3. act: agents move to ``x^{t+1}`` (policy agents: ``max(0, x + eta (G - pi))``);
+4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, capped
+   by each agent's reported value of its own usage (``dpm.capped_clarke_payments``), one
+   transfer per agent (agent -> treasury), plus the outcome.
 
-Per-agent vectors (reports, signals, actions, payments) are logged as array records
-(8 bytes per agent and field, hashed), not JSON.
+Hostile reports are harmless: an LLM agent's report must lie in its per-agent bounds from
+the scenario's prior (``[game] prior_ratio`` around the type the scenario gives it), and
+the cap makes every agent's payment at most what its own report says its usage is worth,
+so a truthful agent never pays more than its usage is worth to it, whatever the others
+report. The audit checks that (``individual_rationality``, a failing check).
+
+With ``[game] settlement_interval = k`` the rounded payments accumulate per agent and one
+netted transfer per agent settles them every ``k`` rounds and in the last round; every
+round's payment vector is still logged and recomputed. Per-agent vectors (reports,
+signals, actions, payments) are logged as array records (8 bytes per agent and field,
+hashed), not JSON.
 
 The run converges when the residual at ``x^t`` is at most the scenario's tolerance
 (``Settlement.done`` of the round that computed it).
@@ -28,6 +37,7 @@ import numpy as np
 from mechanisms import dpm
 from mechanisms.games import team
 from mechanisms.learning import projected_gradient_norm
+from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled, to_minor_units
 from mbiagents.ledger.payments import minor_transfers
@@ -36,26 +46,17 @@ from mbiagents.markets.base import Market, Recomputed, Settlement, converged_bel
 from mbiagents.scenario import TeamScenario
 
 
-@partial(jax.jit, static_argnames=())
-def _price(x, reports, kappa):
+@partial(jax.jit, static_argnames=("rule",))
+def _price(x, reports, kappa, rule="fixed"):
     g = dpm.team_signals(x, reports, kappa)
-    return g, projected_gradient_norm(x, g)
+    return g, projected_gradient_norm(x, g), dpm.announced_price_move(x, g, reports, kappa, rule)
 
 
 @jax.jit
 def _settle(x, reports, kappa):
-    t = dpm.clarke_pivot_payments(x, reports, kappa)
+    t = dpm.capped_clarke_payments(x, reports, kappa)
     agg = x.sum()
     return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
-
-
-@jax.jit
-def _recompute(x, x_prev, reports, kappa):
-    """A logged round recomputed in one jitted call (audit, replay): Clarke payments and
-    outcome at ``x``, the signals at ``x_prev``, and the values ``v_i(x_i)`` under reports."""
-    t, agg, cost, w_rep = _settle(x, reports, kappa)
-    g, _ = _price(x_prev, reports, kappa)
-    return t, agg, cost, w_rep, g, team.values(x, reports)
 
 
 _welfare_rounds = jax.jit(jax.vmap(team.welfare, in_axes=(0, None, None)))
@@ -101,6 +102,7 @@ class TeamStep(TypedDict, total=False):
     reports: dict[str, np.ndarray]
     signals: np.ndarray
     residual: float
+    price_move: float  # the broadcast price move of the step rule (0 under ``fixed``)
     next_actions: np.ndarray
 
 
@@ -118,9 +120,21 @@ class TeamMarket(Market[TeamState, TeamAudit]):
     def __init__(self, scenario: TeamScenario):
         super().__init__(scenario)
         self.kappa = float(scenario.game.congestion)
-        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa)
+        self.step_rule = scenario.game.step
+        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
         self.index = {a: i for i, a in enumerate(self.agent_ids)}
         self.settlement_interval = scenario.game.settlement_interval
+        g = scenario.game
+        self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
+        self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
+        # per-agent report bounds: the scenario's prior, a factor prior_ratio around each type
+        r = g.prior_ratio
+        self.value_bounds = [self._prior(a.value, r) for a in scenario.agents]
+        self.curvature_bounds = [self._prior(a.curvature, r) for a in scenario.agents]
+
+    def _prior(self, typ: float, ratio: float) -> Bounds:
+        hi = min(typ * ratio, self.report_bounds.hi)
+        return Bounds(lo=min(max(typ / ratio, self.report_bounds.lo), hi), hi=hi)
 
     # ---- the round ------------------------------------------------------------------
     def init_state(self) -> TeamState:
@@ -134,48 +148,31 @@ class TeamMarket(Market[TeamState, TeamAudit]):
 
     def price(self, state) -> TeamStep:
         reports = self._with_llm(state, "report", state["step"]["reports"])
-        g, residual = _price(state["market"]["actions"], _types(reports), self.kappa)
-        return TeamStep(reports=reports, signals=np.asarray(g), residual=float(residual))
+        g, residual, move = _price(state["market"]["actions"], _types(reports), self.kappa, self.step_rule)
+        return TeamStep(reports=reports, signals=np.asarray(g), residual=float(residual), price_move=float(move))
 
     def act(self, state) -> TeamStep:
         step = state["step"]
-        return {**step, "next_actions": self.population.act(step["signals"], state["market"]["actions"])}
+        return {**step, "next_actions": self.population.act(step["signals"], state["market"]["actions"],
+                                                            step["price_move"])}
 
-    # ---- LLM agents (the LLM layer is imported here, not for policy-only runs or the audit) ----
-    @property
-    def report_bounds(self):
-        from mbiagents.agents.games import Bounds
-
-        return Bounds(lo=1e-9, hi=self.scenario.game.max_report)
-
-    @property
-    def usage_bounds(self):
-        from mbiagents.agents.games import Bounds
-
-        return Bounds(lo=0.0, hi=self.scenario.game.max_usage)
-
-    def _info(self, agent_id: str):
-        from mbiagents.agents.games import TeamAgentInfo
-
+    # ---- LLM agents -----------------------------------------------------------------
+    def _info(self, agent_id: str) -> TeamAgentInfo:
         spec = self.scenario.agents[self.index[agent_id]]
         return TeamAgentInfo(agent_id=agent_id, value=spec.value, curvature=spec.curvature, kappa=self.kappa,
                              n_agents=len(self.agent_ids), persona=spec.persona)
 
     async def llm_report(self, llm, agent_id, view):
         """Fallback (documented): the agent's previous accepted report, in round 0 its type."""
-        from mbiagents.agents.games import TeamReport, team_report
-
         i = self.index[agent_id]
         prev = view["market"]["logged_reports"] or view["step"]["reports"]
-        fallback = TeamReport(value=self.report_bounds.clamp(float(prev["value"][i])),
-                              curvature=self.report_bounds.clamp(float(prev["curvature"][i])))
-        return await team_report(llm, self._info(agent_id), value_bounds=self.report_bounds,
-                                 curvature_bounds=self.report_bounds, fallback=fallback, round=view["round"])
+        vb, cb = self.value_bounds[i], self.curvature_bounds[i]
+        fallback = TeamReport(value=vb.clamp(float(prev["value"][i])), curvature=cb.clamp(float(prev["curvature"][i])))
+        return await team_report(llm, self._info(agent_id), value_bounds=vb, curvature_bounds=cb, fallback=fallback,
+                                 round=view["round"])
 
     async def llm_act(self, llm, agent_id, view):
         """Fallback (documented): keep the current usage."""
-        from mbiagents.agents.games import team_act
-
         i = self.index[agent_id]
         x = view["market"]["actions"]
         return await team_act(llm, self._info(agent_id), signal=float(view["step"]["signals"][i]), usage=float(x[i]),
@@ -209,7 +206,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         if changed:
             events.append(EventRow("reports", {k: np.asarray(v, np.float64) for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": np.asarray(step["signals"], np.float64), "residual": step["residual"]}),
+            EventRow("signals", {"G": np.asarray(step["signals"], np.float64), "residual": step["residual"],
+                                 **self._logged_move(step["price_move"])}),
             EventRow("actions", {"x": x}),
             EventRow("payments", {"t": t}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
@@ -229,6 +227,10 @@ class TeamMarket(Market[TeamState, TeamAudit]):
             metrics={"welfare": true_w, "residual": step["residual"]},
         )
 
+    def _logged_move(self, move: float) -> dict[str, float]:
+        """The broadcast price move as logged: only under ``newton`` (``fixed`` logs are unchanged)."""
+        return {"price_move": move} if self.step_rule == "newton" else {}
+
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
         base = ("signals", "actions", "payments", "outcome")
@@ -246,11 +248,18 @@ class TeamMarket(Market[TeamState, TeamAudit]):
             raise KeyError("reports")
         x = np.asarray(rec.payload("actions")["x"], np.float64)
         x_prev = a["actions"] if a["actions"] is not None else np.zeros_like(x)
-        t, agg, cost, w_rep, g, values = (np.asarray(v) for v in _recompute(x, x_prev, reports, self.kappa))
+        t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
+        g, _, move = _price(x_prev, reports, self.kappa, self.step_rule)
+        signals = rec.payload("signals")
         outcome = rec.payload("outcome")
+        # G and, under newton, the broadcast price move pi
+        extra = ["price_move"] if self.step_rule == "newton" else []
         checks = {
-            "signals_recompute": _close(self.agent_ids, np.asarray(rec.payload("signals")["G"], np.float64),
-                                        np.asarray(g), "G"),
+            "signals_recompute": _close(self.agent_ids + extra,
+                                        np.append(np.asarray(signals["G"], np.float64), [signals[k] for k in extra]),
+                                        np.append(np.asarray(g), [float(move)] * len(extra)), "G"),
+            # policy agents' moves, bit for bit, from the recomputed signals and price move
+            "actions_recompute": self._policy_actions_match(x, x_prev, np.asarray(g), float(move)),
             "outcome_recompute": _close(["aggregate", "operator_cost", "reported_welfare"],
                                         np.asarray([outcome[k] for k in ("aggregate", "operator_cost",
                                                                          "reported_welfare")]),
@@ -258,12 +267,23 @@ class TeamMarket(Market[TeamState, TeamAudit]):
             # Clarke pivots never subsidise: t_i = W_-i(x*_-i) - W_-i(x) >= 0 at every x
             "budget_balance": _at_least(self.agent_ids, t, 0.0, "payment t_i"),
         }
-        # IR (v_i - t_i >= 0 under reported types) holds at the optimum, not on the way there
-        u = values - t
+        # IR under the reports (v_i - t_i >= 0) is guaranteed by the capped payments at every
+        # round: a failing check (a truthful agent never pays more than its usage is worth)
+        u = np.maximum(np.asarray(team.values(x, reports)), 0.0) - t
+        checks["individual_rationality"] = _at_least(self.agent_ids, u, 0.0, "reported value max(v_i, 0) - t_i")
         netted = np.asarray(rec.payload("payments")["t"], np.float64) if self.settlement_interval > 1 else None
-        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, info={
-            "individual_rationality": _at_least(self.agent_ids, u, 0.0, "reported utility v_i - t_i")},
-            logged_payments=netted)
+        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, logged_payments=netted)
+
+    def _policy_actions_match(self, x: np.ndarray, x_prev: np.ndarray, g: np.ndarray, move: float) -> tuple[bool, str]:
+        """(ok, first mismatch): each policy agent's logged action is exactly its rule's move."""
+        expected = self.population.act(g, x_prev, move)
+        llm = set(self.llm_agent_ids)
+        policy = np.array([a not in llm for a in self.agent_ids])
+        bad = policy & (expected != x)
+        if not bad.any():
+            return True, ""
+        j = int(np.flatnonzero(bad)[0])
+        return False, f"{self.agent_ids[j]}: logged x={float(x[j])!r}, policy rule gives {float(expected[j])!r}"
 
     # ---- report -----------------------------------------------------------------------
     def report_data(self, rounds: list[RoundRecord]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from mbiagents.errors import MbiError
 from mbiagents.ledger.store import Ledger
+from mbiagents.ledger.outfiles import check_outputs, database_files
 from mbiagents.report.data import ReportData, collect
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -40,11 +41,22 @@ class ReportResult:
                 "audit_ok": self.audit_ok}
 
 
-def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and prove it writable; ``MbiError`` (one line) otherwise."""
+#: every file a report may write into its folder
+REPORT_FILES = ("welfare.png", "actions.png", "incentives.png", "payments.png", "budget.png", "tasks.png", "llm.png",
+                "report.json", "index.html")
+
+
+def prepare_out_dir(out: str | os.PathLike, *, force: bool = False, protected: set[Path] | None = None) -> Path:
+    """Create ``out`` if needed and prove it writable; ``MbiError`` (one line) otherwise.
+
+    A report file already there is written over only with ``force``; a database file in
+    ``protected`` (the ledger's) never (``mbiagents.ledger.outfiles.check_outputs``).
+    """
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise MbiError(f"--out {path}: exists and is not a folder")
+    if path.is_dir():
+        check_outputs([path / f for f in REPORT_FILES], force=force, protected=protected or set())
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".mbi-write-test-{uuid.uuid4().hex[:8]}"
@@ -55,9 +67,12 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
     return path
 
 
-def build_report(ledger: Ledger, run_id: str | None, out: str | os.PathLike) -> ReportResult:
-    """Write the report of ``run_id`` (default: the latest run) into the folder ``out``."""
-    path = prepare_out_dir(out)
+def build_report(ledger: Ledger, run_id: str | None, out: str | os.PathLike, *, force: bool = False) -> ReportResult:
+    """Write the report of ``run_id`` (default: the latest run) into the folder ``out``.
+
+    Existing report files are written over only with ``force``; the ledger's own files never.
+    """
+    path = prepare_out_dir(out, force=force, protected=database_files(ledger.engine))
     data = collect(ledger, run_id)
     from mbiagents.report.plots import draw_all, plotted_agents
 

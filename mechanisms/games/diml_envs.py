@@ -253,6 +253,53 @@ def anonymous_linear_mechanism(n_agents: int, n_actions: int) -> Mechanism:
     return anonymous_mechanism(n_agents, n_actions, g, init, "anonymous_linear")
 
 
+class CountEmbeddingParams(NamedTuple):
+    """``g(a, f) = MLP([emb[a], f])``: action embedding ``[A, d]`` and a ReLU MLP ``d + A -> 1``."""
+
+    emb: Array
+    layers: list
+
+
+def torch_default_init(key: Array, sizes: list[int], dtype=jnp.float64) -> list[tuple[Array, Array]]:
+    """``torch.nn.Linear``'s default initialisation: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    layers = []
+    for k, fin, fout in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
+        kw, kb = jax.random.split(k)
+        bound = 1.0 / jnp.sqrt(fin)
+        layers.append((jax.random.uniform(kw, (fin, fout), dtype, -bound, bound),
+                       jax.random.uniform(kb, (fout,), dtype, -bound, bound)))
+    return layers
+
+
+def relu_mlp_apply(layers: list[tuple[Array, Array]], x: Array) -> Array:
+    """``relu`` MLP, linear output layer."""
+    for w, b in layers[:-1]:
+        x = jax.nn.relu(x @ w + b)
+    w, b = layers[-1]
+    return x @ w + b
+
+
+def anonymous_embedding_mechanism(n_agents: int, n_actions: int, hidden: int = 256, depth: int = 2,
+                                  embed: int | None = None) -> Mechanism:
+    """The released script's E7 family (``SymmetricCountMechanism``), truth and candidate there:
+    ``u_i(a) = MLP([emb[a_i], f_{-i}])`` with ``f_{-i}`` the others' action fractions, an
+    embedding of size ``min(32, max(12, A))`` (``N(0, 1)``, as ``torch.nn.Embedding``) and a
+    ReLU MLP with ``torch.nn.Linear``'s default initialisation (``torch_default_init``).
+    """
+    d = embed if embed is not None else min(32, max(12, n_actions))
+    sizes = [d + n_actions] + [hidden] * depth + [1]
+
+    def init(key: Array) -> CountEmbeddingParams:
+        k1, k2 = jax.random.split(key)
+        return CountEmbeddingParams(jax.random.normal(k1, (n_actions, d)), torch_default_init(k2, sizes))
+
+    def g(p: CountEmbeddingParams, f: Array) -> Array:
+        x = jnp.concatenate([p.emb, jnp.broadcast_to(f.astype(p.emb.dtype), (n_actions, n_actions))], axis=-1)
+        return relu_mlp_apply(p.layers, x)[:, 0]
+
+    return anonymous_mechanism(n_agents, n_actions, g, init, "anonymous_embedding")
+
+
 # ------------------------------------------------------------------------ environments
 
 
@@ -322,3 +369,19 @@ def e7_anonymous(key: Array, n_agents: int = 40, n_actions: int = 10, scale: flo
                                    scale * jax.random.normal(k3, (n_actions, n_actions)) / jnp.sqrt(n_actions))
     return Environment(f"E7 n={n_agents} A={n_actions}", anonymous_linear_mechanism(n_agents, n_actions), params,
                        "anonymous_linear")
+
+
+def e7_released(key: Array, n_agents: int = 40, n_actions: int = 10) -> Environment:
+    """E7 as the released script draws it: the truth is a freshly initialised
+    ``anonymous_embedding_mechanism`` (hidden 256, depth 2; no rescaling). The script pairs it
+    with logit-Q learners ``alpha = 0.2, beta = 6, eps = 0.02`` and 24 episodes x 30 steps
+    (16 x 25 at 300 x 40), first 80% of the episodes for training (``E7_RELEASED_PROTOCOL``).
+    """
+    mech = anonymous_embedding_mechanism(n_agents, n_actions)
+    return Environment(f"E7 released n={n_agents} A={n_actions}", mech, mech.init(key), "anonymous_embedding")
+
+
+E7_RELEASED_PROTOCOL = {  # the released script's E7 settings: (alpha, beta, eps), episodes, steps, train fraction
+    "learner": (0.2, 6.0, 0.02), "episodes": 24, "steps": 30, "train_fraction": 0.8,
+    "epochs": 200, "batch_episodes": 8, "learning_rate": 1e-3, "payoff_l2": 1e-4,
+}

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 
@@ -49,6 +49,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection in the middle of the response body
     model: str | None = None
+    trickle_s: float = 0.0  # send the body one byte at a time, spread over this many seconds
+    echo_key: bool = False  # replace "{key}" in content, error and model by the request's Bearer token
 
     @classmethod
     def json(cls, obj: Any, **kw: Any) -> "Reply":
@@ -79,6 +81,7 @@ class RecordedRequest:
     received_at: float
     reply: Reply | None = None
     delay_s: float = 0.0
+    authorization: str | None = None  # the Authorization header as received
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -178,6 +181,7 @@ class ScriptedOpenAIServer:
             step=request.headers.get("x-mbi-step"),
             body=body,
             received_at=time.time(),
+            authorization=request.headers.get("authorization"),
         )
         with self._lock:
             self.requests.append(req)
@@ -202,6 +206,10 @@ class ScriptedOpenAIServer:
             await asyncio.sleep(delay)
         if reply.drop:
             raise _Drop()
+        if reply.echo_key:  # a hostile server: echo the key wherever the client may keep it
+            key = (req.authorization or "").removeprefix("Bearer ")
+            reply = Reply(**{**vars(reply), "echo_key": False, "content": reply.content.replace("{key}", key),
+                             "model": (reply.model or self.model).replace("{key}", key)})
         if reply.status != 200:
             return JSONResponse(
                 {"error": {"message": reply.content, "type": "scripted", "code": reply.status}},
@@ -211,20 +219,28 @@ class ScriptedOpenAIServer:
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
         pt = reply.prompt_tokens if reply.prompt_tokens is not None else max(1, prompt_chars // 4)
         ct = reply.completion_tokens if reply.completion_tokens is not None else max(1, len(reply.content) // 4)
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-{len(self.requests)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": reply.model or self.model,
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": reply.content},
-                     "finish_reason": reply.finish_reason, "logprobs": None}
-                ],
-                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-            },
-            headers=reply.headers,
-        )
+        payload = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": reply.model or self.model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": reply.content},
+                 "finish_reason": reply.finish_reason, "logprobs": None}
+            ],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+        }
+        if reply.trickle_s:
+            data = json.dumps(payload).encode()
+
+            async def trickle():
+                for i in range(len(data)):
+                    yield data[i:i + 1]
+                    await asyncio.sleep(reply.trickle_s / len(data))
+
+            return StreamingResponse(trickle(), headers={**reply.headers, "content-type": "application/json",
+                                                         "content-length": str(len(data))})
+        return JSONResponse(payload, headers=reply.headers)
 
     async def _debug_requests(self, request: Request) -> JSONResponse:
         """Requests seen so far (agent, step, injected delay); ``DELETE`` clears them."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import jinja2
 import pytest
 
 from mbiagents.agents import (
@@ -12,6 +11,7 @@ from mbiagents.agents import (
     task_bid, task_bids_model, task_deliver, team_act, team_report,
 )
 from mbiagents.agents.games import DELIVERABLE_MAX_CHARS, abstain
+from mbiagents.agents.prompts import PromptError
 from openai_server import Reply
 
 INFO = TeamAgentInfo(agent_id="a1", value=3.5, curvature=1.25, kappa=0.1, n_agents=4)
@@ -121,6 +121,6 @@ def test_prompts_dir_override(openai_server, tmp_path):
 
 def test_override_with_unknown_variable_is_an_error(openai_server, tmp_path):
     (tmp_path / "team_act.md").write_text("{{ no_such_thing }}")
-    with pytest.raises(jinja2.UndefinedError):
+    with pytest.raises(PromptError, match="team_act.md.*no_such_thing"):
         run(openai_server, lambda llm: team_act(llm, INFO, signal=0, usage=0, aggregate=0, usage_bounds=UB),
             prompts_dir=tmp_path)

@@ -66,9 +66,9 @@ def test_answer_serialises_for_the_ledger(openai_server):
 
 
 def test_api_key_never_recorded(openai_server, monkeypatch):
-    monkeypatch.setenv("MBI_TEST_KEY", "sk-top-secret-42")
+    monkeypatch.setenv("MBI_TEST_API_KEY", "sk-top-secret-42")
     openai_server.queue(Reply.text("not json"), Reply.error(401, "bad key sk-top-secret-42"))
-    ans, _ = ask(openai_server, api_key_env="MBI_TEST_KEY", max_retries=0)
+    ans, _ = ask(openai_server, api_key_env="MBI_TEST_API_KEY", max_retries=0)
     assert ans.used_fallback
     # the server echoed the key in its error: it is redacted from what we keep
     assert "sk-top-secret-42" not in ans.model_dump_json() and "[redacted]" in ans.errors[-1]

@@ -61,7 +61,7 @@ def test_openai_backend_needs_key(monkeypatch):
 
 
 def test_key_is_never_in_settings(monkeypatch):
-    monkeypatch.setenv("MBI_TEST_KEY", "sk-very-secret")
-    s = resolve_llm_settings({"api_key_env": "MBI_TEST_KEY", "backend": "openai"}, env={})
+    monkeypatch.setenv("MBI_TEST_API_KEY", "sk-very-secret")
+    s = resolve_llm_settings({"api_key_env": "MBI_TEST_API_KEY", "backend": "openai"}, env={})
     assert "sk-very-secret" not in s.model_dump_json() and "sk-very-secret" not in repr(s)
     assert s.api_key() == "sk-very-secret"
