@@ -6,7 +6,8 @@ per part, the fitted log-log slopes (target <= 1.1: linear), the jitted-DPM / Nu
 ratio (target <= 1.0 for N >= 1e5) and the rounds to a 1e-8 residual of the ``newton`` and
 ``fixed`` step rules for N = 10^2 ... 10^6 (goal: flat in N), on the mechanism-level loop
 (``mechanisms.dpm.dpm_solve``, no ledger). JIT compile time is excluded (one warm-up call
-per size).
+per size). ``--million`` runs only the team game with N = 10^6 policy agents end to end
+(per-round wall time, peak RSS; ``bench_million``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,61 @@ def bench_rounds(sizes, rounds: int) -> tuple[Table, float]:
     return table, loglog_slope(sizes, times)
 
 
+MILLION_SCRIPT = r"""
+import json, resource, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+n, rounds, k = (int(a) for a in sys.argv[2:5])
+out = {}
+t0 = time.perf_counter()
+import numpy as np
+from mbiagents.runner import run_scenario
+from mbiagents.scenario import parse_scenario
+out["import_s"] = time.perf_counter() - t0
+rng = np.random.default_rng(1)
+t0 = time.perf_counter()
+sc = parse_scenario({"scenario": {"name": "million", "game": "team", "mechanism": "dpm", "rounds": rounds,
+                                  "tolerance": 1e-300}, "game": {"congestion": 0.5, "settlement_interval": k},
+                     "agents": [{"id": f"a{i}", "value": float(v), "curvature": float(c)}
+                                for i, (v, c) in enumerate(zip(rng.uniform(1, 5, n), rng.uniform(0.5, 2, n)))]})
+out["parse_s"] = time.perf_counter() - t0
+marks = [time.perf_counter()]
+res = run_scenario(sc, ledger_url=f"sqlite:///{tempfile.mkdtemp()}/million.db", rounds=rounds, checkpoint=False,
+                   on_round=lambda i, m: marks.append(time.perf_counter()))
+out["end_s"] = time.perf_counter() - marks[-1]
+out["round_s"] = [b - a for a, b in zip(marks, marks[1:])]
+out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps(out))
+"""
+
+
+def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2) -> Table:
+    """A team run of ``n`` policy agents end to end (mechanism, payments, ledger on SQLite),
+    netted every ``k`` rounds, in a fresh process: per-round wall time and peak RSS.
+
+    Round 0 also holds the run's set-up (ledger header with the scenario, accounts, JIT);
+    the other rounds are the steady state: rounds ``k-1, 2k-1, ...`` and the last settle
+    (one transfer per agent), the others write only the round's array records.
+    """
+    import json
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", MILLION_SCRIPT, str(Path(__file__).resolve().parents[1]),
+                          str(n), str(rounds), str(k)], capture_output=True, text=True, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    table = Table(title=f"Team run end to end, N = {n:,} policy agents, SQLite, settlement every {k} rounds "
+                        f"(import {out['import_s']:.1f} s, scenario parse {out['parse_s']:.1f} s, "
+                        f"peak RSS {out['rss_gb']:.2f} GiB)")
+    for c in ("round", "what", "wall (s)"):
+        table.add_column(c, justify="right")
+    for i, t in enumerate(out["round_s"]):
+        what = "set-up + JIT + " if i == 0 else ""
+        what += "settles" if (i + 1) % k == 0 or i == rounds - 1 else "arrays only"
+        table.add_row(str(i), what, f"{t:.2f}")
+    steady = out["round_s"][1:]
+    table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}")
+    table.add_row("end", "finish + summary", f"{out['end_s']:.2f}")
+
+
 @partial(jax.jit, static_argnames=("kappa", "rule", "max_rounds"))
 def solve_rounds(types, kappa: float, rule: str, max_rounds: int):
     """Rounds to a 1e-8 projected residual from ``x = 0`` (capped), and the final residual."""
@@ -148,8 +204,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", choices=["convergence"], help="run only this part")
+    ap.add_argument("--million", action="store_true", help="only the N = 10^6 end-to-end team run")
+    ap.add_argument("--n", type=int, default=10**6, help="agents of the --million run")
     args = ap.parse_args()
     console = Console()
+    if args.million:
+        console.print(bench_million(args.n))
+        return
     conv_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
     console.print(bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000))
     if args.only == "convergence":

@@ -32,6 +32,9 @@ class TeamGameSettings(Strict):
     step: Literal["newton", "fixed"] = "newton"
     max_report: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's reported value and curvature
     max_usage: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's usage
+    #: rounds whose payments one settlement nets: one transfer per agent every k rounds
+    #: (every round's payment vector is still logged, hashed and recomputed by the audit)
+    settlement_interval: int = Field(1, ge=1, le=MAX_ROUNDS)
     #: the operator's prior on each agent's type: an LLM agent's reported value (curvature)
     #: must lie within this factor of the value (curvature) the scenario gives it
     prior_ratio: float = Field(default=4.0, gt=1.0, le=1e6)

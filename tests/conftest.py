@@ -52,7 +52,8 @@ def pg_url(pg_server: str):
 def drop_append_only_triggers(engine) -> None:
     """What an attacker with raw SQL does first: drop the ledger's append-only triggers."""
     with engine.begin() as conn:
-        for table in ("transfers", "events", "rounds", "round_heads", "pending_transfers", "pending_resolutions"):
+        for table in ("transfers", "events", "rounds", "arrays", "round_heads", "pending_transfers",
+                      "pending_resolutions"):
             for action in ("update", "delete", "truncate", "append_completed"):
                 if engine.dialect.name == "postgresql":
                     conn.execute(text(f"drop trigger if exists {table}_no_{action} on {table}"))

@@ -47,8 +47,8 @@ def test_welfare_series_recomputed_independently(small_run):
     _, _, data, ledger = small_run
     assert data.n_rounds == ROUNDS and data.rounds == list(range(ROUNDS))
     w_star = -minimize(lambda x: -_welfare(x), np.ones(4), bounds=[(0, None)] * 4, tol=1e-14).fun
-    xs = [np.array(json.loads(p)["x"]) for r in ledger.read_rounds(data.run["id"]) for _, k, a, p in r.events
-          if k == "actions"]
+    xs = [np.array(json.loads(r.payload_json(seq))["x"]) for r in ledger.read_rounds(data.run["id"])
+          for seq, k, a, p in r.events if k == "actions"]
     expected = [_welfare(x) for x in xs]
     assert data.series["welfare"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert data.series["optimal_welfare"] == pytest.approx([w_star] * ROUNDS, rel=1e-8)

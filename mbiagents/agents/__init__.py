@@ -7,26 +7,28 @@ LLM layer: settings, the shared ``AsyncOpenAI`` client, game prompts/answers, an
 embedded local model server.
 """
 
-from .games import (
-    Bounds,
-    Deliverable,
-    Task,
-    TaskAgentInfo,
-    TaskBids,
-    TeamAction,
-    TeamAgentInfo,
-    TeamReport,
-    task_bid,
-    task_bids_model,
-    task_deliver,
-    team_act,
-    team_action_model,
-    team_report,
-    team_report_model,
-)
-from .llm import RAW_TEXT_LIMIT, Answer, CallRecord, LLMClient, LLMConfigError
-from .local_server import LocalBackendUnavailable, LocalModelServer, local_backend_available, open_llm
-from mbiagents.llm_settings import LLMSettings, resolve_llm_settings
+import importlib
+from typing import Any
+
+#: name -> submodule; imported on first use (PEP 562), so that importing the policy
+#: population (``mbiagents.agents.policy``) does not load ``openai``
+_LAZY = {
+    **dict.fromkeys(("Bounds", "Deliverable", "Task", "TaskAgentInfo", "TaskBids", "TeamAction", "TeamAgentInfo",
+                     "TeamReport", "task_bid", "task_bids_model", "task_deliver", "team_act", "team_action_model",
+                     "team_report", "team_report_model"), ".games"),
+    **dict.fromkeys(("RAW_TEXT_LIMIT", "Answer", "CallRecord", "LLMClient", "LLMConfigError"), ".llm"),
+    **dict.fromkeys(("LocalBackendUnavailable", "LocalModelServer", "local_backend_available", "open_llm",
+                     "local_server"), ".local_server"),
+    **dict.fromkeys(("LLMSettings", "resolve_llm_settings"), "mbiagents.llm_settings"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    return module if module.__name__.endswith("." + name) else getattr(module, name)
+
 
 __all__ = [
     "Answer", "Bounds", "CallRecord", "Deliverable", "LLMClient", "LLMConfigError", "LLMSettings",

@@ -4,14 +4,16 @@ Invariants (each is a test and an ``mbi audit`` check of the same name):
 
 - ``double_entry``: every transfer moves a positive integer amount from one account
   (debit) to another (credit) of the same run; balances are derived, and sum to zero.
-- ``immutability``: rounds, events and transfers are append-only: there is no update or
-  delete path in the code, and database triggers (migration 0002) refuse both.
+- ``immutability``: rounds, events, array records and transfers are append-only: there is
+  no update or delete path in the code, and database triggers (migrations 0002 and
+  0005_compact) refuse both.
 - ``idempotency``: transfer ids are deterministic (run, round, kind, debit, credit);
   writing a round again is reported as a duplicate and changes nothing.
 - ``atomic_rounds``: a round's events, transfers and hash are one transaction; a killed
   process leaves whole rounds only (``MBI_FAULT``, ``mbiagents.faults``).
-- ``hash_chain``: each round's SHA-256 covers its rows and the previous round's hash; a
-  finished run records its round count and last hash.
+- ``hash_chain``: each round's SHA-256 (``store.round_hash``) covers its rows, its array
+  records and the previous round's hash; a finished run records its round count and
+  last hash.
 - ``payments_recompute``: every payment recomputes from the logged reports and actions.
 """
 

@@ -5,7 +5,8 @@ Formats (documented in the README):
 
 - ``csv`` / ``parquet``: ``OUT`` is a folder; it gets ``transfers.{csv,parquet}`` (columns
   ``run_id, round, id, kind, debit, credit, amount``) and ``events.{csv,parquet}``
-  (``run_id, round, seq, kind, agent, payload``: payload as canonical JSON text).
+  (``run_id, round, seq, kind, agent, payload``: payload as canonical JSON text, with the
+  event's array records folded in as JSON lists).
 - ``jsonl``: ``OUT`` is a file, one JSON object a line, in ledger order: a ``run`` record,
   then per round its ``event`` records (seq order), ``transfer`` records (id order) and a
   ``round`` record with the round's hashes.
@@ -45,8 +46,8 @@ def transfer_rows(run_id: str, r: RoundRecord) -> Iterator[tuple]:
 
 
 def event_rows(run_id: str, r: RoundRecord) -> Iterator[tuple]:
-    for seq, kind, agent, payload in r.events:
-        yield run_id, r.index, seq, kind, agent, payload
+    for seq, kind, agent, _payload in r.events:
+        yield run_id, r.index, seq, kind, agent, r.payload_json(seq)
 
 
 def jsonl_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:

@@ -8,42 +8,54 @@ to zero so that they also settle to exactly zero.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Iterable
 
 import numpy as np
 
 from mbiagents.ledger.money import MINOR_UNITS, from_minor_units, to_minor_units
-from mbiagents.ledger.store import TREASURY, TransferRow, agent_account
+from mbiagents.ledger.store import TREASURY, PaymentBatch, agent_account
 
 
-def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[TransferRow]:
+def payment_transfers(agent_ids: list[str], payments: np.ndarray, kind: str) -> list[PaymentBatch]:
     """One transfer per agent for its payment ``t_i`` (what it pays; negative = it is paid).
 
     ``t_i > 0`` debits the agent and credits the treasury; ``t_i < 0`` the reverse; an
-    amount that rounds to zero writes no transfer.
+    amount that rounds to zero writes no transfer. Returned as one ``PaymentBatch``
+    (``.rows()`` lists the transfers): no per-agent Python object until the write.
     """
-    minor = to_minor_units(payments)
-    out: list[TransferRow] = []
-    for agent, m in zip(agent_ids, minor.tolist()):
-        if m > 0:
-            out.append(TransferRow(kind, agent_account(agent), TREASURY, m))
-        elif m < 0:
-            out.append(TransferRow(kind, TREASURY, agent_account(agent), -m))
-    return out
+    return minor_transfers(agent_ids, to_minor_units(payments), kind)
+
+
+def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[PaymentBatch]:
+    """``payment_transfers`` of payments already in integer minor units (e.g. netted ones)."""
+    return [PaymentBatch(kind, agent_ids, np.asarray(minor, dtype=np.int64), TREASURY)]
 
 
 def signed_minor_from_transfers(agent_ids: list[str], transfers: Iterable, kind: str) -> np.ndarray:
     """Inverse of ``payment_transfers``: each agent's net payment in minor units."""
-    pos = {agent_account(a): i for i, a in enumerate(agent_ids)}
+    pos = _positions(agent_ids)
     out = np.zeros(len(agent_ids), dtype=np.int64)
-    for _id, k, debit, credit, amount in transfers:
-        if k != kind:
-            continue
-        if debit in pos:
-            out[pos[debit]] += amount
-        if credit in pos:
-            out[pos[credit]] -= amount
+    rows = [t for t in transfers if t[1] == kind]
+    if not rows:
+        return out
+    _, _, debits, credits, amounts = zip(*rows)
+    amount = np.fromiter(amounts, np.int64, len(rows))
+    for accounts, sign in ((debits, 1), (credits, -1)):  # column-wise: no Python step per row
+        at = np.fromiter(map(pos.get, accounts, repeat(-1)), np.int64, len(rows))
+        mine = at >= 0
+        np.add.at(out, at[mine], sign * amount[mine])
     return out
+
+
+_POSITIONS: list = [None, {}]  # the last agent list (kept alive, so identity is safe) and its positions
+
+
+def _positions(agent_ids: list[str]) -> dict[str, int]:
+    """``{agent account: position}``, built once per agent list (the audit asks every round)."""
+    if _POSITIONS[0] is not agent_ids:
+        _POSITIONS[:] = [agent_ids, {agent_account(a): i for i, a in enumerate(agent_ids)}]
+    return _POSITIONS[1]
 
 
 def budget_balanced_payments(payments: np.ndarray) -> np.ndarray:

@@ -1,9 +1,15 @@
 """The ledger's write path and readers. One round = one database transaction.
 
 The write path inserts through the driver (``executemany`` on SQLite, ``COPY`` on
-PostgreSQL); there is no update or delete path for rounds, events or transfers, and the
-database refuses both (triggers of migration 0002). Writers of one run are serialised by
-a row lock on the run (PostgreSQL) or the database write lock (SQLite).
+PostgreSQL); there is no update or delete path for rounds, events, arrays or transfers,
+and the database refuses both (triggers of migrations 0002 and 0005_compact). Writers of
+one run are serialised by a row lock on the run (PostgreSQL) or the database write lock
+(SQLite).
+
+Numpy arrays in a round-level event's payload (``{"x": np.ndarray}``) are stored as
+compact array records (``arrays`` table: raw little-endian bytes, 8 bytes per float64)
+instead of JSON; ``RoundRecord.payload`` gives them back as read-only numpy arrays
+under the same keys, and ``round_hash`` covers each array's SHA-256.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
+import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, make_url, select, update
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from mbiagents.errors import LedgerError
 from mbiagents.faults import fault_point
-from mbiagents.ledger.models import Account, Event, PendingResolution, PendingTransfer, Round, Run, Transfer
+from mbiagents.ledger.models import (Account, ArrayRecord, Event, PendingResolution, PendingTransfer, Round, Run,
+                                      Transfer)
 from mbiagents.ledger.money import MINOR_UNITS
 
 DEFAULT_LEDGER_URL = "sqlite:///mbi-ledger.db"
@@ -42,18 +50,25 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _payload_json(run_id: str, round_index: int, e: "EventRow") -> str:
+def _payload_json(run_id: str, round_index: int, kind: str, payload: Any) -> str:
     """An event's canonical JSON; a NaN or infinity in it is a one-line ``LedgerError``."""
     try:
-        return canonical_json(e.payload)
+        return canonical_json(payload)
     except ValueError:
-        raise LedgerError(f"run {run_id} round {round_index}: event {e.kind!r} holds a non-finite number "
+        raise LedgerError(f"run {run_id} round {round_index}: event {kind!r} holds a non-finite number "
                           f"(NaN or infinity); nothing written for this round") from None
 
 
 def transfer_id(run_id: str, round_index: int, kind: str, debit: str, credit: str) -> str:
     """Deterministic transfer id: the same round written twice yields the same ids."""
     return f"{run_id}:{round_index}:{kind}:{debit}:{credit}"
+
+
+def transfer_ids(run_id: str, round_index: int, kinds: Iterable[str], debits: Iterable[str],
+                 credits: Iterable[str]) -> list[str]:
+    """``transfer_id`` of many transfers of one round, column-wise (no Python call per row)."""
+    prefix = f"{run_id}:{round_index}:"
+    return [f"{prefix}{k}:{d}:{c}" for k, d, c in zip(kinds, debits, credits)]
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,55 @@ class Resolution:
     amount: int | None = None
 
 
+@dataclass(frozen=True)
+class PaymentBatch:
+    """One transfer per agent of one kind, held as an array until the write (no per-agent
+    Python objects in the round loop).
+
+    ``minor[i] > 0`` moves ``minor[i]`` minor units from ``agent:<agent_ids[i]>`` to
+    ``counterparty``, ``< 0`` moves ``-minor[i]`` the other way, ``0`` writes nothing:
+    the same rows as the ``TransferRow`` per agent it stands for (``rows``).
+    """
+
+    kind: str
+    agent_ids: Sequence[str]
+    minor: np.ndarray
+    counterparty: str = TREASURY
+
+    def rows(self) -> list[TransferRow]:
+        return [TransferRow(k, d, c, m) for _, k, d, c, m in self.id_rows("")]
+
+    def id_rows(self, prefix: str) -> list[tuple[str, str, str, str, int]]:
+        """``(id, kind, debit, credit, amount)`` of the non-zero transfers, in id order; ids
+        are ``prefix + kind:debit:credit`` (``transfer_id`` with ``prefix = run:round:``)."""
+        accounts, pays_order, paid_order = _batch_layout(self.agent_ids, self.counterparty)
+        minor = np.asarray(self.minor, dtype=np.int64)
+        k, cp = self.kind, self.counterparty
+        pays = pays_order[minor[pays_order] > 0]  # agent -> counterparty, in id order
+        paid = paid_order[minor[paid_order] < 0]  # counterparty -> agent, in id order
+        rows = [(f"{prefix}{k}:{accounts[i]}:{cp}", k, accounts[i], cp, m)
+                for i, m in zip(pays.tolist(), minor[pays].tolist())]
+        rows += [(f"{prefix}{k}:{cp}:{accounts[i]}", k, cp, accounts[i], -m)
+                 for i, m in zip(paid.tolist(), minor[paid].tolist())]
+        if rows and paid.size and pays.size:
+            rows.sort()  # two sorted runs: one linear merge
+        return rows
+
+
+_LAYOUT: list = [None, None, None]  # (agent list kept alive, counterparty, layout): the last batch's
+
+
+def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Account names of a batch's agents and the two id orders of its transfers (agent ->
+    counterparty, counterparty -> agent), computed once per agent list."""
+    if _LAYOUT[0] is not agent_ids or _LAYOUT[1] != counterparty:
+        accounts = [agent_account(a) for a in agent_ids]
+        pays = np.array(sorted(range(len(accounts)), key=lambda i: f"{accounts[i]}:{counterparty}"), dtype=np.int64)
+        paid = np.array(sorted(range(len(accounts)), key=accounts.__getitem__), dtype=np.int64)
+        _LAYOUT[:] = [agent_ids, counterparty, (accounts, pays, paid)]
+    return _LAYOUT[2]
+
+
 @dataclass
 class WriteResult:
     round_index: int
@@ -100,16 +164,66 @@ class RoundRecord:
     transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount
     pending: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # pending transfers, same fields
     resolutions: list[tuple[str, str, int]] = field(default_factory=list)  # pending id, state, amount
+    arrays: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # name, dtype, shape, data
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self, kind: str) -> Any:
-        """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent."""
+        """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent.
+
+        Arrays stored for the event (``<kind>.<key>``) come back as read-only numpy
+        arrays under ``key``.
+        """
         if kind not in self._parsed:
             text = next((t for _, k, agent, t in self.events if k == kind and agent is None), None)
             if text is None:
                 raise KeyError(kind)
-            self._parsed[kind] = json.loads(text)
+            value = json.loads(text)
+            prefix = kind + ARRAY_SEP
+            for name, dtype, shape, data in self.arrays:
+                if name.startswith(prefix) and isinstance(value, dict):
+                    value[name[len(prefix):]] = decode_array(dtype, shape, data)
+            self._parsed[kind] = value
         return self._parsed[kind]
+
+    def payload_json(self, seq: int) -> str:
+        """Event ``seq``'s payload as canonical JSON with its arrays as lists (for export)."""
+        _, kind, agent, text = next(e for e in self.events if e[0] == seq)
+        prefix = kind + ARRAY_SEP
+        if agent is not None or not any(name.startswith(prefix) for name, *_ in self.arrays):
+            return text
+        value = dict(self.payload(kind))
+        return canonical_json({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in value.items()})
+
+
+ARRAY_SEP = "."
+ARRAY_KINDS = "fiub"  # float, signed and unsigned integer, bool: the dtypes an array record may hold
+
+
+def encode_array(kind: str, key: str, value: np.ndarray) -> tuple[str, str, str, bytes]:
+    """``(name, dtype, shape, data)`` of an array record: raw little-endian bytes, C order."""
+    if value.dtype.kind not in ARRAY_KINDS or value.ndim == 0:
+        raise ValueError(f"event {kind!r} field {key!r}: an array record holds numeric arrays of rank >= 1, "
+                         f"not {value.dtype} of rank {value.ndim}")
+    arr = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    return f"{kind}{ARRAY_SEP}{key}", arr.dtype.str, ",".join(map(str, arr.shape)), arr.tobytes()
+
+
+def decode_array(dtype: str, shape: str, data: bytes) -> np.ndarray:
+    """The numpy array of an array record (read-only view of ``data``)."""
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(tuple(int(d) for d in shape.split(",")))
+
+
+def split_arrays(seq: int, e: "EventRow", encode: Callable[[Any], str] = canonical_json,
+                 ) -> tuple[tuple[int, str, str | None, str], list[tuple[str, str, str, bytes]]]:
+    """An event row with its numpy arrays taken out as array records (round-level events
+    only); ``encode`` writes the rest of the payload as JSON."""
+    payload, arrays = e.payload, []
+    if isinstance(payload, dict) and any(isinstance(v, np.ndarray) for v in payload.values()):
+        if e.agent is not None:
+            raise ValueError(f"event {e.kind!r} of agent {e.agent!r}: array records are for round-level events")
+        arrays = [encode_array(e.kind, k, v) for k, v in payload.items() if isinstance(v, np.ndarray)]
+        payload = {k: v for k, v in payload.items() if not isinstance(v, np.ndarray)}
+    return (seq, e.kind, e.agent, encode(payload)), arrays
 
 
 HEADER_FIELDS = ("id", "name", "game", "mechanism", "seed", "scenario_json", "minor_units")
@@ -131,20 +245,27 @@ def round_hash(
     round_index: int,
     events: Iterable[tuple[int, str, str | None, str]],
     transfers: Iterable[tuple[str, str, str, str, int]],
+    *,
     pending: Iterable[tuple[str, str, str, str, int]] = (),
     resolutions: Iterable[tuple[str, str, int]] = (),
+    arrays: Iterable[tuple[str, str, str, bytes]] = (),
 ) -> str:
     """SHA-256 over the previous hash and the round's rows in a canonical line encoding.
 
-    Lines: ``R\\t<index>\\t<prev>``, then ``E\\t<seq>\\t<kind>\\t<agent>\\t<payload>`` per event
-    in seq order and ``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>`` per transfer in id
-    order. Ids, kinds and account names cannot hold tabs or newlines; payloads are compact
-    JSON, which escapes them. Pending transfers (``P\t<id>\t<kind>\t<debit>\t<credit>\t<amount>``)
-    and resolutions (``S\t<pending id>\t<state>\t<amount>``) follow in id order; a round
-    without them hashes exactly as before migration 0003.
+    This is the one definition of a round's hash (the write path, the duplicate check and
+    the audit all call it). Lines: ``R\\t<index>\\t<prev>``, then
+    ``E\\t<seq>\\t<kind>\\t<agent>\\t<payload>`` per event in seq order,
+    ``A\\t<name>\\t<dtype>\\t<shape>\\t<sha256 of data>`` per array record in name order,
+    ``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>`` per transfer in id order, then
+    pending transfers (``P\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>``) and resolutions
+    (``S\\t<pending id>\\t<state>\\t<amount>``) in id order. Ids, kinds, names and account
+    names cannot hold tabs or newlines; payloads are compact JSON, which escapes them. A
+    round without arrays, pending transfers or resolutions hashes as before migrations
+    ``0003_escrow`` and ``0005_compact``.
     """
     lines = [f"R\t{round_index}\t{prev_hash}"]
     lines += [f"E\t{s}\t{k}\t{a or ''}\t{p}" for s, k, a, p in sorted(events)]
+    lines += [f"A\t{n}\t{d}\t{sh}\t{hashlib.sha256(b).hexdigest()}" for n, d, sh, b in sorted(arrays)]
     lines += [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(transfers)]
     lines += [f"P\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(pending)]
     lines += [f"S\t{i}\t{st}\t{m}" for i, st, m in sorted(resolutions)]
@@ -197,6 +318,8 @@ class Ledger:
         #: signs run starts, round heads and run ends (``mbiagents.ledger.signing.RunSigner``);
         #: ``None`` writes no round heads
         self.signer: Any = None
+        self._accounts: dict[str, set[str]] = {}  # run id -> account names (accounts are never removed)
+        self._checked_agents: dict[str, list[Sequence[str]]] = {}  # run id -> agent lists found to be accounts
 
     @property
     def url(self) -> str:
@@ -224,7 +347,9 @@ class Ledger:
             row.update(self.signer.start_fields(row, accounts) if self.signer else {})
             with self._begin() as conn:
                 conn.execute(insert(Run), [row])
-                conn.execute(insert(Account), accounts)
+                bulk_insert(conn, "accounts", ("run_id", "name", "kind", "position", "floor"),
+                            [(a["run_id"], a["name"], a["kind"], a["position"], a["floor"]) for a in accounts])
+        self._accounts[run_id] = {a["name"] for a in accounts}
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
@@ -277,28 +402,44 @@ class Ledger:
 
         Raises ``LedgerError`` if the round was written before with different content, if it
         does not follow the run's last round, if the run is completed, if a resolution is
-        not of an open pending transfer of the run, or if the round takes an account below
-        its floor.
+        not of an open pending transfer of the run, if the round takes an account below
+        its floor, or if a transfer names an account the run does not have (checked here:
+        the transfers table has no foreign keys).
         """
-        ev = [(seq, e.kind, e.agent, _payload_json(run_id, round_index, e)) for seq, e in enumerate(events)]
-        tr = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
-              for t in transfers if t.amount != 0]
-        pe = [(transfer_id(run_id, round_index, t.kind, t.debit, t.credit), t.kind, t.debit, t.credit, int(t.amount))
+        ev, arrays = [], []
+        for seq, e in enumerate(events):
+            row, arr = split_arrays(seq, e, lambda p, k=e.kind: _payload_json(run_id, round_index, k, p))
+            ev.append(row)
+            arrays += arr
+        prefix = f"{run_id}:{round_index}:"  # ids as ``transfer_id`` makes them, without a call per row
+        single, batches, tr = [], [], []
+        for t in transfers:
+            if isinstance(t, PaymentBatch):
+                tr += t.id_rows(prefix)
+                batches.append(t)
+            elif t.amount != 0:
+                if t.amount < 0:
+                    raise ValueError(f"transfer {prefix}{t.kind}:{t.debit}:{t.credit} has a negative amount; "
+                                     f"swap debit and credit")
+                single.append((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount)))
+        pe = [(f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount))
               for t in pending if t.amount != 0]
-        for t in tr + pe:
-            if t[4] < 0:
-                raise ValueError(f"transfer {t[0]} has a negative amount; swap debit and credit")
+        if any(t[4] < 0 for t in pe):
+            raise ValueError("a pending transfer has a negative amount; swap debit and credit")
         if len({p[0] for p in pe}) != len(pe) or len({r.pending_id for r in resolutions}) != len(resolutions):
             raise LedgerError(f"run {run_id} round {round_index}: a pending transfer is opened or resolved twice")
+        self._check_accounts(run_id, round_index, single + pe, batches)
+        tr += single
+        tr.sort()
         with self._signed():
             try:
-                return self._write_round(run_id, round_index, ev, tr, pe, list(resolutions))
+                return self._write_round(run_id, round_index, ev, tr, arrays, pe, list(resolutions))
             except IntegrityError:
                 # a concurrent writer of the same round committed first: report it as a duplicate
                 # if it wrote the same content (the retry finds the round), else raise
                 if self.signer:
                     self.signer.rolled_back()
-                return self._write_round(run_id, round_index, ev, tr, pe, list(resolutions))
+                return self._write_round(run_id, round_index, ev, tr, arrays, pe, list(resolutions))
 
     def resolve_pending(self, run_id: str, round_index: int, events: Sequence[EventRow],
                         resolutions: Sequence[Resolution], transfers: Sequence[TransferRow] = ()) -> WriteResult:
@@ -356,15 +497,42 @@ class Ledger:
                 raise LedgerError(f"run {run_id}: the round takes account {acct!r} to {bal[acct]} minor units, "
                                   f"below its floor {floors[acct]}")
 
-    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple], pe: list[tuple] = (),
-                     resolutions: list[Resolution] = ()) -> WriteResult:
+    def _check_accounts(self, run_id: str, round_index: int, rows: list[tuple], batches: list[PaymentBatch]) -> None:
+        """Every debit and credit is an account of the run (names read once per run; a
+        batch's agent list is checked once and remembered by identity)."""
+        names = {t[2] for t in rows} | {t[3] for t in rows} | {b.counterparty for b in batches}
+        checked = self._checked_agents.setdefault(run_id, [])
+        for b in batches:
+            if not any(b.agent_ids is ids for ids in checked):
+                names |= {agent_account(a) for a in b.agent_ids}
+        known = self._accounts.get(run_id)
+        if known is None or not names <= known:
+            known = self._accounts[run_id] = {name for name, _ in self.accounts(run_id)}
+        unknown = sorted(names - known)
+        if unknown:
+            raise LedgerError(f"run {run_id} round {round_index}: transfer to or from {unknown[0]!r}, "
+                              f"which is not an account of the run")
+        for b in batches:  # kept alive here, so identity cannot be reused by another list
+            if not any(b.agent_ids is ids for ids in checked):
+                checked.append(b.agent_ids)
+
+    def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple],
+                     arrays: list[tuple], pe: list[tuple] = (), resolutions: list[Resolution] = ()) -> WriteResult:
         pe = list(pe)
         with self._begin() as conn:
-            # lock the run row (serialises writers of a run) and read the chain's anchor
-            header, status = conn.execute(select(Run.header_hash, Run.status).where(Run.id == run_id)
-                                          .with_for_update()).one()
+            # lock the run row (serialises writers of a run; on PostgreSQL a statement of its
+            # own, so that the next one reads what a writer before us committed), then read
+            # the chain's anchor and the run's last round in one statement
+            pg = conn.dialect.name == "postgresql"
+            if pg:
+                conn.exec_driver_sql("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+            found = conn.exec_driver_sql(CHAIN_HEAD_SQL.replace("?", "%s") if pg else CHAIN_HEAD_SQL,
+                                         (run_id, run_id)).first()
+            if found is None:
+                raise LedgerError(f"ledger {self.url} has no run {run_id!r}")
+            header, status = found[0], found[1]
+            last = None if found[2] is None else tuple(found[2:])
             cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
-            last = conn.execute(cols.order_by(Round.index.desc()).limit(1)).first()
             if last is not None and last[0] >= round_index:
                 existing = last if last[0] == round_index else conn.execute(
                     cols.where(Round.index == round_index)).first()
@@ -373,7 +541,8 @@ class Ledger:
                     stored = dict(conn.execute(select(PendingResolution.pending_id, PendingResolution.amount).where(
                         PendingResolution.run_id == run_id, PendingResolution.round_index == round_index)).all())
                     rs = [(i, st, stored.get(i, -1) if m is None else m) for i, st, m in rs]
-                h = round_hash(existing[1], round_index, ev, tr, pe, rs) if existing is not None else None
+                h = round_hash(existing[1], round_index, ev, tr, pending=pe, resolutions=rs,
+                               arrays=arrays) if existing is not None else None
                 if existing is None or h != existing[2]:
                     raise LedgerError(f"run {run_id} round {round_index} was already written with different content")
                 return WriteResult(round_index, h, duplicate=True, n_transfers=len(tr))
@@ -385,15 +554,14 @@ class Ledger:
             rs = self._resolve(conn, run_id, round_index, pe, list(resolutions))
             if tr or pe or rs:
                 self._check_floors(conn, run_id, tr, pe, rs)
-            h = round_hash(prev, round_index, ev, tr, pe, rs)
-            conn.execute(insert(Round), [dict(run_id=run_id, index=round_index, prev_hash=prev, hash=h,
-                                              n_events=len(ev), n_transfers=len(tr))])
+            h = round_hash(prev, round_index, ev, tr, pending=pe, resolutions=rs, arrays=arrays)
+            bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
             if self.signer:  # the round's Merkle root and signed head, in its transaction
                 self.signer.write_head(conn, run_id, round_index, h, tr)
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
+            bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
             fault_point("settle", round_index)
-            bulk_insert(conn, "transfers", TRANSFER_COLUMNS,
-                        [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
+            insert_transfers(conn, run_id, round_index, tr)
             bulk_insert(conn, "pending_transfers", TRANSFER_COLUMNS,
                         [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in pe])
             bulk_insert(conn, "pending_resolutions", RESOLUTION_COLUMNS,
@@ -412,17 +580,14 @@ class Ledger:
         """
         escrow = self._escrow_rows(run_id)
         with self.engine.connect() as conn:
-            stream = conn.execution_options(stream_results=True, yield_per=20_000)
-            heads = ((i, [(p, h)]) for i, p, h in conn.execute(
-                select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id).order_by(Round.index)))
-            events = stream.execute(select(Event.round_index, Event.seq, Event.kind, Event.agent, Event.payload)
-                                    .where(Event.run_id == run_id).order_by(Event.round_index, Event.seq))
-            transfers = stream.execute(select(Transfer.round_index, Transfer.id, Transfer.kind, Transfer.debit,
-                                              Transfer.credit, Transfer.amount)
-                                       .where(Transfer.run_id == run_id).order_by(Transfer.round_index))
+            # batches bound memory, not rounds: an array record of 10^6 agents is 8 MB
+            heads, events, transfers, arrays = (driver_rows(conn, RUN_ROWS_SQL[t], run_id, batch=RUN_ROWS_BATCH[t])
+                                                for t in RUN_ROWS_SQL)
+            heads = ((i, [(p, h)]) for i, p, h in heads)
             # transfers come in index order of rounds and are sorted by id within a round here,
             # which spares the database a sort of the whole run
-            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers))]
+            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers)),
+                       ((i, [(n, d, sh, b if isinstance(b, bytes) else bytes(b)) for n, d, sh, b in rows]) for i, rows in _by_round(arrays))]
             current = [next(it, None) for it in streams]
             while any(c is not None for c in current):
                 index = min(c[0] for c in current if c is not None)
@@ -434,7 +599,8 @@ class Ledger:
                     else:
                         rows.append([])
                 (prev, h), = rows[0] or [("", "")]
-                yield RoundRecord(index, prev, h, rows[1], rows[2], escrow[0].pop(index, []), escrow[1].pop(index, []))
+                yield RoundRecord(index, prev, h, rows[1], rows[2], pending=escrow[0].pop(index, []),
+                                  resolutions=escrow[1].pop(index, []), arrays=rows[3])
 
     def _escrow_rows(self, run_id: str) -> tuple[dict[int, list], dict[int, list]]:
         """A run's pending transfers and resolutions by round (few rows: read at once)."""
@@ -533,9 +699,42 @@ class Ledger:
         self.engine.dispose()
 
 
+ROUND_COLUMNS = ("run_id", '"index"', "prev_hash", "hash", "n_events", "n_transfers")
 EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
+#: a run's rows in the order ``iter_rounds`` merges them (one parameter: the run id)
+RUN_ROWS_SQL = {
+    "rounds": 'SELECT "index", prev_hash, hash FROM rounds WHERE run_id = ? ORDER BY "index"',
+    "events": "SELECT round_index, seq, kind, agent, payload FROM events WHERE run_id = ? ORDER BY round_index, seq",
+    "transfers": "SELECT round_index, id, kind, debit, credit, amount FROM transfers WHERE run_id = ? "
+                 "ORDER BY round_index",
+    "arrays": "SELECT round_index, name, dtype, shape, data FROM arrays WHERE run_id = ? ORDER BY round_index, name",
+}
+RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
+CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
+                  'LEFT JOIN rounds ON rounds.run_id = runs.id AND rounds."index" = '
+                  '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
+ARRAY_COLUMNS = ("run_id", "round_index", "name", "dtype", "shape", "data")
 TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
 RESOLUTION_COLUMNS = ("pending_id", "run_id", "round_index", "state", "amount")
+
+
+def insert_transfers(conn: Connection, run_id: str, round_index: int, tr: list[tuple]) -> None:
+    """Insert a round's transfers ``(id, kind, debit, credit, amount)`` through the driver.
+
+    On PostgreSQL the rows go to ``COPY`` as one block of text (one ``write`` instead of a
+    Python call per row) when no field needs COPY escaping; otherwise row by row.
+    """
+    if not tr:
+        return
+    if conn.dialect.name == "postgresql":
+        block = "".join([f"{i}\t{run_id}\t{round_index}\t{k}\t{d}\t{c}\t{m}\n" for i, k, d, c, m in tr])
+        plain = "\\" not in block and "\r" not in block  # nothing COPY would unescape
+        if plain and block.count("\t") == 6 * len(tr) and block.count("\n") == len(tr):
+            with conn.connection.dbapi_connection.cursor() as cur, \
+                    cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
+                copy.write(block)
+            return
+    bulk_insert(conn, "transfers", TRANSFER_COLUMNS, [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
 
 
 def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
@@ -554,10 +753,36 @@ def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list
         cur.close()
 
 
+def driver_rows(conn: Connection, sql: str, *params: Any, batch: int = 20_000) -> Iterator[tuple]:
+    """Stream the rows of ``sql`` (``?`` placeholders) through the driver's own cursor, in
+    batches: a server-side cursor on PostgreSQL, SQLite's lazy cursor elsewhere. Several
+    may be open at once on one connection (``iter_rounds`` merges four)."""
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        driver_rows.n = getattr(driver_rows, "n", 0) + 1
+        cur = dbapi.cursor(name=f"mbi_rows_{driver_rows.n}")
+        sql = sql.replace("?", "%s")
+    else:
+        cur = dbapi.cursor()
+    try:
+        cur.execute(sql, params)
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                break
+            yield from rows
+            del rows  # one batch alive at a time: memory bounded by the batch, not the run
+    finally:
+        cur.close()
+
+
+_TAIL = itemgetter(slice(1, None))  # a row without its first column
+
+
 def _by_round(rows) -> Iterator[tuple[int, list[tuple]]]:
     """Group rows ``(round_index, *fields)`` sorted by round into ``(round_index, [fields])``."""
     for index, group in groupby(rows, key=itemgetter(0)):
-        yield index, [tuple(r[1:]) for r in group]
+        yield index, list(map(_TAIL, group))
 
 
 def _short(exc: SQLAlchemyError, url: str | None = None) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from mbiagents.ledger.money import from_minor_units
-from mbiagents.ledger.store import EventRow, RoundRecord, TransferRow, agent_account
+from mbiagents.ledger.store import EventRow, PaymentBatch, RoundRecord, TransferRow, agent_account
 from mbiagents.scenario import ScenarioBase
 
 S = TypeVar("S")  # a market's own state (a TypedDict)
@@ -41,7 +41,7 @@ class Settlement(Generic[S]):
     """What a round leaves in the ledger, the market's next state and whether it is done."""
 
     events: list[EventRow]
-    transfers: list[TransferRow]
+    transfers: list[TransferRow | PaymentBatch]
     state: S
     done: bool = False  # the run converged with this round (its stopping figure met the tolerance)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -54,6 +54,9 @@ class Recomputed:
     payments: np.ndarray  # float payments, what each agent pays (agent order)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # per-round checks that must hold
     info: dict[str, tuple[bool, str]] = field(default_factory=dict)  # properties reported, never failed
+    #: the round's logged payment vector, set by a market that nets payments over
+    #: ``Market.settlement_interval`` rounds (its transfers settle the sum of several rounds)
+    logged_payments: np.ndarray | None = None
 
 
 def ledger_paid(agent_ids: list[str], balances: dict[str, int]) -> np.ndarray:
@@ -112,6 +115,7 @@ class AuditSteps(Protocol[A]):
 
     agent_ids: list[str]
     payment_kind: str
+    settlement_interval: int  # rounds one netted settlement covers (1: every round settles)
 
     def required_events(self, index: int) -> tuple[str, ...]: ...
     def audit_init(self) -> A: ...
@@ -154,6 +158,8 @@ class Market(ABC, Generic[S, A]):
     #: False when the market's state holds records the LangGraph checkpointer cannot
     #: serialise (JAX pytrees): its runs keep no checkpoint and cannot be resumed
     checkpointable: bool = True
+    #: rounds whose payments one settlement nets (one transfer per agent per interval)
+    settlement_interval: int = 1
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from mbiagents.ledger.store import RoundRecord
 
 
@@ -25,6 +27,8 @@ def default_report_data(agent_ids: list[str], rounds: list[RoundRecord]) -> dict
         for rec in rounds:
             p = _payload(rec, kind)
             v = p.get(key) if isinstance(p, dict) else None
+            if isinstance(v, np.ndarray):  # an array record
+                v = v.tolist()
             rows.append(v if isinstance(v, list) and len(v) == len(agent_ids) else None)
         if all(r is None for r in rows):
             return None

@@ -16,6 +16,12 @@ the cap makes every agent's payment at most what its own report says its usage i
 so a truthful agent never pays more than its usage is worth to it, whatever the others
 report. The audit checks that (``individual_rationality``, a failing check).
 
+With ``[game] settlement_interval = k`` the rounded payments accumulate per agent and one
+netted transfer per agent settles them every ``k`` rounds and in the last round; every
+round's payment vector is still logged and recomputed. Per-agent vectors (reports,
+signals, actions, payments) are logged as array records (8 bytes per agent and field,
+hashed), not JSON.
+
 The run converges when the residual at ``x^t`` is at most the scenario's tolerance
 (``Settlement.done`` of the round that computed it).
 """
@@ -33,9 +39,9 @@ from mechanisms.games import team
 from mechanisms.learning import projected_gradient_norm
 from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
-from mbiagents.ledger.money import settled
+from mbiagents.ledger.money import settled, to_minor_units
+from mbiagents.ledger.payments import minor_transfers
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.ledger.payments import payment_transfers
 from mbiagents.markets.base import Market, Recomputed, Settlement, converged_below, welfare_gap
 from mbiagents.scenario import TeamScenario
 
@@ -82,11 +88,12 @@ def _at_least(names: list[str], values: np.ndarray, bound: float, what: str, sla
 
 class TeamState(TypedDict):
     """The team market across rounds: usage ``x^t``, the last logged reports, the last
-    round's payments."""
+    round's payments, and the rounded payments not yet settled (minor units)."""
 
     actions: np.ndarray
     logged_reports: dict[str, np.ndarray] | None
     payments: np.ndarray
+    unsettled: np.ndarray
 
 
 class TeamStep(TypedDict, total=False):
@@ -116,6 +123,7 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         self.step_rule = scenario.game.step
         self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
         self.index = {a: i for i, a in enumerate(self.agent_ids)}
+        self.settlement_interval = scenario.game.settlement_interval
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
         self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
@@ -131,7 +139,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
     # ---- the round ------------------------------------------------------------------
     def init_state(self) -> TeamState:
         n = len(self.agent_ids)
-        return TeamState(actions=np.zeros(n), logged_reports=None, payments=np.zeros(n))
+        return TeamState(actions=np.zeros(n), logged_reports=None, payments=np.zeros(n),
+                         unsettled=np.zeros(n, np.int64))
 
     def elicit(self, state) -> TeamStep:
         r = self.population.report(state["round"])
@@ -195,20 +204,26 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         logged = state["market"]["logged_reports"]
         changed = logged is None or any(not np.array_equal(reports[k], logged[k]) for k in reports)
         if changed:
-            events.append(EventRow("reports", {k: v.tolist() for k, v in reports.items()}))
+            events.append(EventRow("reports", {k: np.asarray(v, np.float64) for k, v in reports.items()}))
         events += [
-            EventRow("signals", {"G": step["signals"].tolist(), "residual": step["residual"],
+            EventRow("signals", {"G": np.asarray(step["signals"], np.float64), "residual": step["residual"],
                                  **self._logged_move(step["price_move"])}),
-            EventRow("actions", {"x": x.tolist()}),
-            EventRow("payments", {"t": t.tolist()}),
+            EventRow("actions", {"x": x}),
+            EventRow("payments", {"t": t}),
             EventRow("outcome", {"aggregate": float(agg), "operator_cost": float(cost), "reported_welfare": float(w_rep)}),
         ]
         true_w = float(team.welfare(x, self.population.true_types, self.kappa))
+        done = converged_below(step["residual"], self.tolerance)
+        unsettled = state["market"].get("unsettled", np.zeros(len(x), np.int64)) + to_minor_units(t)
+        transfers = []
+        if (state["round"] + 1) % self.settlement_interval == 0 or done or state["round"] + 1 >= state["max_rounds"]:
+            transfers = minor_transfers(self.agent_ids, unsettled, self.payment_kind)  # settles the interval
+            unsettled = np.zeros_like(unsettled)
         return Settlement(
             events=events,
-            transfers=payment_transfers(self.agent_ids, t, self.payment_kind),
-            state=TeamState(actions=x, logged_reports=reports, payments=t),
-            done=converged_below(step["residual"], self.tolerance),
+            transfers=transfers,
+            state=TeamState(actions=x, logged_reports=reports, payments=t, unsettled=unsettled),
+            done=done,
             metrics={"welfare": true_w, "residual": step["residual"]},
         )
 
@@ -241,7 +256,7 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         extra = ["price_move"] if self.step_rule == "newton" else []
         checks = {
             "signals_recompute": _close(self.agent_ids + extra,
-                                        np.asarray(signals["G"] + [signals[k] for k in extra], np.float64),
+                                        np.append(np.asarray(signals["G"], np.float64), [signals[k] for k in extra]),
                                         np.append(np.asarray(g), [float(move)] * len(extra)), "G"),
             # policy agents' moves, bit for bit, from the recomputed signals and price move
             "actions_recompute": self._policy_actions_match(x, x_prev, np.asarray(g), float(move)),
@@ -256,7 +271,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         # round: a failing check (a truthful agent never pays more than its usage is worth)
         u = np.maximum(np.asarray(team.values(x, reports)), 0.0) - t
         checks["individual_rationality"] = _at_least(self.agent_ids, u, 0.0, "reported value max(v_i, 0) - t_i")
-        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks)
+        netted = np.asarray(rec.payload("payments")["t"], np.float64) if self.settlement_interval > 1 else None
+        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, logged_payments=netted)
 
     def _policy_actions_match(self, x: np.ndarray, x_prev: np.ndarray, g: np.ndarray, move: float) -> tuple[bool, str]:
         """(ok, first mismatch): each policy agent's logged action is exactly its rule's move."""

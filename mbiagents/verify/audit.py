@@ -10,7 +10,11 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
   hash recorded when it finished (so a deleted last round is caught).
 - ``rounds_complete``: rounds are 0..R-1 with every event kind the market requires.
 - ``payments_recompute``: every payment recomputes from the logged reports and actions,
-  and each transfer is exactly the documented rounding of it.
+  and each transfer is exactly the documented rounding of it; a market that nets
+  payments over a settlement interval of ``k`` rounds logs every round's payment vector,
+  each is checked against its recomputation, and each settlement transfer must equal the
+  sum of the rounded payments since the last settlement (nothing left unsettled at the
+  end of a finished run).
 - ``escrow`` (runs with pending transfers): every pending transfer is resolved exactly
   once, by a later or the same round, posting at most its amount (voided: nothing); a
   completed run has no open pending transfer (TigerBeetle's pending -> posted | voided);
@@ -25,6 +29,7 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +38,7 @@ import numpy as np
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_transfers
-from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id
+from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id, transfer_ids
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
 from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
@@ -84,8 +89,14 @@ def recompute_round(market: AuditSteps, a: Any, r: RoundRecord) -> tuple[Any, Re
 
 
 def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str | None:
-    """The first agent whose transfers are not the documented rounding of its recomputed payment."""
-    logged = signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
+    """The first agent whose transfers are not the documented rounding of its recomputed payment.
+
+    For a market that nets payments (``rec.logged_payments`` set), the round's logged
+    payment vector is compared instead; its settlement is ``Settlements``'s to check.
+    """
+    netted = rec.logged_payments is not None
+    logged = (to_minor_units(rec.logged_payments) if netted
+              else signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind))
     ok = within_rounding(logged, rec.payments)
     if ok.all():
         return None
@@ -94,8 +105,46 @@ def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str
         rounded = f"rounds to {int(to_minor_units(rec.payments[j]))}"
     except MoneyError as exc:
         rounded = f"is no money ({exc})"
-    return (f"agent {market.agent_ids[j]}: transferred {int(logged[j])} minor units, "
+    what = "logged a payment of" if netted else "transferred"
+    return (f"agent {market.agent_ids[j]}: {what} {int(logged[j])} minor units, "
             f"recomputed payment {float(rec.payments[j])!r} {rounded}")
+
+
+class Settlements:
+    """Netted payments: the rounded logged payments accumulate per agent until a round
+    settles them; its transfers must then equal the sum exactly (``settle``)."""
+
+    def __init__(self, market: AuditSteps):
+        self.market = market
+        self.pending = np.zeros(len(market.agent_ids), dtype=np.int64)
+        self.since: int | None = None  # first round whose payments are pending
+
+    def settle(self, r: RoundRecord, rec: Recomputed) -> str | None:
+        """Add round ``r``'s payments; at a settlement round, the first agent whose net
+        transfer differs from its pending sum (``None`` if all match)."""
+        if rec.logged_payments is None:
+            return None
+        self.pending += to_minor_units(rec.logged_payments)
+        self.since = r.index if self.since is None else self.since
+        k = self.market.settlement_interval
+        paid = signed_minor_from_transfers(self.market.agent_ids, r.transfers, self.market.payment_kind)
+        if not (paid.any() or (r.index + 1) % k == 0):
+            return None
+        bad = np.flatnonzero(paid != self.pending)
+        since, self.since = self.since, None
+        pending, self.pending = self.pending, np.zeros_like(self.pending)
+        if bad.size == 0:
+            return None
+        j = int(bad[0])
+        return (f"agent {self.market.agent_ids[j]}: settled {int(paid[j])} minor units for rounds "
+                f"{since}..{r.index}, its rounded payments sum to {int(pending[j])}")
+
+    def unsettled(self) -> str | None:
+        if self.since is None or not self.pending.any():
+            return None
+        j = int(np.flatnonzero(self.pending)[0])
+        return (f"agent {self.market.agent_ids[j]}: payments of rounds {self.since}.. "
+                f"({int(self.pending[j])} minor units) were never settled")
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None) -> AuditReport:
@@ -135,46 +184,53 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     signed = TrustVerifier(ledger, run, market, trust, Check)
     signed.start()
     escrow = EscrowAudit(ledger.floors(run.id))
-    seen: set[str] = set()
+    settlements = Settlements(market)
+    account_names = frozenset(accounts)
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
     a = market.audit_init()
     for r in ledger.iter_rounds(run.id):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
-        # double entry + idempotency
-        for tid, kind, debit, credit, amount in r.transfers + r.pending:
-            if not isinstance(amount, int) or amount <= 0:
-                double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
-            if debit == credit or debit not in accounts or credit not in accounts:
-                double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
-            if tid != transfer_id(rid, r.index, kind, debit, credit):
-                idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
-            if tid in seen:
-                idem.fail(f"round {r.index} transfer {tid}: duplicate id")
-            seen.add(tid)
+        # double entry + idempotency: a whole round at C speed; row by row (naming the first
+        # bad row) only when something is off. An id that matches its fields names its round,
+        # so a duplicate can only be within a round (constant memory)
+        if not _transfers_clean(rid, r, account_names):
+            seen: set[str] = set()
+            for tid, kind, debit, credit, amount in r.transfers + r.pending:
+                if type(amount) is not int or amount <= 0:
+                    double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
+                if debit == credit or debit not in accounts or credit not in accounts:
+                    double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
+                if tid != transfer_id(rid, r.index, kind, debit, credit):
+                    idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
+                if tid in seen:
+                    idem.fail(f"round {r.index} transfer {tid}: duplicate id")
+                seen.add(tid)
         # hash chain: the first broken link is named, later rounds cannot be trusted
         if chain_ok:
             if r.index != expected_index:
                 chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
                 complete.fail(f"round {expected_index} is missing")
                 chain_ok = False
-            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers, r.pending,
-                                                   r.resolutions) != r.hash:
+            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers, pending=r.pending,
+                                                   resolutions=r.resolutions, arrays=r.arrays) != r.hash:
                 chain.fail(f"round {r.index}: rows do not match the stored hash chain "
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
         signed.round(r)
         escrow.round(r)
-        a = _recompute_round(market, a, r, complete, pay, extra)
+        a = _recompute_round(market, a, r, complete, pay, extra, settlements)
     signed.finish(n_rounds, prev)
+    if run.final_rounds is not None and (left := settlements.unsettled()):
+        pay.fail(f"round {n_rounds - 1}: {left}")
     if chain_ok and run.final_rounds is not None and (n_rounds, prev) != (run.final_rounds, run.final_hash):
         first = min(n_rounds, run.final_rounds)
         chain.fail(f"round {first}: run finished with {run.final_rounds} rounds (last hash "
                    f"{(run.final_hash or '')[:12]}), the ledger holds {n_rounds} (last hash {prev[:12]})")
-    if sum(ledger.balances(run.id).values()) != 0:
-        double_entry.fail(f"balances sum to {sum(ledger.balances(run.id).values())}, not 0")
+    # balances are derived (credits minus debits): every transfer row moves one positive
+    # amount from its debit to its credit account, checked above, so they sum to zero
     if not n_rounds:
         complete.fail("run has no rounds")
     report = AuditReport(run.id, n_rounds, n_transfers)
@@ -237,8 +293,23 @@ class EscrowAudit:
         return out
 
 
+def _transfers_clean(run_id: str, r: RoundRecord, accounts: frozenset[str]) -> bool:
+    """True if every transfer of the round passes ``double_entry`` and ``idempotency``:
+    positive integer amounts, two distinct accounts of the run, ids that are the
+    deterministic ids of their fields, no id twice (column-wise, without a Python loop)."""
+    rows = r.transfers + r.pending
+    if not rows:
+        return True
+    ids, kinds, debits, credits, amounts = zip(*rows)
+    return (set(map(type, amounts)) == {int} and min(amounts) > 0
+            and not any(map(operator.eq, debits, credits))
+            and accounts.issuperset(debits) and accounts.issuperset(credits)
+            and list(ids) == transfer_ids(run_id, r.index, kinds, debits, credits)
+            and len(set(ids)) == len(ids))
+
+
 def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check, pay: Check,
-                     extra: dict[str, Check]) -> Any:
+                     extra: dict[str, Check], settlements: "Settlements") -> Any:
     kinds = {k for _, k, agent, _ in r.events if agent is None}
     missing = [k for k in market.required_events(r.index) if k not in kinds]
     if missing:
@@ -248,9 +319,9 @@ def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check
     if isinstance(rec, str):
         pay.fail(f"round {r.index}: {rec}")
         return a
-    mismatch = payment_mismatch(market, r, rec)
-    if mismatch:
-        pay.fail(f"round {r.index} {mismatch}")
+    for mismatch in (payment_mismatch(market, r, rec), settlements.settle(r, rec)):
+        if mismatch:
+            pay.fail(f"round {r.index} {mismatch}")
     for name, (ok_c, detail) in rec.checks.items():
         c = extra.setdefault(name, Check(name))
         if not ok_c:

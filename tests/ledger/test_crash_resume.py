@@ -30,9 +30,10 @@ CRASH_AT = 7
 
 
 def ledger_rows(ledger: Ledger, run_id: str, as_run: str | None = None):
-    """Events and transfers per round, with the run id replaced by ``as_run``."""
+    """Events, transfers and array records per round, with the run id replaced by ``as_run``."""
     sub = (lambda s: s.replace(run_id, as_run)) if as_run else (lambda s: s)
-    return [(r.index, r.events, [(sub(t[0]), *t[1:]) for t in r.transfers]) for r in ledger.read_rounds(run_id)]
+    return [(r.index, r.events, [(sub(t[0]), *t[1:]) for t in r.transfers], r.arrays)
+            for r in ledger.read_rounds(run_id)]
 
 
 def assert_same_ledger_as_uninterrupted(url: str, run_id: str) -> None:
@@ -42,8 +43,9 @@ def assert_same_ledger_as_uninterrupted(url: str, run_id: str) -> None:
     resumed = ledger_rows(ledger, run_id)
     assert resumed == ledger_rows(ledger, ref, as_run=run_id)  # byte for byte, run id aside
     prev = ledger.get_run(run_id).header_hash  # the same rows chain to the same hashes
-    for (index, events, transfers), stored in zip(ledger_rows(ledger, ref, as_run=run_id), ledger.read_rounds(run_id)):
-        prev = round_hash(prev, index, events, transfers)
+    for (index, events, transfers, arrays), stored in zip(ledger_rows(ledger, ref, as_run=run_id),
+                                                          ledger.read_rounds(run_id)):
+        prev = round_hash(prev, index, events, transfers, arrays=arrays)
         assert stored.hash == prev
     assert audit_run(ledger, run_id).ok
     assert ledger.get_run(run_id).status == "completed"
@@ -127,7 +129,7 @@ def test_numpy_state_round_trips_through_the_checkpointer(sqlite_url):
     market = values["market"]  # the team market's TeamState, a TypedDict of numpy arrays
     assert values["round"] == 3 and isinstance(market["actions"], np.ndarray)
     last = open_ledger(sqlite_url).read_rounds(run_id)[-1]
-    assert market["actions"].tolist() == last.payload("actions")["x"]
+    assert market["actions"].tolist() == last.payload("actions")["x"].tolist()
     reports = values["step"]["reports"]
     assert isinstance(reports["value"], np.ndarray) and reports["value"].dtype == np.float64
 

@@ -74,7 +74,7 @@ def test_export_csv_jsonl_parquet(ledger_run, tmp_path):
     kinds = [r["record"] for r in records]
     assert kinds.count("transfer") == n_t and kinds.count("event") == n_e and kinds.count("round") == 5
     ev = next(r for r in records if r["record"] == "event" and r["kind"] == "actions")
-    assert ev["payload"]["x"] == rounds[0].payload("actions")["x"]
+    assert ev["payload"]["x"] == rounds[0].payload("actions")["x"].tolist()
 
 
 def test_trajectories_refused_for_continuous_actions(ledger_run, tmp_path):

@@ -107,15 +107,17 @@ def test_step_rules_are_the_scenario_choices_and_newton_is_the_default():
 
 
 def _tampered(rec, kind: str, edit) -> object:
-    """A copy of a round record whose ``kind`` event payload is changed by ``edit``."""
+    """A copy of a round record whose ``kind`` event payload (its array records folded in as
+    JSON lists) is changed by ``edit``."""
     events = []
     for seq, k, agent, text in rec.events:
         if k == kind and agent is None:
-            payload = json.loads(text)
+            payload = json.loads(rec.payload_json(seq))
             edit(payload)
             text = json.dumps(payload)
         events.append((seq, k, agent, text))
-    return replace(rec, events=events, _parsed={})
+    arrays = [a for a in rec.arrays if not a[0].startswith(kind + ".")]
+    return replace(rec, events=events, arrays=arrays, _parsed={})
 
 
 @pytest.mark.parametrize("step", ["newton", "fixed"])
