@@ -422,8 +422,14 @@ class Ledger:
                     raise ValueError(f"transfer {prefix}{t.kind}:{t.debit}:{t.credit} has a negative amount; "
                                      f"swap debit and credit")
                 single.append((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount)))
-        pe = [(f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount))
-              for t in pending if t.amount != 0]
+        pe = []
+        for t in pending:
+            if isinstance(t, PaymentBatch):
+                pe += t.id_rows(prefix)
+                batches.append(t)
+            elif t.amount != 0:
+                pe.append((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount)))
+        pe.sort()
         if any(t[4] < 0 for t in pe):
             raise ValueError("a pending transfer has a negative amount; swap debit and credit")
         if len({p[0] for p in pe}) != len(pe) or len({r.pending_id for r in resolutions}) != len(resolutions):

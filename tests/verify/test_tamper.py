@@ -190,7 +190,7 @@ def round_reauctioned(engine, run_id):
             conn.execute(text("update events set payload = :p where run_id = :i and round_index = 1 and kind = :k"),
                          {"p": canonical_json(payload), "i": run_id, "k": kind})
         conn.execute(text("delete from transfers where run_id = :i and round_index = 1"), {"i": run_id})
-        for t in payment_transfers(market.agent_ids, out.payments, "payment"):
+        for t in payment_transfers(market.agent_ids, out.payments, "payment")[0].rows():
             conn.execute(text("insert into transfers values (:id, :i, 1, :k, :d, :c, :m)"),
                          {"id": transfer_id(run_id, 1, t.kind, t.debit, t.credit), "i": run_id, "k": t.kind,
                           "d": t.debit, "c": t.credit, "m": t.amount})
