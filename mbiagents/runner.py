@@ -10,11 +10,11 @@ run would have written.
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from mbiagents.aio import run_sync
 from mbiagents.checkpoint import open_checkpointer
 from mbiagents.errors import LedgerError, MbiError
 from mbiagents.graph import NODES_PER_ROUND, RunContext, build_graph
@@ -146,7 +146,7 @@ def _drive(market: Market, ledger: Ledger, run_id: str, state: dict[str, Any], o
             if llm_settings is None:
                 final = graph.invoke(state, context=ctx, config=config, **durability)
             else:
-                final = asyncio.run(_invoke_with_llm(graph, state, ctx, config, llm_settings))
+                final = run_sync(lambda: _invoke_with_llm(graph, state, ctx, config, llm_settings))
     except BaseException:
         ledger.finish_run(run_id, "failed")
         raise

@@ -33,6 +33,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, Send
 from typing_extensions import TypedDict
 
+from mbiagents.aio import run_sync
 from mbiagents.errors import LedgerError, MbiError
 from mbiagents.graph import merge_llm_answers
 from mbiagents.ledger.money import to_minor_units
@@ -472,24 +473,7 @@ class TaskMarket:
     def run(self, tasks: Iterable[Task | dict] | None = None, **kw: Any) -> TeamResult:
         """Synchronous :meth:`arun`. Inside a running event loop (Jupyter, an async server)
         it runs on a worker thread with its own loop, never ``asyncio.run`` in the caller's."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.arun(tasks, **kw))
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["out"] = asyncio.run(self.arun(tasks, **kw))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                box["err"] = exc
-
-        t = threading.Thread(target=target, name="mbi-taskmarket")
-        t.start()
-        t.join()
-        if "err" in box:
-            raise box["err"]
-        return box["out"]
+        return run_sync(lambda: self.arun(tasks, **kw))
 
     # ---- reading back ---------------------------------------------------------------
     def summary(self, run_id: str) -> dict[str, Any]:

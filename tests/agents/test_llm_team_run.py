@@ -52,3 +52,23 @@ def test_llm_team_run_settles_validated_answers_only(openai_server, sqlite_url):
     assert audit_run(ledger, res.run_id).ok
     # no transfer is larger than what the Clarke rule allows at these small usages
     assert max(t[4] for r in rounds for t in r.transfers) < 100 * 10**6
+
+
+def test_run_scenario_with_llm_agents_inside_a_running_event_loop(openai_server, sqlite_url):
+    """From an async caller (Jupyter, an async server) ``run_scenario`` runs its LLM loop on
+    a worker thread instead of failing in ``asyncio.run``: the run completes and audits."""
+    import asyncio
+
+    openai_server.script(lambda req: None if req.agent is None else (
+        Reply.json({"value": 4.0, "curvature": 1.0}) if req.step == "report" else Reply.json({"usage": 1.0})))
+    sc = load_scenario(EXAMPLES / "llm_shared_capacity.toml")
+
+    async def caller():
+        asyncio.get_running_loop()  # we are inside a loop
+        return run_scenario(sc, ledger_url=sqlite_url, rounds=2, llm=openai_server.base_url)
+
+    res = asyncio.run(caller())
+    assert res.rounds == 2 and res.summary["agents"]["planner"]["action"] == 1.0
+    ledger = open_ledger(sqlite_url)
+    assert ledger.get_run(res.run_id).status == "completed"
+    assert audit_run(ledger, res.run_id).ok
