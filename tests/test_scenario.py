@@ -140,3 +140,15 @@ def test_public_surfaces_are_lazy_and_complete():
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_policy_markets_and_the_audit_load_no_llm_sdk():
+    """``mbi audit`` of a policy run (team market, audit, CLI) never imports the openai SDK:
+    it loads only when an LLM agent asks."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mbiagents.cli, mbiagents.markets.team, mbiagents.markets.tasks, mbiagents.verify.audit; "
+            "print('openai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -29,7 +29,10 @@ from typing import Annotated, Any, ClassVar, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .llm import Answer, LLMClient, json_schema
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the openai SDK loads only when an LLM agent asks (policy runs and audits skip it)
+    from .llm import Answer, LLMClient
 from .prompts import render
 
 #: Max. characters of a deliverable text.
@@ -123,6 +126,8 @@ class TeamAgentInfo:
 @functools.lru_cache(maxsize=1024)
 def _schema_text(schema: type[BaseModel]) -> str:
     """The answer model's JSON schema as the system prompt shows it (built once per model)."""
+    from .llm import json_schema
+
     return json.dumps(json_schema(schema), separators=(",", ":"))
 
 
