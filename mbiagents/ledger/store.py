@@ -320,6 +320,7 @@ class Ledger:
         self.signer: Any = None
         self._accounts: dict[str, set[str]] = {}  # run id -> account names (accounts are never removed)
         self._checked_agents: dict[str, list[Sequence[str]]] = {}  # run id -> agent lists found to be accounts
+        self._floors: dict[str, dict[str, int]] = {}  # run id -> account floors (fixed when the run is created)
 
     @property
     def url(self) -> str:
@@ -481,8 +482,10 @@ class Ledger:
 
     def _check_floors(self, conn, run_id: str, tr: list[tuple], pe: list[tuple], rs: list[tuple]) -> None:
         """Refuse a round that takes an account's available balance below its floor."""
-        floors = dict(conn.execute(select(Account.name, Account.floor)
-                                   .where(Account.run_id == run_id, Account.floor.is_not(None))).all())
+        floors = self._floors.get(run_id)
+        if floors is None:  # read once per run: not a query per round on the write path
+            floors = self._floors[run_id] = dict(conn.execute(select(Account.name, Account.floor).where(
+                Account.run_id == run_id, Account.floor.is_not(None))).all())
         if not floors:
             return
         touched = {d for _, _, d, _, _ in tr + pe} | {c for _, _, _, c, _ in tr}
