@@ -25,11 +25,13 @@ from mbiagents.scenario_incentives import PrincipalScenario, QuadraticScenario, 
 
 class TeamGameSettings(Strict):
     """``[game]`` of the team game: congestion ``kappa`` in ``C(X) = kappa X^2 / 2``; ``step``:
-    the agents' step rule (``mechanisms.dpm``): ``"newton"`` (rounds that do not grow like
-    N) or ``"fixed"`` (gradient play with ``1 / (b_i + kappa N)``, rounds that grow like N)."""
+    the agents' step rule (``mechanisms.dpm``): ``"clearing"`` (the mechanism broadcasts the
+    exact clearing price move: one round to the optimum for every N), ``"newton"`` (one
+    Newton step per round: rounds ~ log N at fixed kappa) or ``"fixed"`` (gradient play with
+    ``1 / (b_i + kappa N)``, rounds that grow like N)."""
 
     congestion: Positive
-    step: Literal["newton", "fixed"] = "newton"
+    step: Literal["clearing", "newton", "fixed"] = "clearing"
     max_report: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's reported value and curvature
     max_usage: float = Field(1000.0, ge=1e-6, le=MAX_MAGNITUDE)  # bounds an LLM agent's usage
     #: rounds whose payments one settlement nets: one transfer per agent every k rounds

@@ -72,19 +72,21 @@ def marginal_price_payment(x: Array, kappa: float) -> Array:
     return team.congestion_cost(total, kappa) - team.congestion_cost(total - x, kappa)
 
 
-#: step rules of the team game's gradient play: ``newton`` (default of the team market) and ``fixed``
-STEP_RULES = ("newton", "fixed")
+#: step rules of the team game's gradient play: ``clearing`` (default of the team market),
+#: ``newton`` and ``fixed``
+STEP_RULES = ("clearing", "newton", "fixed")
 
 
 def default_steps(reports: team.TeamTypes, kappa: float, rule: str = "fixed") -> Array:
     """Per-agent steps of a step rule: ``fixed``: ``eta_i = 1 / (b_i + kappa N)``;
-    ``newton``: ``eta_i = 1 / b_i``, the agent's own curvature (see ``newton_price_move``).
+    ``newton`` and ``clearing``: ``eta_i = 1 / b_i``, the agent's own curvature (see
+    ``newton_price_move``, ``clearing_price_move``).
 
     ``fixed`` is a contraction, but a slow one: its factor is ``1 - O(b / (kappa N))``, so the
     rounds to a given residual grow like ``N`` (see ``newton_price_move`` for why every
     step that is diagonal in the agents has this defect).
     """
-    if rule == "newton":
+    if rule in ("newton", "clearing"):
         return 1.0 / reports.b
     if rule == "fixed":
         return 1.0 / (reports.b + kappa * reports.a.shape[0])
@@ -151,9 +153,91 @@ def newton_price_move(x: Array, signals: Array, reports: team.TeamTypes, kappa: 
     return kappa * jnp.sum(signals * inv_b) / (1.0 + kappa * jnp.sum(inv_b))
 
 
+def newton_price(x: Array, signals: Array, reports: team.TeamTypes, kappa: float) -> Array:
+    """The price ``p = kappa X + pi`` that the ``newton`` rule's agents answer: ``P(F)`` of the
+    free set (item 1 of ``newton_price_move``); ``x_i <- max(0, (a_i - p) / b_i)``."""
+    return kappa * jnp.sum(x) + newton_price_move(x, signals, reports, kappa)
+
+
+class ClearingPrice(NamedTuple):
+    """The ``clearing`` rule's price ``p*`` and how it was found."""
+
+    price: Array
+    iterations: Array  # Newton iterations run inside the mechanism (the last one confirms)
+    sorted: Array  # True when the iteration hit its cap and the O(N log N) sort gave ``p*``
+
+
+def newton_iteration_cap(n: int) -> int:
+    """Inner Newton iterations the ``clearing`` rule runs before it sorts: ``bit_length(N) + 2``."""
+    return int(n).bit_length() + 2
+
+
+def clearing_price(
+    x: Array, signals: Array, reports: team.TeamTypes, kappa: float, max_iterations: int | None = None,
+) -> ClearingPrice:
+    """The optimal price ``p*`` (root of ``h``, see ``newton_price_move``) on the reports, exact.
+
+    Runs the ``newton`` rule's price iteration inside the mechanism, with the agents' best
+    responses simulated on the reports: ``p^0 = newton_price(x, G)`` at the current state,
+    then ``p <- newton_price(x(p), G(x(p)))`` with ``x(p) = team.usage_at_price(p)``, i.e.
+    ``p <- P({a_j > p})``, until the free set stops changing (``jax.lax.while_loop``).
+
+    Guarantee (items 1-4 of ``newton_price_move``): the prices rise monotonically to ``p*``
+    and the free sets ``{a_j > p}`` shrink strictly until they equal the optimal active set
+    ``A*``, so the loop ends after at most ``|{a_j > p^0}| - |A*| + 2 <= N + 2`` iterations,
+    and when the free set ``F`` repeats the price ``P(F)`` solves ``h`` on its own piece:
+    ``p = p*`` exactly (to rounding). Each iteration is O(N) (one fused pass). Past
+    ``max_iterations`` (default ``newton_iteration_cap``: ``log2 N + 2``) ``p*`` comes from
+    the closed form instead (``team.optimal_aggregate``: one sort and a binary search,
+    O(N log N)), so a round costs ``O(N min(k, log N) + N log N [k > log N])`` for ``k``
+    Newton iterations: O(N log N) in the worst case. Measured (``benchmarks/bench_spine.py``,
+    ``a ~ U[1,5]``, ``b ~ U[0.5,2]``): ``k`` = the ``newton`` rule's round count (5 to 12 for
+    ``N = 10^2 ... 10^6`` at ``kappa = 0.5``, 5-6 at ``kappa = 50/N``), far below the cap,
+    and from a converged state ``k = 1``.
+    """
+    cap = newton_iteration_cap(reports.a.shape[0]) if max_iterations is None else max_iterations
+
+    def body(s):
+        p, free, _, k = s
+        xp = team.usage_at_price(reports, p)
+        gp = team_signals(xp, reports, kappa)
+        nxt = free_coordinates(xp, gp)
+        return newton_price(xp, gp, reports, kappa), nxt, jnp.any(nxt != free), k + 1
+
+    start = (newton_price(x, signals, reports, kappa), free_coordinates(x, signals), jnp.asarray(True), jnp.asarray(0))
+    p, _, changing, k = jax.lax.while_loop(lambda s: s[2] & (s[3] < cap), body, start)
+    p = jax.lax.cond(changing, lambda: kappa * team.optimal_aggregate(reports, kappa), lambda: p)
+    return ClearingPrice(p, k, changing)
+
+
+def clearing_price_move(x: Array, signals: Array, reports: team.TeamTypes, kappa: float) -> Array:
+    """The ``clearing`` rule's broadcast: ``pi = p* - kappa X`` with ``p*`` the exact optimal
+    price on the reports (``clearing_price``), so that the ``newton`` rule's agent side
+
+        x_i <- max(0, x_i + (G_i - pi) / b_i) = max(0, (a_i - p*) / b_i) = x*_i
+
+    lands on the reported optimum in one round, from any ``x >= 0`` and for every ``N``:
+    ``dpm_solve`` stops after 1 round, ``mbi run`` after 2 (the move and the round whose
+    residual at ``x*`` confirms it). The work the ``newton`` rule spreads over rounds is done
+    inside the mechanism on the reports (``clearing_price``: O(N) per Newton iteration,
+    O(N log N) in the worst case); the agents still see only ``G_i``, ``b_i`` and ``pi``.
+
+    Guarantee (truthful curvatures; with misreports read the reports for the types): the
+    only fixed point is the closed-form optimum, for any agent steps ``eta_i > 0`` (at a
+    fixed point ``G_i = pi`` on the free set, i.e. ``x_i = (a_i - p*) / b_i``), so the
+    outcome, the Clarke payments and DSIC are those of the other rules. Since
+    ``kappa X + pi = p*`` does not depend on ``x``, every agent faces the fixed price
+    ``p*``: with steps other than ``1 / b_i`` (a scenario's ``step``) agent ``i`` converges
+    alone, at rate ``|1 - eta_i b_i|`` (needs ``eta_i b_i < 2``), whatever ``N`` is.
+    """
+    return clearing_price(x, signals, reports, kappa).price - kappa * jnp.sum(x)
+
+
 def announced_price_move(x: Array, signals: Array, reports: team.TeamTypes, kappa: float, rule: str) -> Array:
-    """What the mechanism broadcasts with the signals: ``newton_price_move`` under ``newton``,
-    nothing (0) under ``fixed``."""
+    """What the mechanism broadcasts with the signals: ``clearing_price_move`` under
+    ``clearing``, ``newton_price_move`` under ``newton``, nothing (0) under ``fixed``."""
+    if rule == "clearing":
+        return clearing_price_move(x, signals, reports, kappa)
     if rule == "newton":
         return newton_price_move(x, signals, reports, kappa)
     return jnp.zeros((), signals.dtype)

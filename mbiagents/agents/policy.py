@@ -10,10 +10,11 @@ Team game policies:
   report (it follows the signal priced on its report), so the mechanism steers to the
   optimum of the reported welfare; the summary shows what the lie costs it.
 
-Step rule (the team game's ``[game] step``, ``mechanisms.dpm``): under ``newton`` (the
-default) agent ``i`` plays ``x_i <- max(0, x_i + eta_i (G_i - pi))`` with ``pi`` the price
-move the mechanism broadcasts and ``eta_i = 1 / b_i`` (its own curvature), which converges
-in rounds that do not grow like ``N``; under ``fixed``, ``pi = 0`` and
+Step rule (the team game's ``[game] step``, ``mechanisms.dpm``): under ``clearing`` (the
+default) and ``newton`` agent ``i`` plays ``x_i <- max(0, x_i + eta_i (G_i - pi))`` with
+``pi`` the price move the mechanism broadcasts and ``eta_i = 1 / b_i`` (its own curvature):
+``clearing``'s move lands on the optimum in one round, ``newton``'s converges in rounds that
+do not grow like ``N``; under ``fixed``, ``pi = 0`` and
 ``eta_i = 1 / (b_i + kappa N)``, a contraction whose rounds grow like ``N``. A ``step`` in
 the scenario overrides ``eta_i`` under either rule (``mechanisms.dpm.default_steps``).
 """

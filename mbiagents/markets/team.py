@@ -4,7 +4,8 @@ Round ``t`` (actions ``x^t`` going in, ``x^0 = 0``):
 
 1. elicit: agents report ``theta_hat`` (logged when it changes; always in round 0);
 2. mechanism: signals ``G = -dL/dx`` at ``x^t``, the projected residual and, under the
-   ``newton`` step rule (``[game] step``), the public price move ``pi`` (logged with ``G``);
+   ``clearing`` and ``newton`` step rules (``[game] step``), the public price move ``pi``
+   (logged with ``G``);
 3. act: agents move to ``x^{t+1}`` (policy agents: ``max(0, x + eta (G - pi))``);
 4. settle: Clarke payments ``t_i(x^{t+1}; theta_hat)`` for the usage of this round, capped
    by each agent's reported value of its own usage (``dpm.capped_clarke_payments``), one
@@ -228,8 +229,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         )
 
     def _logged_move(self, move: float) -> dict[str, float]:
-        """The broadcast price move as logged: only under ``newton`` (``fixed`` logs are unchanged)."""
-        return {"price_move": move} if self.step_rule == "newton" else {}
+        """The broadcast price move as logged: not under ``fixed`` (its logs are unchanged)."""
+        return {"price_move": move} if self.step_rule != "fixed" else {}
 
     # ---- audit and replay -----------------------------------------------------------
     def required_events(self, index: int) -> tuple[str, ...]:
@@ -252,8 +253,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         g, _, move = _price(x_prev, reports, self.kappa, self.step_rule)
         signals = rec.payload("signals")
         outcome = rec.payload("outcome")
-        # G and, under newton, the broadcast price move pi
-        extra = ["price_move"] if self.step_rule == "newton" else []
+        # G and, under clearing and newton, the broadcast price move pi
+        extra = ["price_move"] if self.step_rule != "fixed" else []
         checks = {
             "signals_recompute": _close(self.agent_ids + extra,
                                         np.append(np.asarray(signals["G"], np.float64), [signals[k] for k in extra]),

@@ -1,6 +1,7 @@
-"""The team market's step rule through ``mbi run``: ``newton`` (default) converges at
-N = 1000 far below the round limit, ``fixed`` is still selectable, bad values fail in one
-line, and the audit recomputes the broadcast price move and the policy agents' actions."""
+"""The team market's step rule through ``mbi run``: ``clearing`` (default) converges in the
+same two rounds for every N, ``newton`` converges at N = 1000 far below the round limit,
+``fixed`` is still selectable, bad values fail in one line, and the audit recomputes the
+broadcast price move and the policy agents' actions."""
 
 from __future__ import annotations
 
@@ -60,23 +61,40 @@ def types_of(path: Path) -> tuple[team.TeamTypes, team.TeamTypes]:
     return team.TeamTypes(a, b), team.TeamTypes(a * f, b)
 
 
-def test_mbi_run_newton_default_converges_at_n_1000_far_below_the_round_limit(tmp_path):
-    scen = team_toml(tmp_path / "team.toml", 1000, step=None)
-    url = f"sqlite:///{tmp_path / 'l.db'}"
+def _run_and_audit(scen: Path, url: str, n: int) -> dict:
+    """``mbi run`` then ``mbi audit``: the run's JSON summary, after checking that it ends on
+    the closed-form optimum of the reports (computed here independently) and that the
+    audit recomputes it."""
     res = runner.invoke(app, ["run", str(scen), "--ledger", url, "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["converged"] and out["rounds"] <= 15  # limit 500; the fixed rule hits it
-    # the outcome is the closed-form optimum of the reports, computed here independently
     truth, reported = types_of(scen)
     x_star = np.asarray(team.optimal_usage(reported, KAPPA))
-    x = np.array([out["agents"][f"a{i}"]["action"] for i in range(1000)])
+    x = np.array([out["agents"][f"a{i}"]["action"] for i in range(n)])
     np.testing.assert_allclose(x, x_star, atol=1e-9)
     assert out["welfare"] == pytest.approx(float(team.welfare(x_star, truth, KAPPA)), abs=1e-9)
     audit = runner.invoke(app, ["audit", "--ledger", url, "--run", out["run_id"], "--json"])
     assert audit.exit_code == 0, audit.output
     checks = {c["name"]: c["ok"] for c in json.loads(audit.stdout)["checks"]}
     assert checks["signals_recompute"] and checks["actions_recompute"] and checks["payments_recompute"]
+    return out
+
+
+def test_mbi_run_clearing_default_converges_in_two_rounds_for_every_n(tmp_path):
+    # one round moves to x*, the next observes a zero residual there; misreports included
+    rounds = {}
+    for n in (10, 1000):
+        scen = team_toml(tmp_path / f"team{n}.toml", n, step=None)
+        out = _run_and_audit(scen, f"sqlite:///{tmp_path / f'l{n}.db'}", n)
+        assert out["converged"]
+        rounds[n] = out["rounds"]
+    assert rounds == {10: 2, 1000: 2}
+
+
+def test_mbi_run_newton_converges_at_n_1000_far_below_the_round_limit(tmp_path):
+    scen = team_toml(tmp_path / "team.toml", 1000, step="newton")
+    out = _run_and_audit(scen, f"sqlite:///{tmp_path / 'l.db'}", 1000)
+    assert out["converged"] and 2 < out["rounds"] <= 15  # limit 500; the fixed rule hits it
 
 
 def test_fixed_rule_is_still_selectable_and_slow_at_n_1000(tmp_path):
@@ -95,13 +113,14 @@ def test_unknown_step_rule_is_a_one_line_error_naming_the_field(tmp_path):
     res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{db}"])
     assert res.exit_code == 2
     msg = res.output.strip()
-    assert "\n" not in msg and str(scen) in msg and "game.step" in msg and "'newton' or 'fixed'" in msg
+    assert "\n" not in msg and str(scen) in msg and "game.step" in msg and "'clearing', 'newton' or 'fixed'" in msg
     assert not db.exists()
 
 
-def test_step_rules_are_the_scenario_choices_and_newton_is_the_default():
+def test_step_rules_are_the_scenario_choices_and_clearing_is_the_default():
     assert set(get_args(TeamGameSettings.model_fields["step"].annotation)) == set(dpm.STEP_RULES)
-    assert TeamGameSettings(congestion=1.0).step == "newton"
+    assert TeamGameSettings(congestion=1.0).step == "clearing"
+    assert {TeamGameSettings(congestion=1.0, step=r).step for r in dpm.STEP_RULES} == {"clearing", "newton", "fixed"}
     with pytest.raises(ValueError, match="unknown step rule 'adam'"):
         dpm.default_steps(team.TeamTypes(np.ones(3), np.ones(3)), 0.5, "adam")
 
@@ -120,7 +139,7 @@ def _tampered(rec, kind: str, edit) -> object:
     return replace(rec, events=events, arrays=arrays, _parsed={})
 
 
-@pytest.mark.parametrize("step", ["newton", "fixed"])
+@pytest.mark.parametrize("step", ["clearing", "newton", "fixed"])
 def test_audit_recomputes_price_move_and_policy_actions_and_catches_changes(tmp_path, step):
     scen = parse_scenario({"scenario": {"name": "t", "game": "team", "mechanism": "dpm", "rounds": 4,
                                         "tolerance": 1e-300},
@@ -135,7 +154,7 @@ def test_audit_recomputes_price_move_and_policy_actions_and_catches_changes(tmp_
     assert report.ok and checks["actions_recompute"].ok and checks["signals_recompute"].ok
     rounds = ledger.read_rounds(res.run_id)
     logged = rounds[1].payload("signals")
-    assert ("price_move" in logged) == (step == "newton")
+    assert ("price_move" in logged) == (step != "fixed")
     market = build_market(scen)
     history = rounds[:2]
 
@@ -147,7 +166,7 @@ def test_audit_recomputes_price_move_and_policy_actions_and_catches_changes(tmp_
     ok, detail = bad.checks["actions_recompute"]
     assert not ok and detail.startswith("a2: logged x=")
     assert _recompute(market, history).checks["actions_recompute"][0]
-    if step == "newton":
+    if step != "fixed":
         def shift(p):
             p["price_move"] += 1e-3
 
