@@ -3,9 +3,10 @@ rounds the DPM's step rules need to converge against N.
 
 Run: ``python benchmarks/bench_spine.py [--quick] [--only convergence]``. Prints one table
 per part, the fitted log-log slopes (target <= 1.1: linear), the jitted-DPM / NumPy time
-ratio (target <= 1.0 for N >= 1e5) and the rounds to a 1e-8 residual of the ``newton`` and
-``fixed`` step rules for N = 10^2 ... 10^6 (goal: flat in N), on the mechanism-level loop
-(``mechanisms.dpm.dpm_solve``, no ledger). JIT compile time is excluded (one warm-up call
+ratio (target <= 1.0 for N >= 1e5) and the rounds to a 1e-8 residual of the ``clearing``,
+``newton`` and ``fixed`` step rules for N = 10^2 ... 10^6 (goal: flat in N), on the
+mechanism-level loop (``mechanisms.dpm.dpm_solve``, no ledger), with ``clearing``'s inner
+iterations and the cost of a round and of the whole solve against ``newton``. JIT compile time is excluded (one warm-up call
 per size). ``--million`` runs only the team game with N = 10^6 policy agents end to end
 (per-round wall time, peak RSS; ``bench_million``).
 """
@@ -169,35 +170,69 @@ def solve_rounds(types, kappa: float, rule: str, max_rounds: int):
     return s.rounds, s.residual, s.x
 
 
+@partial(jax.jit, static_argnames=("kappa", "rule"))
+def first_round(types, kappa: float, rule: str):
+    """The first round from ``x = 0`` (signals, broadcast, agents' move): the costliest one of
+    ``clearing``, whose inner Newton iterations start from the farthest price."""
+    steps = dpm.default_steps(types, kappa, rule)
+    return dpm.dpm_step(dpm.dpm_init(jnp.zeros_like(types.a), types, kappa), types, kappa, steps, rule).x
+
+
+@partial(jax.jit, static_argnames=("kappa",))
+def inner_iterations(types, kappa: float):
+    """``clearing``'s inner Newton iterations in its first round (from ``x = 0``)."""
+    x = jnp.zeros_like(types.a)
+    c = dpm.clearing_price(x, dpm.team_signals(x, types, kappa), types, kappa)
+    return c.iterations, c.sorted
+
+
 TOL = 1e-8
+RULES = ("clearing", "newton", "fixed")
 
 
-def bench_convergence(sizes, fixed_cap: int) -> Table:
-    """Rounds to a 1e-8 residual against N, for both step rules, at fixed ``kappa = 0.5``
+def bench_convergence(sizes, fixed_cap: int) -> tuple[Table, Table]:
+    """Rounds to a 1e-8 residual against N, for every step rule, at fixed ``kappa = 0.5``
     (the issue's setting: the optimal active set shrinks like N^{-1/2}) and at congestion
-    per capita ``kappa = 50 / N`` (the shares of active agents stay fixed)."""
-    table = Table(title=f"DPM rounds to a {TOL:g} residual from x = 0 (mechanism loop, no ledger)")
-    for c in ("N", "newton κ=.5", "fixed κ=.5", "newton κ=50/N", "fixed κ=50/N", "newton ms κ=.5", "|x-x*| max"):
-        table.add_column(c, justify="right")
+    per capita ``kappa = 50 / N`` (the shares of active agents stay fixed); and what a round
+    costs: ``clearing``'s inner iterations, one round and the whole solve of ``clearing``
+    against ``newton``, and the O(N log N) closed form (``clearing``'s fallback)."""
+    rounds = Table(title=f"DPM rounds to a {TOL:g} residual from x = 0 (mechanism loop, no ledger)")
+    for c in ("N", *(f"{r} κ=.5" for r in RULES), *(f"{r} κ=50/N" for r in RULES), "|x-x*| max"):
+        rounds.add_column(c, justify="right")
+    cost = Table(title="Cost of a round, κ = 0.5 (best of 3; first round from x = 0)")
+    for c in ("N", "inner iter κ=.5", "inner iter κ=50/N", "newton ms/round", "clearing ms/round",
+              "clearing / newton", "newton ms to tol", "clearing ms to tol", "sort p* ms"):
+        cost.add_column(c, justify="right")
     for n in sizes:
         types = random_types(n)
-        row = [f"{n:,}"]
-        t_newton, err = 0.0, 0.0
+        row, err, iters = [f"{n:,}"], 0.0, []
         for kappa in (KAPPA, 50.0 / n):
-            for rule in ("newton", "fixed"):
-                cap = 1000 if rule == "newton" else fixed_cap
-                rounds, residual, x = jax.block_until_ready(solve_rounds(types, kappa, rule, cap))
-                if int(rounds) >= cap and float(residual) > TOL:
+            for rule in RULES:
+                cap = 1000 if rule != "fixed" else fixed_cap
+                r, residual, x = jax.block_until_ready(solve_rounds(types, kappa, rule, cap))
+                if int(r) >= cap and float(residual) > TOL:
                     row.append(f">{cap} ({float(residual):.0e})")
                 else:
-                    row.append(f"{int(rounds):,}")
-                if rule == "newton":
+                    row.append(f"{int(r):,}")
+                if rule != "fixed":
                     err = max(err, float(jnp.max(jnp.abs(x - team.optimal_usage(types, kappa)))))
-                if rule == "newton" and kappa == KAPPA:
-                    t_newton = best_time(lambda: jax.block_until_ready(solve_rounds(types, kappa, rule, cap)),
-                                         repeat=3)
-        table.add_row(*row, f"{t_newton * 1e3:.1f}", f"{err:.1e}")
-    return table
+            k, sorted_ = jax.block_until_ready(inner_iterations(types, kappa))
+            iters.append(f"{int(k)}" + (" + sort" if bool(sorted_) else ""))
+        rounds.add_row(*row, f"{err:.1e}")
+        timed = {}
+        for rule in ("newton", "clearing"):
+            jax.block_until_ready(first_round(types, KAPPA, rule))
+            timed[rule, "round"] = best_time(lambda: jax.block_until_ready(first_round(types, KAPPA, rule)), repeat=3)
+            timed[rule, "solve"] = best_time(lambda: jax.block_until_ready(solve_rounds(types, KAPPA, rule, 1000)),
+                                             repeat=3)
+        sort_p = jax.jit(lambda t: KAPPA * team.optimal_aggregate(t, KAPPA))
+        jax.block_until_ready(sort_p(types))
+        t_sort = best_time(lambda: jax.block_until_ready(sort_p(types)), repeat=3)
+        ms = {key: v * 1e3 for key, v in timed.items()}
+        cost.add_row(f"{n:,}", *iters, f"{ms['newton', 'round']:.2f}", f"{ms['clearing', 'round']:.2f}",
+                     f"{ms['clearing', 'round'] / ms['newton', 'round']:.1f}", f"{ms['newton', 'solve']:.2f}",
+                     f"{ms['clearing', 'solve']:.2f}", f"{t_sort * 1e3:.2f}")
+    return rounds, cost
 
 
 def main() -> None:
@@ -212,7 +247,8 @@ def main() -> None:
         console.print(bench_million(args.n))
         return
     conv_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
-    console.print(bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000))
+    for table in bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000):
+        console.print(table, width=170)
     if args.only == "convergence":
         return
     step_sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
