@@ -248,7 +248,7 @@ def main() -> None:
         return
     conv_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
     for table in bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000):
-        console.print(table, width=170)
+        Console(width=170).print(table)  # wide enough for every column when piped
     if args.only == "convergence":
         return
     step_sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
