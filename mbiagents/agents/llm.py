@@ -265,6 +265,7 @@ class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
     def __init__(self, total_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._total_s = total_s
+        self._targets: dict[str, httpx2.URL] = {}  # URL string -> parsed target (build_request)
         # the direct (non-proxy) transport's pool, with the socket-caching network backend
         pool = getattr(self._transport, "_pool", None)
         if type(pool) is httpcore2.AsyncConnectionPool:
@@ -272,6 +273,52 @@ class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
                 ssl_context=pool._ssl_context, max_connections=pool._max_connections,
                 max_keepalive_connections=pool._max_keepalive_connections, keepalive_expiry=pool._keepalive_expiry,
                 http1=pool._http1, http2=pool._http2, network_backend=_SocketCachingBackend())
+
+    def build_request(  # type: ignore[override]
+        self, method: str, url: httpx2.URL | str, *, content: Any = None, data: Any = None, files: Any = None,
+        json: Any = None, params: Any = None, headers: Any = None, cookies: Any = None,
+        timeout: Any = httpx2.USE_CLIENT_DEFAULT, extensions: Any = None,
+    ) -> httpx2.Request:
+        """httpx's ``build_request``, in one pass for the SDK's shape of request (a URL string,
+        a bytes body, a list of header pairs, no params/cookies/files).
+
+        The same request as httpx builds (headers in the same order: ``Host``, the client's
+        headers not overridden, the given ones, ``Content-Length``); the target URL is parsed
+        once per URL string. httpx's generic path re-parses the URL and re-encodes every
+        header five times, about a quarter of the client's CPU per call (profiled). Any other
+        shape goes to httpx.
+        """
+        if not (isinstance(url, str) and isinstance(content, bytes) and isinstance(headers, list)
+                and data is None and files is None and json is None and not params and not cookies
+                and not extensions and not self.cookies and not self.params):
+            return super().build_request(
+                method, url, content=content, data=data, files=files, json=json, params=params, headers=headers,
+                cookies=cookies, timeout=timeout, extensions=extensions)
+        if not all(isinstance(k, (str, bytes)) and isinstance(v, (str, bytes)) for k, v in headers):
+            return super().build_request(method, url, content=content, headers=headers, timeout=timeout)
+        target = self._targets.get(url)
+        if target is None:
+            target = self._merge_url(url)
+            if len(self._targets) < 64 and "://" in url:  # absolute: independent of base_url
+                self._targets[url] = target
+        given = [(k if isinstance(k, bytes) else k.encode("ascii"), v if isinstance(v, bytes) else v.encode("ascii"))
+                 for k, v in headers]
+        given_keys = {k.lower() for k, _ in given}
+        items = [(k, v) for k, v in self.headers.raw if k.lower() not in given_keys] + given
+        keys = {k.lower() for k, _ in items}
+        auto: list[tuple[bytes, bytes]] = []
+        if b"host" not in keys and target.host:
+            auto.append((b"Host", target.netloc))
+        sized = b"content-length" in keys or b"transfer-encoding" in keys
+        if content and not sized:
+            items.append((b"Content-Length", str(len(content)).encode("ascii")))
+        elif not content and not sized and method.upper() in ("POST", "PUT", "PATCH", "QUERY"):
+            auto.append((b"Content-Length", b"0"))
+        limits = self.timeout if isinstance(timeout, type(httpx2.USE_CLIENT_DEFAULT)) else httpx2.Timeout(timeout)
+        request = httpx2.Request(method, target, headers=auto + items, stream=httpx2.ByteStream(content),
+                                 extensions={"timeout": limits.as_dict()})
+        request.read()
+        return request
 
     async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:  # type: ignore[override]
         try:
