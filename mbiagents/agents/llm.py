@@ -61,6 +61,7 @@ import httpx2
 import openai
 from httpcore2._utils import is_socket_readable
 from openai import AsyncOpenAI
+from openai._models import FinalRequestOptions
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from mbiagents.llm_settings import LLMSettings
@@ -328,9 +329,42 @@ class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
             raise httpx2.ReadTimeout(f"no complete answer within {self._total_s:g} s", request=request) from None
 
 
+#: The SDK's telemetry headers (host OS, architecture, Python and SDK versions, retry count,
+#: read timeout): not sent, so a model server learns nothing of the host, and every request
+#: carries nine headers fewer through the SDK, httpx and h11.
+TELEMETRY_HEADERS: tuple[str, ...] = (
+    "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
+    "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async",
+    "X-Stainless-Retry-Count", "X-Stainless-Read-Timeout",
+)
+
+
+class _OpenAI(AsyncOpenAI):
+    """``AsyncOpenAI`` whose request URL is merged with ``base_url`` once per path: the SDK
+    parses the path and re-parses the merged URL on every request (profiled: about a tenth
+    of the client's CPU per call)."""
+
+    @property
+    def user_agent(self) -> str:
+        return f"AsyncOpenAI/Python {self._version}"  # the SDK's, not this subclass's name
+
+    def _prepare_url(self, url: str) -> httpx2.URL:
+        key = (url, str(self.base_url))
+        memo: dict[tuple[str, str], httpx2.URL] = self.__dict__.setdefault("_mbi_urls", {})
+        target = memo.get(key)
+        if target is None:
+            target = super()._prepare_url(url)
+            if len(memo) < 64:
+                memo[key] = target
+        return target
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid number")
 
+
+#: Per-request part of :data:`TELEMETRY_HEADERS` (the SDK adds these unless a request omits them).
+_NO_TELEMETRY = {"X-Stainless-Retry-Count": openai.Omit(), "X-Stainless-Read-Timeout": openai.Omit()}
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 
@@ -410,6 +444,19 @@ def response_format_for(mode: str, schema_model: type[BaseModel]) -> dict[str, A
     return None
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the SDK encodes a request body: compact UTF-8 JSON, NaN/Infinity refused."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def response_format_json(mode: str, schema_model: type[BaseModel]) -> bytes:
+    """The body's tail for a mode, encoded once per answer model: ``,"response_format":{...}}``
+    (``}`` alone for prompt-only), so that a body is ``head + messages + tail``."""
+    rf = response_format_for(mode, schema_model)
+    return b"}" if rf is None else b',"response_format":' + json_bytes(rf) + b"}"
+
+
 def _schema_name(model: type[BaseModel]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "answer"
 
@@ -442,11 +489,12 @@ class LLMClient:
             key = NO_KEY
         self.base_url = url
         self._scrub = Scrubber(settings.api_key() or key)
-        self._client = AsyncOpenAI(
+        self._client = _OpenAI(
             api_key=key,
             base_url=url,
             timeout=settings.timeout_s,
             max_retries=settings.max_retries,
+            default_headers={name: openai.Omit() for name in TELEMETRY_HEADERS},
             http_client=_DeadlineHttpClient(settings.timeout_s, timeout=httpx2.Timeout(settings.timeout_s)),
         )
         self._sem = asyncio.Semaphore(settings.concurrency)
@@ -457,8 +505,12 @@ class LLMClient:
         self._client_once = self._client.with_options(max_retries=0)
         self.probe_records: list[CallRecord] = []
         self._call_deadline = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
-        # the request body's constant part, read from the settings once
-        self._body = {"model": self.model, "temperature": settings.temperature, "max_tokens": settings.max_tokens}
+        # the request body's constant part, read from the settings once and encoded once
+        self._body_head = json_bytes(
+            {"model": self.model, "temperature": settings.temperature, "max_tokens": settings.max_tokens}
+        )[:-1] + b',"messages":'
+        self._options = FinalRequestOptions.construct(method="post", url="/chat/completions",
+                                                      security={"bearer_auth": True})
         self._price = settings.price_per_1k_tokens / 1000.0
 
     @property
@@ -484,11 +536,6 @@ class LLMClient:
 
         The returned text is already cleaned (storable UTF-8) and scrubbed of secrets.
         """
-        body = dict(self._body, messages=messages)
-        rf = response_format_for(mode, schema_model)
-        if rf is not None:
-            body["response_format"] = rf
-        options = {"headers": {"x-mbi-agent": agent_id, "x-mbi-step": step}, "security": {"bearer_auth": True}}
         started = time.time()
         t0 = time.perf_counter()
         text: str | None = None
@@ -497,12 +544,15 @@ class LLMClient:
         finish = None
         model = self.model
         try:
+            # the SDK's request options, copied from the client's template (no per-call validation)
+            options = self._options.model_copy(update={
+                "content": self._body_head + json_bytes(messages) + response_format_json(mode, schema_model),
+                "headers": {"x-mbi-agent": agent_id, "x-mbi-step": step, **_NO_TELEMETRY}})
             async with self._sem:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(self._call_deadline):
                     client = self._client_once if detecting else self._client
-                    resp = await client.post("/chat/completions", body=body, cast_to=httpx2.Response,
-                                             options=options)  # type: ignore[arg-type]
+                    resp = await client.request(httpx2.Response, options)
                     data = resp.json()  # a plain dict: no SDK model is built from what the server sent
             latency = time.perf_counter() - t0
             if not isinstance(data, dict):

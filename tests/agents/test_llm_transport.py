@@ -1,12 +1,16 @@
-"""The LLM client's httpx client builds the same requests as httpx itself (fast path)."""
+"""What the LLM client puts on the wire: the same requests as the SDK and httpx would build."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx2
 import pytest
+from pydantic import BaseModel
 
 from mbiagents.agents import LLMClient, LLMSettings
-from mbiagents.agents.llm import _DeadlineHttpClient
+from mbiagents.agents.llm import _DeadlineHttpClient, response_format_for
 
 
 def _same(a: httpx2.Request, b: httpx2.Request) -> None:
@@ -60,3 +64,48 @@ def test_sdk_request_is_what_httpx_would_build():
     httpx_client.build_request = lambda *a, **k: httpx2.AsyncClient.build_request(httpx_client, *a, **k)
     _same(fast, sdk._build_request(opts))
     assert fast.headers["authorization"] == "Bearer not-needed"
+
+
+class _Ok(BaseModel):
+    ok: bool
+
+
+def _mock_llm(seen: list[httpx2.Request], **settings) -> LLMClient:
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return httpx2.Response(200, json={"model": "m", "choices": [
+            {"message": {"content": '{"ok": true}'}, "finish_reason": "stop"}]})
+
+    llm = LLMClient(LLMSettings(backend="custom", base_url="http://127.0.0.1:9/v1", **settings))
+    llm._client = llm._client.with_options(http_client=_DeadlineHttpClient(5.0, transport=httpx2.MockTransport(reply)))
+    return llm
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object", "none"])
+def test_request_body_is_the_sdk_encoding_of_the_request(mode):
+    """The body sent is byte for byte what the SDK would encode from the request as a dict."""
+    from openai._utils._json import openapi_dumps
+
+    seen: list[httpx2.Request] = []
+    llm = _mock_llm(seen, response_format=mode, temperature=0.7, max_tokens=33, model="mé")
+    msgs = [{"role": "system", "content": "sé \"quoted\" \n"}, {"role": "user", "content": "\u2028 ok?"}]
+    answer = asyncio.run(llm.ask(agent_id="a1", step="s", messages=msgs, schema=_Ok, fallback=_Ok(ok=False)))
+    assert answer.ok and answer.value.ok
+    expected = {"model": "mé", "temperature": 0.7, "max_tokens": 33, "messages": msgs}
+    if mode != "none":
+        expected["response_format"] = response_format_for(mode, _Ok)
+    assert seen[0].content == openapi_dumps(expected)
+    assert json.loads(seen[0].content) == expected
+
+
+def test_no_sdk_telemetry_headers_are_sent():
+    seen: list[httpx2.Request] = []
+    llm = _mock_llm(seen, response_format="json_schema")
+    asyncio.run(llm.ask(agent_id="a1", step="report", messages=[{"role": "user", "content": "?"}], schema=_Ok,
+                        fallback=_Ok(ok=False)))
+    names = [k.lower() for k, _ in seen[0].headers.raw]
+    assert not [n for n in names if n.startswith(b"x-stainless")]
+    assert seen[0].headers["x-mbi-agent"] == "a1" and seen[0].headers["x-mbi-step"] == "report"
+    assert seen[0].headers["user-agent"].startswith("AsyncOpenAI/Python ")
+    assert seen[0].headers["content-type"] == "application/json"
+    assert str(seen[0].url) == "http://127.0.0.1:9/v1/chat/completions"
