@@ -40,11 +40,14 @@ What a hostile model server cannot do (README, "Security model"):
 
 Concurrency and cost: one client is shared by all coroutines of a run (LangGraph ``Send``
 fan-out): one ``AsyncOpenAI``, one connection pool, one
-``asyncio.Semaphore(concurrency)``. The request body is built here from the settings read
-once (no per-call validation of settings or of the SDK's typed parameters; the answer
-schema's ``response_format`` is built once per model) and posted with the SDK's own
-``post`` (its retries, backoff and ``Retry-After``). The whole SDK call, retries
-included, is bounded by ``timeout_s * (max_retries + 1) + 8 s * max_retries``.
+``asyncio.Semaphore(concurrency)``. The request body is encoded here: a head read from the
+settings once, the messages, and the answer schema's ``response_format`` encoded once per
+model (no per-call validation of settings or of the SDK's typed parameters; the same bytes
+the SDK would send). It goes through the SDK's own ``request`` (its auth, retries, backoff,
+``Retry-After`` and status errors) with options copied from a per-client template, over an
+httpx client that builds the SDK's requests in one pass and a pool whose idle-socket check
+reads a cached socket. The SDK's telemetry headers are not sent. The whole SDK call,
+retries included, is bounded by ``timeout_s * (max_retries + 1) + 8 s * max_retries``.
 """
 
 from __future__ import annotations
