@@ -15,8 +15,11 @@ graph's ``Send`` fan-out does). Per N and client, medians over the rounds of:
   and to handle the replies, the loopback, and the server's own parsing (the same for both
   clients). It is an honest upper bound of what the framework costs per round;
 * client overhead / call = mean over calls of (client-measured latency - injected delay);
-* client CPU / round: this process's CPU time per round (the server's is not counted): the
-  least load-sensitive figure.
+* client CPU / round: this process's CPU time per round (the server's is not counted).
+
+Last, the CPU per call of an ask and of the bare request over httpx's in-process mock
+transport (no sockets, no server): the framework's own cost per call, the figure least
+sensitive to the machine's load.
 
 The peer ("bare"): the same N requests (same JSON body, one pooled ``httpx2.AsyncClient``,
 reply JSON decoded, nothing else; no SDK, no prompts, no validation, no records) against the
@@ -97,7 +100,7 @@ async def bench_pair(base_url: str, n: int, rounds: int) -> tuple[_Series, _Seri
     import httpx2
 
     from mbiagents.agents.games import team_report_messages
-    from mbiagents.agents.llm import json_bytes, response_format_for
+    from mbiagents.agents.llm import response_format_for
 
     # one persistent client for the server's debug records (a client per call would leave a
     # new SSL context of garbage per round, and its collection would land in a timed round)
@@ -109,9 +112,10 @@ async def bench_pair(base_url: str, n: int, rounds: int) -> tuple[_Series, _Seri
         bodies = []
         for i in range(n):
             msgs, schema = team_report_messages(llm, info(i), VB, CB)
-            bodies.append(json_bytes({"model": llm.model, "temperature": settings.temperature,
+            bodies.append(json.dumps({"model": llm.model, "temperature": settings.temperature,
                                       "max_tokens": settings.max_tokens, "messages": msgs,
-                                      "response_format": response_format_for("json_schema", schema)}))
+                                      "response_format": response_format_for("json_schema", schema)},
+                                     ensure_ascii=False, separators=(",", ":")).encode())
 
         async def call(i: int) -> float:
             t = time.perf_counter()
@@ -142,6 +146,58 @@ async def bench_pair(base_url: str, n: int, rounds: int) -> tuple[_Series, _Seri
     return mbi, bare
 
 
+async def bench_cpu_per_call(calls: int, blocks: int = 5) -> tuple[float, float]:
+    """CPU seconds per call of an ``ask`` (prompts, SDK, httpx, parsing, validation, records)
+    and of the bare peer's request, both over httpx's in-process ``MockTransport`` answering the
+    same reply: no sockets, no server, no concurrency, so the least load-sensitive figure of
+    the framework's own cost. Blocks of ``calls`` alternate; medians of the blocks."""
+    import httpx2
+
+    from mbiagents.agents.games import team_report_messages
+    from mbiagents.agents.llm import _DeadlineHttpClient, response_format_for
+
+    reply = json.dumps({"id": "c", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": json.dumps({"value": 3.5, "curvature": 1.0})},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": 500, "completion_tokens": 12}}).encode()
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=reply, headers={"content-type": "application/json"})
+
+    settings = LLMSettings(backend="custom", base_url="http://127.0.0.1:9/v1", response_format="json_schema")
+    llm = LLMClient(settings)
+    llm._client = llm._client.with_options(  # the SDK's own client, over the mock transport
+        http_client=_DeadlineHttpClient(settings.timeout_s, transport=httpx2.MockTransport(answer)))
+    msgs, schema = team_report_messages(llm, info(1), VB, CB)
+    body = json.dumps({"model": llm.model, "temperature": settings.temperature, "max_tokens": settings.max_tokens,
+                       "messages": msgs, "response_format": response_format_for("json_schema", schema)},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+    http = httpx2.AsyncClient(base_url=settings.base_url, transport=httpx2.MockTransport(answer))
+
+    async def mbi_call() -> None:
+        a = await team_report(llm, info(1), value_bounds=VB, curvature_bounds=CB, fallback=FALLBACK)
+        assert a.ok
+
+    async def bare_call() -> None:
+        r = await http.post("/chat/completions", content=body,
+                            headers={"content-type": "application/json", "x-mbi-agent": "a1"})
+        r.json()
+
+    async def block(fn: Any) -> float:
+        c0 = time.process_time()
+        for _ in range(calls):
+            await fn()
+        return (time.process_time() - c0) / calls
+
+    await block(mbi_call), await block(bare_call)  # warm up
+    mbi, bare = [], []
+    for _ in range(blocks):
+        mbi.append(await block(mbi_call))
+        bare.append(await block(bare_call))
+    await http.aclose()
+    await llm.aclose()
+    return statistics.median(mbi), statistics.median(bare)
+
+
 async def bench_local(calls: int) -> list[tuple[str, float, bool]]:
     out = []
     settings = LLMSettings(backend="local", max_tokens=64, validation_retries=0)
@@ -164,6 +220,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64])
     ap.add_argument("--no-local", action="store_true")
+    ap.add_argument("--mock-calls", type=int, default=1000, help="calls per block of the no-network CPU measure")
     ap.add_argument("--local-calls", type=int, default=4)
     args = ap.parse_args()
     console = Console()
@@ -196,6 +253,11 @@ def main() -> None:
         proc.wait(timeout=10)
     console.print(table)
     console.print(share)
+    mbi_cpu, bare_cpu = asyncio.run(bench_cpu_per_call(args.mock_calls))
+    console.print(f"CPU per call without the network (in-process mock transport, medians of 5 blocks of "
+                  f"{args.mock_calls}): mbi {1e6 * mbi_cpu:.0f} us, bare {1e6 * bare_cpu:.0f} us, "
+                  f"framework share {1e6 * (mbi_cpu - bare_cpu):.0f} us a call = "
+                  f"{1e3 * 64 * (mbi_cpu - bare_cpu):.1f} ms a round of 64")
     console.print(f"load average (1, 5, 15 min): before {load_before}, after {_load()}")
     if args.no_local:
         return
