@@ -289,8 +289,8 @@ class _DeadlineHttpClient(openai.DefaultAsyncHttpxClient):
         The same request as httpx builds (headers in the same order: ``Host``, the client's
         headers not overridden, the given ones, ``Content-Length``); the target URL is parsed
         once per URL string. httpx's generic path re-parses the URL and re-encodes every
-        header five times, about a quarter of the client's CPU per call (profiled). Any other
-        shape goes to httpx.
+        header about five times: ~160 us of the ~1 ms of client CPU a call had at 64 agents
+        (profiled). Any other shape goes to httpx.
         """
         if not (isinstance(url, str) and isinstance(content, bytes) and isinstance(headers, list)
                 and data is None and files is None and json is None and not params and not cookies
