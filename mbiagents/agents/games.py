@@ -25,6 +25,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -131,14 +132,19 @@ def _schema_text(schema: type[BaseModel]) -> str:
     return json.dumps(json_schema(schema), separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=4096)  # one per agent and answer model: the same every round and step
+def _system_prompt(prompts_dir: Path | None, agent_id: str, persona: str | None, schema: type[BaseModel]) -> str:
+    """``system.md`` for an agent (templates are deterministic: rendered once per agent and model)."""
+    return render("system.md", {"agent_id": agent_id, "persona": persona, "schema": _schema_text(schema)}, prompts_dir)
+
+
 def _messages(llm: LLMClient, template: str, ctx: dict[str, Any], schema: type[BaseModel]) -> list[dict[str, str]]:
     pdir = llm.settings.prompts_dir
-    system = render(
-        "system.md",
-        {"agent_id": ctx["agent_id"], "persona": ctx.get("persona"),
-         "schema": _schema_text(schema)},
-        pdir,
-    )
+    agent_id, persona = ctx["agent_id"], ctx.get("persona")
+    if isinstance(agent_id, str) and (persona is None or isinstance(persona, str)):
+        system = _system_prompt(pdir, agent_id, persona, schema)
+    else:
+        system = render("system.md", {"agent_id": agent_id, "persona": persona, "schema": _schema_text(schema)}, pdir)
     return [{"role": "system", "content": system}, {"role": "user", "content": render(template, ctx, pdir)}]
 
 

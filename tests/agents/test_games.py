@@ -124,3 +124,24 @@ def test_override_with_unknown_variable_is_an_error(openai_server, tmp_path):
     with pytest.raises(PromptError, match="team_act.md.*no_such_thing"):
         run(openai_server, lambda llm: team_act(llm, INFO, signal=0, usage=0, aggregate=0, usage_bounds=UB),
             prompts_dir=tmp_path)
+
+
+def test_system_prompt_per_agent_model_and_prompts_dir(tmp_path):
+    """The system prompt (rendered once per agent and answer model) follows each of them and
+    a scenario's own system.md."""
+    from mbiagents.agents.games import _schema_text, team_report_messages, team_report_model
+
+    own = tmp_path / "prompts"
+    own.mkdir()
+    (own / "system.md").write_text("OWN {{ agent_id }} {{ persona or '-' }} {{ schema | length }}\n", encoding="utf-8")
+    plain = LLMClient(LLMSettings(backend="custom", base_url="http://127.0.0.1:9/v1"))
+    custom = LLMClient(LLMSettings(backend="custom", base_url="http://127.0.0.1:9/v1", prompts_dir=own))
+    other = TeamAgentInfo(agent_id="a2", value=1, curvature=1, kappa=0.1, n_agents=4, persona="careful")
+    for _ in range(2):  # the second pass reads what the first one rendered
+        (s1, _), m1 = team_report_messages(plain, INFO, VB, CB)
+        (s2, _), _m = team_report_messages(plain, other, VB, CB)
+        (s3, _), m3 = team_report_messages(plain, INFO, VB, Bounds(lo=0.5, hi=2))
+        (c1, _), _m = team_report_messages(custom, other, VB, CB)
+        assert '"a1"' in s1["content"] and '"a2"' in s2["content"] and "careful" in s2["content"]
+        assert '"maximum":10.0' in s1["content"] and '"maximum":2.0' in s3["content"] and m1 is not m3
+        assert c1["content"] == f"OWN a2 careful {len(_schema_text(team_report_model(VB, CB)))}\n"
