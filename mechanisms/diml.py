@@ -276,6 +276,62 @@ def make_fitter(mech: Mechanism, actions: Array, learner: LogitQParams = LogitQP
     return Fitter(init, lambda state: _epoch(state, actions))
 
 
+def train_params(mech: Mechanism, actions: Array, learner: LogitQParams, config: FitConfig, key: Array,
+                 on_epoch: Callable[[int, FitState], None] | None = None) -> FitState:
+    """Run ``config.epochs`` epochs of ``make_fitter(mech, actions, learner, config)`` from
+    ``init(key)``; ``on_epoch(epoch, state)`` after each (1-based)."""
+    fitter = make_fitter(mech, actions, learner, config)
+    state = fitter.init(key)
+    for e in range(config.epochs):
+        state, _ = fitter.epoch(state)
+        if on_epoch is not None:
+            on_epoch(e + 1, state)
+    return state
+
+
+class ValidationChoice(NamedTuple):
+    """Result of ``select_by_validation``: ``config = configs[index]``; ``validation_nll[k, e]``
+    is the validation NLL per agent-step of ``configs[k]`` after ``(e + 1) * every`` epochs
+    (``nan`` past that config's epochs; the last column of each row decides)."""
+
+    config: FitConfig
+    index: int
+    validation_nll: np.ndarray
+    every: int
+
+
+def select_by_validation(mech: Mechanism, actions: Array, configs: list[FitConfig], *, key: Array,
+                         learner: LogitQParams = LogitQParams(), validation_episodes: int = 4,
+                         every: int = 5) -> ValidationChoice:
+    """Choose the regularisation without the test data: fit each of ``configs`` on the first
+    ``E - validation_episodes`` episodes of ``actions [E, T, n]`` (same init key) and keep the
+    one whose final fit has the lowest NLL per agent-step on the last ``validation_episodes``
+    -- hold-out validation of the penalised maximum likelihood. The validation NLL is also
+    recorded every ``every`` epochs, to show whether the fits have converged. Refit the
+    chosen ``config`` on all ``E`` episodes for the final model.
+    """
+    if not configs:
+        raise ValueError("select_by_validation needs at least one config")
+    actions = jnp.asarray(actions, jnp.int32)
+    if not 0 < validation_episodes < actions.shape[0]:
+        raise ValueError(f"validation_episodes must lie in [1, {actions.shape[0] - 1}]")
+    fit_part, val_part = actions[:-validation_episodes], actions[-validation_episodes:]
+    table = np.full((len(configs), -(-max(c.epochs for c in configs) // every)), np.nan)
+    final = np.full(len(configs), np.nan)
+    for k, config in enumerate(configs):
+        def record(epoch: int, state: FitState, k: int = k, config: FitConfig = config) -> None:
+            if epoch % every == 0 or epoch == config.epochs:
+                fitted = learner_of(state.params, learner)
+                value = float(nll(mech, state.params["mechanism"], val_part, fitted, config.dtype))
+                table[k, (epoch - 1) // every] = value
+                if epoch == config.epochs:
+                    final[k] = value
+
+        train_params(mech, fit_part, learner, config, key, record)
+    k = int(np.nanargmin(final))
+    return ValidationChoice(configs[k], k, table, every)
+
+
 # ------------------------------------------------------------------------ entry point
 
 
