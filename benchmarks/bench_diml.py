@@ -4,6 +4,14 @@
     PYTHONPATH=. python benchmarks/bench_diml.py --quick    # fewer epochs, E7 40x10 (released protocol) only
     PYTHONPATH=. python benchmarks/bench_diml.py --scale    # E7 1000 agents x 50 actions
     PYTHONPATH=. python benchmarks/bench_diml.py --only E7 --e7 40x10   # a subset of environments / sizes
+    PYTHONPATH=. python benchmarks/bench_diml.py --select --e7 120x25 --draws 5   # E7 l2 chosen by validation NLL
+    PYTHONPATH=. python benchmarks/bench_diml.py --floor-only --e7 40x10,120x25 --draws 5   # the data's level floor
+
+``--select``: the anonymous model's weight l2 is chosen from ``--grid`` by the NLL of the last 4 of
+the 19 training episodes (``diml.select_by_validation``), refit on all 19, and reported beside the
+fixed l2 1e-3, over ``--draws`` truth/data draws (draw 0 is the default rows' draw). Each draw also
+gets ``diml.level_floor``: the Cramer-Rao floor of the released diff_mse for the truth's action
+levels alone, and the realised error of their MLE with everything else known.
 
 Small games (E1-E3, diml-notes.md): logit-Q learners alpha = 0.25, beta = 3, eps = 0.06; 60
 training episodes x 60 steps, plus 20 held-out episodes from the same truth.
@@ -145,6 +153,9 @@ def main() -> None:
     ap.add_argument("--select-epochs", type=int, default=30, help="epochs of every --select fit")
     ap.add_argument("--validation-episodes", type=int, default=4)
     ap.add_argument("--draws", type=int, default=1, help="--select: truth/data draws per size (draw 0 = the bench's)")
+    ap.add_argument("--first-draw", type=int, default=0, help="--select: index of the first draw")
+    ap.add_argument("--floor-only", action="store_true",
+                    help="--select without fits: only each draw's level floor (diml.level_floor)")
     args = ap.parse_args()
     console = Console(width=200)
     small = 15 if args.quick else 30
@@ -155,18 +166,21 @@ def main() -> None:
     before = anon._replace(l2=0.0)  # the anonymous fit before the weight l2 (same steps)
     key = jax.random.PRNGKey(0)
     jobs: list[Job] = []
-    choices = []
-    if args.select:
+    choices, floors = [], []
+    if args.select or args.floor_only:
         grid = [float(v) for v in args.grid.split(",")]
         for n, a in [tuple(map(int, x.split("x"))) for x in args.e7.split(",")]:
             paper = PAPER[f"E7 {n}x{a}", "anonymous"]
-            for d in range(args.draws):
+            for d in range(args.first_draw, args.first_draw + args.draws):
                 env = envs.e7_released(jax.random.PRNGKey(d), n, a)
                 data_key = 1 if d == 0 else 100 + d
                 pr = RELEASED_E7
                 train = simulate(env, jax.random.PRNGKey(data_key), pr.episodes, pr.steps, pr.learner)[:pr.train]
                 configs = [anon._replace(l2=v, epochs=args.select_epochs) for v in grid]
                 tag = f"E7 {n}x{a}" + (f" d{d}" if d else "")
+                floors.append((tag, diml.level_floor(env.mechanism, env.params, train, pr.learner)))
+                if args.floor_only:
+                    continue
                 console.log(f"{tag}: selecting l2 in {grid}, <= {args.select_epochs} epochs, "
                             f"{args.validation_episodes} of {pr.train} training episodes for validation")
                 t0 = time.perf_counter()
@@ -257,6 +271,9 @@ def main() -> None:
         for v, row in zip(grid, choice.validation_nll):
             vt.add_row(f"{v:g}", *[f"{x:.5f}" for x in row])
         console.print(vt)
+    for tag, lf in floors:
+        console.print(f"{tag}: level floor (truth known up to its action levels, 19 training episodes): "
+                      f"Cramer-Rao expectation of pair {lf.floor:.2e}, oracle level MLE realised {lf.oracle:.2e}")
     if choices:
         by_label: dict[tuple[str, str], list[float]] = {}
         for r in rows:

@@ -20,7 +20,7 @@ parameters ``alpha x 0.6, beta x 1.4, eps x 1.5``).
 from __future__ import annotations
 
 import time
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -466,6 +466,49 @@ def pair_diff_mse(true: Mechanism, true_params: Any, mech: Mechanism, params: An
 
     total, _ = jax.lax.scan(body, jnp.zeros(()), joints)
     return total / (joints.shape[0] * mech.n_agents)
+
+
+@lru_cache(maxsize=None)
+def level_offset_mechanism(true: Mechanism) -> Mechanism:
+    """``true`` plus per-action offsets: params ``(true_params, delta [A])``, payoffs
+    ``u_i(a) + delta[a]`` -- the truth known up to its action levels (cached per ``true``)."""
+    return Mechanism(f"{true.name}+levels", true.n_agents, true.n_actions, lambda key: None,
+                     lambda p: (true.prepare(p[0]), p[1]),
+                     lambda prep, joint: true.counterfactual(prep[0], joint) + prep[1][None, :])
+
+
+class LevelFloor(NamedTuple):
+    """``level_floor``: ``floor`` = Cramer-Rao bound on the expected ``pair_diff_mse`` of any
+    unbiased estimator of the action levels alone; ``oracle`` = the realised ``pair_diff_mse``
+    of their maximum-likelihood estimate ``offsets`` (centred) on this data."""
+
+    floor: float
+    oracle: float
+    offsets: np.ndarray
+
+
+def level_floor(true: Mechanism, true_params: Any, actions: Array, learner: LogitQParams = LogitQParams(),
+                newton_steps: int = 3) -> LevelFloor:
+    """How well ``actions [E, T, n]`` pin down the truth's per-action levels, even with
+    everything else known: with ``J`` the observed Fisher information of the summed NLL in
+    ``delta`` (``level_offset_mechanism``) at ``delta = 0`` and ``P = I - 11^T / A`` (only
+    level differences are identified), ``floor = 2 tr((P J P)^+) / A`` -- the expectation of
+    ``pair_diff_mse = 2 mean_a (delta_a - mean delta)^2`` at the bound; ``oracle`` is that
+    metric for the MLE of ``delta`` (``newton_steps`` projected Newton steps from 0). A
+    fitted mechanism whose ``pair_diff_mse`` is near ``oracle`` is at the data's limit.
+    """
+    mech = level_offset_mechanism(true)
+    a_n = true.n_actions
+    total = lambda delta: nll(mech, (true_params, delta), actions, learner) * actions.size  # noqa: E731
+    grad, hess = jax.grad(total), jax.jacfwd(jax.grad(total))
+    proj = np.eye(a_n) - 1.0 / a_n
+    delta = jnp.zeros(a_n)
+    floor = 2.0 * float(np.trace(np.linalg.pinv(proj @ np.asarray(hess(delta)) @ proj))) / a_n
+    for _ in range(newton_steps):
+        h = proj @ np.asarray(hess(delta)) @ proj
+        delta = delta - jnp.asarray(np.linalg.pinv(h) @ (proj @ np.asarray(grad(delta))))
+    offsets = np.asarray(delta - jnp.mean(delta))
+    return LevelFloor(floor, 2.0 * float(np.mean(offsets ** 2)), offsets)
 
 
 def seen_and_probe_joints(key: Array, actions: Array, n_actions: int, k: int = 2000) -> tuple[Array, Array]:
