@@ -194,6 +194,9 @@ def recommended_config(model: str, n_agents: int = 0, epochs: int | None = None)
       predicting no differences (40 x 10: 2.8e-3; 120 x 25: 8.0e-3), with it 3.6e-5 and
       2.3e-5 (paper 2.5e-4, 3.4e-5). ``payoff_l2`` does much less there (9e-4 at 10): it
       shrinks the per-action levels, which are the signal, as much as the interaction.
+      Chosen without the test data (``select_by_validation`` over 3e-4..1e-2 on 4 of the 19
+      training episodes, five draws per size) the l2 varies from 3e-4 to 1e-2 and the test
+      figure by at most 7%; it then sits within 4-13% of ``level_floor``'s oracle at 120 x 25.
     """
     if model == "neural":
         cfg = FitConfig(epochs=30, steps_per_epoch=10, learning_rate=1e-2, l2=3e-4)
@@ -503,9 +506,11 @@ def level_floor(true: Mechanism, true_params: Any, actions: Array, learner: Logi
     grad, hess = jax.grad(total), jax.jacfwd(jax.grad(total))
     proj = np.eye(a_n) - 1.0 / a_n
     delta = jnp.zeros(a_n)
-    floor = 2.0 * float(np.trace(np.linalg.pinv(proj @ np.asarray(hess(delta)) @ proj))) / a_n
-    for _ in range(newton_steps):
-        h = proj @ np.asarray(hess(delta)) @ proj
+    h = proj @ np.asarray(hess(delta)) @ proj
+    floor = 2.0 * float(np.trace(np.linalg.pinv(h))) / a_n
+    for step in range(newton_steps):
+        if step:
+            h = proj @ np.asarray(hess(delta)) @ proj
         delta = delta - jnp.asarray(np.linalg.pinv(h) @ (proj @ np.asarray(grad(delta))))
     offsets = np.asarray(delta - jnp.mean(delta))
     return LevelFloor(floor, 2.0 * float(np.mean(offsets ** 2)), offsets)
