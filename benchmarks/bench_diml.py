@@ -190,7 +190,8 @@ def main() -> None:
                 choices.append((tag, grid, choice, time.perf_counter() - t0))
                 jobs += [Job(tag, env, "anonymous", anon, pr, "l2 1e-3, 30 epochs (fixed)", paper, data_key=data_key),
                          Job(tag, env, "anonymous", choice.config, pr,
-                             f"selected: l2 {choice.config.l2:g}, {choice.config.epochs} epochs", paper, data_key=data_key)]
+                             f"selected: l2 {choice.config.l2:g}, {choice.config.epochs} epochs", paper,
+                             data_key=data_key)]
     elif args.scale:
         cfg = diml.FitConfig(epochs=args.scale_epochs, steps_per_epoch=1, learning_rate=1e-2, dtype=jnp.float32,
                              agents_per_step=100)
