@@ -4,6 +4,14 @@
     PYTHONPATH=. python benchmarks/bench_diml.py --quick    # fewer epochs, E7 40x10 (released protocol) only
     PYTHONPATH=. python benchmarks/bench_diml.py --scale    # E7 1000 agents x 50 actions
     PYTHONPATH=. python benchmarks/bench_diml.py --only E7 --e7 40x10   # a subset of environments / sizes
+    PYTHONPATH=. python benchmarks/bench_diml.py --select --e7 120x25 --draws 5   # E7 l2 chosen by validation NLL
+    PYTHONPATH=. python benchmarks/bench_diml.py --floor-only --e7 40x10,120x25 --draws 5   # the data's level floor
+
+``--select``: the anonymous model's weight l2 is chosen from ``--grid`` by the NLL of the last 4 of
+the 19 training episodes (``diml.select_by_validation``), refit on all 19, and reported beside the
+fixed l2 1e-3, over ``--draws`` truth/data draws (draw 0 is the default rows' draw). Each draw also
+gets ``diml.level_floor``: the Cramer-Rao floor of the released diff_mse for the truth's action
+levels alone, and the realised error of their MLE with everything else known.
 
 Small games (E1-E3, diml-notes.md): logit-Q learners alpha = 0.25, beta = 3, eps = 0.06; 60
 training episodes x 60 steps, plus 20 held-out episodes from the same truth.
@@ -80,6 +88,7 @@ class Job(NamedTuple):
     label: str = ""  # method column; the model's name when empty
     paper: tuple | None = None  # (diff_mse, nll_test, cfkl) of the released results
     track_target: float | None = None
+    data_key: int = 1  # PRNGKey of the simulated episodes
 
 
 def simulate(env: envs.Environment, key, episodes: int, steps: int = 60, learner: LogitQParams = LEARNER):
@@ -93,7 +102,7 @@ def simulate(env: envs.Environment, key, episodes: int, steps: int = 60, learner
 def run(job: Job, cf_episodes: int = 20):
     env, config, pr = job.env, job.config, job.protocol
     m = env.mechanism
-    acts = simulate(env, jax.random.PRNGKey(1), pr.episodes, pr.steps, pr.learner)
+    acts = simulate(env, jax.random.PRNGKey(job.data_key), pr.episodes, pr.steps, pr.learner)
     train, test = acts[:pr.train], acts[pr.train:]
     seen, probe = diml.seen_and_probe_joints(jax.random.PRNGKey(2), train, m.n_actions,
                                              2000 if m.n_agents * m.n_actions < 5000 else 200)
@@ -137,6 +146,16 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated environments to run (E1, E2, E3, E7, E7ours)")
     ap.add_argument("--e7", default="40x10,120x25", help="E7 sizes (n x A) to run, comma-separated")
     ap.add_argument("--methods", default="", help="comma-separated candidate models to run (e.g. tabular)")
+    ap.add_argument("--select", action="store_true",
+                    help="E7 only: choose the anonymous model's weight l2 by validation NLL "
+                         "(last --validation-episodes of the 19 training episodes), then refit on all 19")
+    ap.add_argument("--grid", default="3e-4,1e-3,3e-3,1e-2", help="weight l2 values for --select")
+    ap.add_argument("--select-epochs", type=int, default=30, help="epochs of every --select fit")
+    ap.add_argument("--validation-episodes", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=1, help="--select: truth/data draws per size (draw 0 = the bench's)")
+    ap.add_argument("--first-draw", type=int, default=0, help="--select: index of the first draw")
+    ap.add_argument("--floor-only", action="store_true",
+                    help="--select without fits: only each draw's level floor (diml.level_floor)")
     args = ap.parse_args()
     console = Console(width=200)
     small = 15 if args.quick else 30
@@ -147,7 +166,33 @@ def main() -> None:
     before = anon._replace(l2=0.0)  # the anonymous fit before the weight l2 (same steps)
     key = jax.random.PRNGKey(0)
     jobs: list[Job] = []
-    if args.scale:
+    choices, floors = [], []
+    if args.select or args.floor_only:
+        grid = [float(v) for v in args.grid.split(",")]
+        for n, a in [tuple(map(int, x.split("x"))) for x in args.e7.split(",")]:
+            paper = PAPER[f"E7 {n}x{a}", "anonymous"]
+            for d in range(args.first_draw, args.first_draw + args.draws):
+                env = envs.e7_released(jax.random.PRNGKey(d), n, a)
+                data_key = 1 if d == 0 else 100 + d
+                pr = RELEASED_E7
+                train = simulate(env, jax.random.PRNGKey(data_key), pr.episodes, pr.steps, pr.learner)[:pr.train]
+                configs = [anon._replace(l2=v, epochs=args.select_epochs) for v in grid]
+                tag = f"E7 {n}x{a}" + (f" d{d}" if d else "")
+                floors.append((tag, diml.level_floor(env.mechanism, env.params, train, pr.learner)))
+                if args.floor_only:
+                    continue
+                console.log(f"{tag}: selecting l2 in {grid}, <= {args.select_epochs} epochs, "
+                            f"{args.validation_episodes} of {pr.train} training episodes for validation")
+                t0 = time.perf_counter()
+                choice = diml.select_by_validation(diml.make_model("anonymous", n, a), train, configs,
+                                                   key=jax.random.PRNGKey(3), learner=pr.learner,
+                                                   validation_episodes=args.validation_episodes)
+                choices.append((tag, grid, choice, time.perf_counter() - t0))
+                jobs += [Job(tag, env, "anonymous", anon, pr, "l2 1e-3, 30 epochs (fixed)", paper, data_key=data_key),
+                         Job(tag, env, "anonymous", choice.config, pr,
+                             f"selected: l2 {choice.config.l2:g}, {choice.config.epochs} epochs", paper,
+                             data_key=data_key)]
+    elif args.scale:
         cfg = diml.FitConfig(epochs=args.scale_epochs, steps_per_epoch=1, learning_rate=1e-2, dtype=jnp.float32,
                              agents_per_step=100)
         jobs.append(Job("E7 1000x50", envs.e7_anonymous(key, 1000, 50, scale=1.0), "anonymous", cfg))
@@ -182,7 +227,7 @@ def main() -> None:
                 jobs += [Job(f"E7ours {n}x{a}", env, "anonymous", anon, SMALL, "anonymous, l2 1e-3"),
                          Job(f"E7ours {n}x{a}", env, "anonymous_linear", diml.recommended_config("anonymous_linear"),
                              SMALL, "linear (true family), 300 steps")]
-    if args.only:
+    if args.only and not args.select:
         keep = {t.strip() for t in args.only.split(",")}
         jobs = [j for j in jobs if j.tag.split()[0] in keep]
     if args.methods:
@@ -218,6 +263,26 @@ def main() -> None:
         if r["tag"].startswith("E7 1000"):
             console.print(f"E7 1000x50: {r['total']:.0f} s for {r['epochs']} epochs "
                           f"({r['per_epoch']:.2f} s/epoch after compile)")
+    for tag, grid, choice, secs in choices:
+        every = choice.every
+        vt = Table(title=f"{tag}: validation NLL per agent-step (selection took {secs:.0f} s)")
+        vt.add_column("l2")
+        for e in range(choice.validation_nll.shape[1]):
+            vt.add_column(f"ep {(e + 1) * every}", justify="right")
+        for v, row in zip(grid, choice.validation_nll):
+            vt.add_row(f"{v:g}", *[f"{x:.5f}" for x in row])
+        console.print(vt)
+    for tag, lf in floors:
+        console.print(f"{tag}: level floor (truth known up to its action levels, 19 training episodes): "
+                      f"Cramer-Rao expectation of pair {lf.floor:.2e}, oracle level MLE realised {lf.oracle:.2e}")
+    if choices:
+        by_label: dict[tuple[str, str], list[float]] = {}
+        for r in rows:
+            key_ = (r["tag"].split(" d")[0], r["label"].split(":")[0])
+            by_label.setdefault(key_, []).append(r["pair"])
+        for (size, label), vals in by_label.items():
+            console.print(f"{size} {label}: pair (test) over {len(vals)} draws: mean {np.mean(vals):.2e}, "
+                          f"min {np.min(vals):.2e}, max {np.max(vals):.2e}")
     console.print(f"benchmark wall time {time.perf_counter() - t_all:.0f} s")
 
 
