@@ -21,8 +21,8 @@ import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
+from itertools import groupby, repeat
+from operator import add, itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -339,18 +339,22 @@ class Ledger:
         row["status"] = "running"
         row["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
         floors = floors or {}
-        accounts = [dict(run_id=run_id, name=agent_account(a), kind="agent", position=i, floor=floors.get(a))
-                    for i, a in enumerate(agent_ids)]
-        accounts.append(dict(run_id=run_id, name=TREASURY, kind="treasury", position=len(agent_ids), floor=None))
-        accounts += [dict(run_id=run_id, name=n, kind="mechanism", position=len(agent_ids) + 1 + j, floor=None)
-                     for j, n in enumerate(extra_accounts)]
+        n = len(agent_ids)
+        # columns, not a dict per account: (name, kind, position, floor) rows are zipped at the insert
+        names = [agent_account(a) for a in agent_ids] + [TREASURY, *extra_accounts]
+        kinds = [*repeat("agent", n), "treasury", *repeat("mechanism", len(extra_accounts))]
+        floor_col = [floors.get(a) for a in agent_ids] + [None] * (1 + len(extra_accounts)) if floors \
+            else repeat(None, len(names))
         with self._signed():
-            row.update(self.signer.start_fields(row, accounts) if self.signer else {})
+            if self.signer:
+                accounts = [dict(name=m, kind=k, position=i) for i, (m, k) in enumerate(zip(names, kinds))]
+                row.update(self.signer.start_fields(row, accounts))
             with self._begin() as conn:
                 conn.execute(insert(Run), [row])
-                bulk_insert(conn, "accounts", ("run_id", "name", "kind", "position", "floor"),
-                            [(a["run_id"], a["name"], a["kind"], a["position"], a["floor"]) for a in accounts])
-        self._accounts[run_id] = {a["name"] for a in accounts}
+                bulk_insert(conn, "accounts", ACCOUNT_COLUMNS,
+                            zip(repeat(run_id), names, kinds, range(len(names)), floor_col))
+        self._accounts[run_id] = set(names[n:])  # the agents' accounts: known by their list, below
+        self._checked_agents[run_id] = [agent_ids]  # a payment batch over this very list needs no check
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
@@ -630,8 +634,8 @@ class Ledger:
     def balances(self, run_id: str) -> dict[str, int]:
         """Derived posted balances (credits minus debits) of every account of a run: the
         transfers plus the posted amounts of resolved pending transfers."""
-        out = {name: 0 for name, _ in self.accounts(run_id)}
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # through the driver: 10^6 accounts are 10^6 rows
+            out = dict.fromkeys((name for name, in driver_rows(conn, ACCOUNT_NAMES_SQL, run_id)), 0)
             for acct, total in self._posted(conn, run_id):
                 out[acct] = out.get(acct, 0) + total
         return out
@@ -664,12 +668,10 @@ class Ledger:
     @staticmethod
     def _posted(conn, run_id: str) -> Iterator[tuple[str, int]]:
         """Signed per-account sums of the transfers and the posted resolutions."""
-        for acct, total in conn.execute(select(Transfer.credit, func.sum(Transfer.amount))
-                                        .where(Transfer.run_id == run_id).group_by(Transfer.credit)):
-            yield acct, int(total)
-        for acct, total in conn.execute(select(Transfer.debit, func.sum(Transfer.amount))
-                                        .where(Transfer.run_id == run_id).group_by(Transfer.debit)):
-            yield acct, -int(total)
+        for side, sign in (("credit", 1), ("debit", -1)):  # through the driver: a row per account
+            for acct, total in driver_rows(conn, f"SELECT {side}, SUM(amount) FROM transfers WHERE run_id = ? "
+                                                 f"GROUP BY {side}", run_id):
+                yield acct, sign * int(total)
         posted = (select(PendingTransfer.debit, PendingTransfer.credit, PendingResolution.amount)
                   .join(PendingResolution, PendingResolution.pending_id == PendingTransfer.id)
                   .where(PendingTransfer.run_id == run_id, PendingResolution.state == "posted"))
@@ -708,6 +710,8 @@ class Ledger:
         self.engine.dispose()
 
 
+ACCOUNT_COLUMNS = ("run_id", "name", "kind", "position", "floor")
+ACCOUNT_NAMES_SQL = "SELECT name FROM accounts WHERE run_id = ? ORDER BY position"
 ROUND_COLUMNS = ("run_id", '"index"', "prev_hash", "hash", "n_events", "n_transfers")
 EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
 #: a run's rows in the order ``iter_rounds`` merges them (one parameter: the run id)
@@ -724,6 +728,8 @@ CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.
                   '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
 ARRAY_COLUMNS = ("run_id", "round_index", "name", "dtype", "shape", "data")
 TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
+#: the same columns in the order of a round's rows ``(id, kind, debit, credit, amount)`` and then the round's
+TRANSFER_ROW_COLUMNS = ("id", "kind", "debit", "credit", "amount", "run_id", "round_index")
 RESOLUTION_COLUMNS = ("pending_id", "run_id", "round_index", "state", "amount")
 
 
@@ -743,13 +749,15 @@ def insert_transfers(conn: Connection, run_id: str, round_index: int, tr: list[t
                     cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
                 copy.write(block)
             return
-    bulk_insert(conn, "transfers", TRANSFER_COLUMNS, [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
+    # the round's constants appended to each row in C (``tuple + tail``): no Python step per row
+    bulk_insert(conn, "transfers", TRANSFER_ROW_COLUMNS, map(add, tr, repeat((run_id, round_index))))
 
 
-def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Insert rows through the driver inside ``conn``'s transaction: COPY on PostgreSQL,
-    ``executemany`` elsewhere (several times faster than ORM/Core inserts of dicts)."""
-    if not rows:
+def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """Insert rows (a list, or an iterator such as a ``zip`` of columns) through the driver
+    inside ``conn``'s transaction: COPY on PostgreSQL, ``executemany`` elsewhere (several
+    times faster than ORM/Core inserts of dicts)."""
+    if isinstance(rows, list) and not rows:
         return
     dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
