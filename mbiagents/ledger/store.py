@@ -122,11 +122,14 @@ class PaymentBatch:
         k, cp = self.kind, self.counterparty
         pays = pays_order[minor[pays_order] > 0]  # agent -> counterparty, in id order
         paid = paid_order[minor[paid_order] < 0]  # counterparty -> agent, in id order
-        rows = [(f"{prefix}{k}:{accounts[i]}:{cp}", k, accounts[i], cp, m)
-                for i, m in zip(pays.tolist(), minor[pays].tolist())]
-        rows += [(f"{prefix}{k}:{cp}:{accounts[i]}", k, cp, accounts[i], -m)
-                 for i, m in zip(paid.tolist(), minor[paid].tolist())]
-        if rows and paid.size and pays.size:
+        # column-wise: the accounts picked by NumPy, the ids formatted, the tuples zipped in C
+        debits = accounts[pays].tolist()
+        credits = accounts[paid].tolist()
+        rows = list(zip([f"{prefix}{k}:{d}:{cp}" for d in debits], repeat(k), debits, repeat(cp),
+                        minor[pays].tolist()))
+        rows += zip([f"{prefix}{k}:{cp}:{c}" for c in credits], repeat(k), repeat(cp), credits,
+                    (-minor[paid]).tolist())
+        if paid.size and pays.size:
             rows.sort()  # two sorted runs: one linear merge
         return rows
 
@@ -134,13 +137,15 @@ class PaymentBatch:
 _LAYOUT: list = [None, None, None]  # (agent list kept alive, counterparty, layout): the last batch's
 
 
-def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Account names of a batch's agents and the two id orders of its transfers (agent ->
-    counterparty, counterparty -> agent), computed once per agent list."""
+def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Account names of a batch's agents (an object array) and the two id orders of its
+    transfers (agent -> counterparty, counterparty -> agent), computed once per agent list."""
     if _LAYOUT[0] is not agent_ids or _LAYOUT[1] != counterparty:
-        accounts = [agent_account(a) for a in agent_ids]
-        pays = np.array(sorted(range(len(accounts)), key=lambda i: f"{accounts[i]}:{counterparty}"), dtype=np.int64)
-        paid = np.array(sorted(range(len(accounts)), key=accounts.__getitem__), dtype=np.int64)
+        names = [agent_account(a) for a in agent_ids]
+        pays = np.array(sorted(range(len(names)), key=lambda i: f"{names[i]}:{counterparty}"), dtype=np.int64)
+        paid = np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
+        accounts = np.empty(len(names), dtype=object)
+        accounts[:] = names
         _LAYOUT[:] = [agent_ids, counterparty, (accounts, pays, paid)]
     return _LAYOUT[2]
 
@@ -440,8 +445,9 @@ class Ledger:
         if len({p[0] for p in pe}) != len(pe) or len({r.pending_id for r in resolutions}) != len(resolutions):
             raise LedgerError(f"run {run_id} round {round_index}: a pending transfer is opened or resolved twice")
         self._check_accounts(run_id, round_index, single + pe, batches)
-        tr += single
-        tr.sort()
+        if single or len(batches) - sum(isinstance(t, PaymentBatch) for t in pending) > 1:
+            tr += single
+            tr.sort()  # one batch alone is in id order already
         with self._signed():
             try:
                 return self._write_round(run_id, round_index, ev, tr, arrays, pe, list(resolutions))
@@ -545,10 +551,10 @@ class Ledger:
                 raise LedgerError(f"ledger {self.url} has no run {run_id!r}")
             header, status = found[0], found[1]
             last = None if found[2] is None else tuple(found[2:])
-            cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
             if last is not None and last[0] >= round_index:
                 existing = last if last[0] == round_index else conn.execute(
-                    cols.where(Round.index == round_index)).first()
+                    select(Round.index, Round.prev_hash, Round.hash).where(
+                        Round.run_id == run_id, Round.index == round_index)).first()
                 rs = [(r.pending_id, r.state, r.amount) for r in resolutions]
                 if existing is not None and rs:  # the stored amounts (a default amount is the pending's)
                     stored = dict(conn.execute(select(PendingResolution.pending_id, PendingResolution.amount).where(
