@@ -107,9 +107,11 @@ def bench_rounds(sizes, rounds: int) -> tuple[Table, float]:
 
 
 MILLION_SCRIPT = r"""
-import json, resource, sys, tempfile, time
+import json, resource, shutil, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 n, rounds, k, profile = (int(a) for a in sys.argv[2:6])
+tmp = tempfile.mkdtemp()
+ledger_url = sys.argv[6] or f"sqlite:///{tmp}/million.db"
 out = {}
 t0 = time.perf_counter()
 import numpy as np
@@ -125,35 +127,39 @@ out["parse_s"] = time.perf_counter() - t0
 from mbiagents.ledger.store import Ledger
 create_run = Ledger.create_run
 def timed_create_run(self, **kw):  # the run's set-up: header and accounts (timed apart from round 0)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     try:
         return create_run(self, **kw)
     finally:
-        out["create_run_s"] = time.perf_counter() - t
+        out["create_run_s"], out["create_run_cpu_s"] = time.perf_counter() - t, time.process_time() - c
 Ledger.create_run = timed_create_run
 marks = [time.perf_counter()]
 if profile:
     import cProfile, pstats
     prof = cProfile.Profile()
     prof.enable()
-res = run_scenario(sc, ledger_url=f"sqlite:///{tempfile.mkdtemp()}/million.db", rounds=rounds, checkpoint=False,
-                   on_round=lambda i, m: marks.append(time.perf_counter()))
+cpu = [time.process_time()]
+res = run_scenario(sc, ledger_url=ledger_url, rounds=rounds, checkpoint=False,
+                   on_round=lambda i, m: (marks.append(time.perf_counter()), cpu.append(time.process_time())))
 out["end_s"] = time.perf_counter() - marks[-1]
 if profile:
     prof.disable()
     pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
     pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
 out["round_s"] = [b - a for a, b in zip(marks, marks[1:])]
+out["round_cpu_s"] = [b - a for a, b in zip(cpu, cpu[1:])]
+shutil.rmtree(tmp)
 out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 out["paid"] = sum(a["total_paid"] for a in res.summary["agents"].values())
 print(json.dumps(out))
 """
 
 
-def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2, profile: bool = False) -> Table:
+def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2, profile: bool = False, ledger: str = "") -> Table:
     """A team run of ``n`` policy agents (a generated ``[population]``) end to end
     (mechanism, payments, ledger on SQLite), netted every ``k`` rounds, in a fresh
-    process: per-round wall time and peak RSS (``profile``: cProfile to stderr).
+    process: per-round wall and CPU time and peak RSS (``profile``: cProfile to stderr;
+    ``ledger``: write there and keep it, e.g. for ``mbi audit``; default: a temporary file).
 
     Round 0 also holds the run's set-up (ledger header, accounts, JIT); the other rounds
     are the steady state: rounds ``k-1, 2k-1, ...`` and the last settle (one transfer per
@@ -163,7 +169,7 @@ def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2, profile: bool = F
     import subprocess
 
     res = subprocess.run([sys.executable, "-c", MILLION_SCRIPT, str(Path(__file__).resolve().parents[1]),
-                          str(n), str(rounds), str(k), str(int(profile))], capture_output=True, text=True)
+                          str(n), str(rounds), str(k), str(int(profile)), ledger], capture_output=True, text=True)
     if profile or res.returncode:
         sys.stderr.write(res.stderr)
     res.check_returncode()
@@ -171,16 +177,19 @@ def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2, profile: bool = F
     table = Table(title=f"Team run end to end, N = {n:,} policy agents, SQLite, settlement every {k} rounds "
                         f"(import {out['import_s']:.1f} s, scenario parse {out['parse_s']:.2f} s, "
                         f"peak RSS {out['rss_gb']:.2f} GiB)")
-    for c in ("round", "what", "wall (s)"):
+    for c in ("round", "what", "wall (s)", "CPU (s)"):
         table.add_column(c, justify="right")
-    table.add_row("set-up", f"ledger header + {n + 1:,} accounts", f"{out['create_run_s']:.2f}")
-    for i, t in enumerate(out["round_s"]):
+    table.add_row("set-up", f"ledger header + {n + 1:,} accounts", f"{out['create_run_s']:.2f}",
+                  f"{out['create_run_cpu_s']:.2f}")
+    for i, (t, c) in enumerate(zip(out["round_s"], out["round_cpu_s"])):
         what = "build market + JIT + " if i == 0 else ""
         what += "settles" if (i + 1) % k == 0 or i == rounds - 1 else "arrays only"
-        table.add_row(str(i), what, f"{t - (out['create_run_s'] if i == 0 else 0):.2f}")
-    steady = out["round_s"][1:]
-    table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}")
-    table.add_row("end", "finish + summary", f"{out['end_s']:.2f}")
+        t0, c0 = (out["create_run_s"], out["create_run_cpu_s"]) if i == 0 else (0, 0)
+        table.add_row(str(i), what, f"{t - t0:.2f}", f"{c - c0:.2f}")
+    steady, steady_cpu = out["round_s"][1:], out["round_cpu_s"][1:]
+    table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}",
+                  f"{sum(steady_cpu) / len(steady_cpu):.2f}")
+    table.add_row("end", "finish + summary", f"{out['end_s']:.2f}", "")
     return table
 
 
@@ -230,10 +239,11 @@ def main() -> None:
     ap.add_argument("--million", action="store_true", help="only the N = 10^6 end-to-end team run")
     ap.add_argument("--n", type=int, default=10**6, help="agents of the --million run")
     ap.add_argument("--profile", action="store_true", help="--million: cProfile the run (to stderr)")
+    ap.add_argument("--ledger", default="", help="--million: ledger URL to write and keep (default: a temporary file)")
     args = ap.parse_args()
     console = Console()
     if args.million:
-        console.print(bench_million(args.n, profile=args.profile))
+        console.print(bench_million(args.n, profile=args.profile, ledger=args.ledger))
         return
     conv_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
     console.print(bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000))

@@ -21,6 +21,7 @@ import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import groupby, repeat
 from operator import add, itemgetter
 from pathlib import Path
@@ -117,11 +118,13 @@ class PaymentBatch:
     def id_rows(self, prefix: str) -> list[tuple[str, str, str, str, int]]:
         """``(id, kind, debit, credit, amount)`` of the non-zero transfers, in id order; ids
         are ``prefix + kind:debit:credit`` (``transfer_id`` with ``prefix = run:round:``)."""
-        accounts, pays_order, paid_order = _batch_layout(self.agent_ids, self.counterparty)
+        layout = _batch_layout(self.agent_ids, self.counterparty)
         minor = np.asarray(self.minor, dtype=np.int64)
-        k, cp = self.kind, self.counterparty
-        pays = pays_order[minor[pays_order] > 0]  # agent -> counterparty, in id order
-        paid = paid_order[minor[paid_order] < 0]  # counterparty -> agent, in id order
+        k, cp, accounts = self.kind, self.counterparty, layout.accounts
+        # agent -> counterparty and counterparty -> agent, each in id order (an order is sorted
+        # only once a batch has such a transfer: Clarke payments never pay an agent)
+        pays = layout.pays[minor[layout.pays] > 0] if (minor > 0).any() else layout.none
+        paid = layout.paid[minor[layout.paid] < 0] if (minor < 0).any() else layout.none
         # column-wise: the accounts picked by NumPy, the ids formatted, the tuples zipped in C
         debits = accounts[pays].tolist()
         credits = accounts[paid].tolist()
@@ -134,20 +137,39 @@ class PaymentBatch:
         return rows
 
 
-_LAYOUT: list = [None, None, None]  # (agent list kept alive, counterparty, layout): the last batch's
+class _BatchLayout:
+    """The account names of a batch's agents (an object array, for NumPy indexing) and the
+    id orders of its transfers, each sorted once per agent list, on first use."""
+
+    none = np.zeros(0, np.int64)
+
+    def __init__(self, agent_ids: Sequence[str], counterparty: str):
+        self.agent_ids, self.counterparty = agent_ids, counterparty  # the list is kept alive: identity is safe
+        self.accounts = np.empty(len(agent_ids), dtype=object)
+        self.accounts[:] = [agent_account(a) for a in agent_ids]
+
+    @cached_property
+    def pays(self) -> np.ndarray:
+        """Agent positions in the id order of ``<kind>:<agent account>:<counterparty>``."""
+        keys = [f"{a}:{self.counterparty}" for a in self.accounts.tolist()]
+        return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+
+    @cached_property
+    def paid(self) -> np.ndarray:
+        """Agent positions in the id order of ``<kind>:<counterparty>:<agent account>``."""
+        names = self.accounts.tolist()
+        return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
 
 
-def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Account names of a batch's agents (an object array) and the two id orders of its
-    transfers (agent -> counterparty, counterparty -> agent), computed once per agent list."""
-    if _LAYOUT[0] is not agent_ids or _LAYOUT[1] != counterparty:
-        names = [agent_account(a) for a in agent_ids]
-        pays = np.array(sorted(range(len(names)), key=lambda i: f"{names[i]}:{counterparty}"), dtype=np.int64)
-        paid = np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
-        accounts = np.empty(len(names), dtype=object)
-        accounts[:] = names
-        _LAYOUT[:] = [agent_ids, counterparty, (accounts, pays, paid)]
-    return _LAYOUT[2]
+_LAYOUT: list[_BatchLayout | None] = [None]  # the last batch's
+
+
+def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> _BatchLayout:
+    """The layout of a batch over ``agent_ids``, built once per agent list and counterparty."""
+    last = _LAYOUT[0]
+    if last is None or last.agent_ids is not agent_ids or last.counterparty != counterparty:
+        last = _LAYOUT[0] = _BatchLayout(agent_ids, counterparty)
+    return last
 
 
 @dataclass
