@@ -148,9 +148,31 @@ if profile:
     pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
 out["round_s"] = [b - a for a, b in zip(marks, marks[1:])]
 out["round_cpu_s"] = [b - a for a, b in zip(cpu, cpu[1:])]
-shutil.rmtree(tmp)
 out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-out["paid"] = sum(a["total_paid"] for a in res.summary["agents"].values())
+run_id = res.run_id
+del res
+# the worst settlement: every agent pays (n netted transfers in one round), signed-head Merkle root included
+from mbiagents.ledger.payments import minor_transfers
+from mbiagents.ledger.schema import open_ledger
+from mbiagents.ledger.signing import RunSigner
+from mbiagents.ledger.store import EventRow
+ledger = open_ledger(ledger_url)
+ledger.signer = RunSigner.from_environment(None)
+with ledger.engine.connect() as conn:  # the netted transfers each settlement wrote
+    out["transfers"] = dict(conn.exec_driver_sql("SELECT round_index, count(*) FROM transfers WHERE run_id = ? "
+                                                 "GROUP BY round_index", (run_id,)).all())
+ids = sc.agent_ids()
+worst = ledger.create_run(name="worst", game="team", mechanism="dpm", seed=0, scenario={}, agent_ids=ids)
+rng = np.random.default_rng(2)
+minor, x = rng.integers(1, 10**6, n), rng.uniform(0, 1, n)
+t, c = time.perf_counter(), time.process_time()
+ledger.write_round(worst, 0, [EventRow("actions", {"x": x}), EventRow("payments", {"t": minor / 1e6})],
+                   minor_transfers(ids, minor, "clarke"))
+out["worst_s"], out["worst_cpu_s"] = time.perf_counter() - t, time.process_time() - c
+ledger.finish_run(worst, "completed")
+ledger.dispose()
+out["rss_worst_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+shutil.rmtree(tmp)
 print(json.dumps(out))
 """
 
@@ -176,20 +198,23 @@ def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2, profile: bool = F
     out = json.loads(res.stdout.strip().splitlines()[-1])
     table = Table(title=f"Team run end to end, N = {n:,} policy agents, SQLite, settlement every {k} rounds "
                         f"(import {out['import_s']:.1f} s, scenario parse {out['parse_s']:.2f} s, "
-                        f"peak RSS {out['rss_gb']:.2f} GiB)")
+                        f"peak RSS {out['rss_gb']:.2f} GiB, {out['rss_worst_gb']:.2f} GiB with the worst settlement)")
     for c in ("round", "what", "wall (s)", "CPU (s)"):
         table.add_column(c, justify="right")
     table.add_row("set-up", f"ledger header + {n + 1:,} accounts", f"{out['create_run_s']:.2f}",
                   f"{out['create_run_cpu_s']:.2f}")
     for i, (t, c) in enumerate(zip(out["round_s"], out["round_cpu_s"])):
         what = "build market + JIT + " if i == 0 else ""
-        what += "settles" if (i + 1) % k == 0 or i == rounds - 1 else "arrays only"
+        what += (f"settles ({out['transfers'].get(str(i), 0):,} transfers)" if (i + 1) % k == 0 or i == rounds - 1
+                 else "arrays only")
         t0, c0 = (out["create_run_s"], out["create_run_cpu_s"]) if i == 0 else (0, 0)
         table.add_row(str(i), what, f"{t - t0:.2f}", f"{c - c0:.2f}")
     steady, steady_cpu = out["round_s"][1:], out["round_cpu_s"][1:]
     table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}",
                   f"{sum(steady_cpu) / len(steady_cpu):.2f}")
     table.add_row("end", "finish + summary", f"{out['end_s']:.2f}", "")
+    table.add_row("worst", f"one settlement of {n:,} transfers (every agent pays; write_round only)",
+                  f"{out['worst_s']:.2f}", f"{out['worst_cpu_s']:.2f}")
     return table
 
 
