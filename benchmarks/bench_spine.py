@@ -157,10 +157,12 @@ from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.signing import RunSigner
 from mbiagents.ledger.store import EventRow
 ledger = open_ledger(ledger_url)
-ledger.signer = RunSigner.from_environment(None)
 with ledger.engine.connect() as conn:  # the netted transfers each settlement wrote
     out["transfers"] = dict(conn.exec_driver_sql("SELECT round_index, count(*) FROM transfers WHERE run_id = ? "
                                                  "GROUP BY round_index", (run_id,)).all())
+ledger.dispose()
+ledger = open_ledger(f"sqlite:///{tmp}/worst.db")  # a ledger of its own: the kept one holds only the run
+ledger.signer = RunSigner.from_environment(None)
 ids = sc.agent_ids()
 worst = ledger.create_run(name="worst", game="team", mechanism="dpm", seed=0, scenario={}, agent_ids=ids)
 rng = np.random.default_rng(2)
