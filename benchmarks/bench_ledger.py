@@ -64,8 +64,8 @@ def team_scenario(n: int, rounds: int, settlement_interval: int = 1):
 def write_vs_driver(url: str, rounds: int) -> tuple[float, float]:
     """(seconds through ``write_round``, seconds for the same rows through the driver).
 
-    Interleaved round by round (path, then driver, then the next round), so that a change
-    of load on a shared machine hits both sides alike; the driver's rows are those the
+    Interleaved round by round (path and driver, who goes first alternating), so that a
+    change of load on a shared machine hits both sides alike; the driver's rows are those the
     path wrote for a source run, read back and pre-encoded before the clock starts.
     """
     ledger = open_ledger(url)
@@ -89,26 +89,36 @@ def write_vs_driver(url: str, rounds: int) -> tuple[float, float]:
                      [(twin, rec.index, *e) for e in rec.events], [(twin, rec.index, *a) for a in rec.arrays],
                      [(i.replace(source, twin), twin, rec.index, k, d, c, m) for i, k, d, c, m in rec.transfers]))
     blocks = ["".join(f"{i}\t{ru}\t{ri}\t{k}\t{d}\t{c}\t{m}\n" for i, ru, ri, k, d, c, m in tr) for *_, tr in rows]
-    t_path = t_driver = 0.0
-    for r, ((events, transfers), (head, ev, arr, tr), block) in enumerate(zip(batches, rows, blocks)):
+    def path(r: int) -> float:
         t0 = time.perf_counter()
-        ledger.write_round(run_id, r, events, transfers)
-        t1 = time.perf_counter()
+        ledger.write_round(run_id, r, *batches[r])
+        return time.perf_counter() - t0
+
+    def driver(r: int) -> float:
+        (head, ev, arr, tr), block = rows[r], blocks[r]
+        t0 = time.perf_counter()
         # a pooled connection per round, as the path takes one: both sides write through the
         # same database connection (two would invalidate each other's page cache every round)
-        with ledger.engine.connect() as conn:
-            with conn.begin():
-                bulk_insert(conn, "rounds", ROUND_COLUMNS, [head])
-                bulk_insert(conn, "events", EVENT_COLUMNS, ev)
-                bulk_insert(conn, "arrays", ARRAY_COLUMNS, arr)
-                if conn.dialect.name == "postgresql":
-                    with conn.connection.dbapi_connection.cursor() as cur, \
-                            cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
-                        copy.write(block)
-                else:
-                    bulk_insert(conn, "transfers", TRANSFER_COLUMNS, tr)
-        t_path += t1 - t0
-        t_driver += time.perf_counter() - t1
+        with ledger.engine.connect() as conn, conn.begin():
+            bulk_insert(conn, "rounds", ROUND_COLUMNS, [head])
+            bulk_insert(conn, "events", EVENT_COLUMNS, ev)
+            bulk_insert(conn, "arrays", ARRAY_COLUMNS, arr)
+            if conn.dialect.name == "postgresql":
+                with conn.connection.dbapi_connection.cursor() as cur, \
+                        cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
+                    copy.write(block)
+            else:
+                bulk_insert(conn, "transfers", TRANSFER_COLUMNS, tr)
+        return time.perf_counter() - t0
+
+    t_path = t_driver = 0.0
+    for r in range(rounds):  # who goes first alternates: neither side always inherits the other's checkpoint
+        if r % 2:
+            t_driver += driver(r)
+            t_path += path(r)
+        else:
+            t_path += path(r)
+            t_driver += driver(r)
     ledger.dispose()
     return t_path, t_driver
 
