@@ -75,14 +75,15 @@ class TeamPopulationSpec(Strict):
 
     Agent ``i`` is ``<id_prefix><i>`` (``a0``, ``a1``, ...); its type is drawn uniformly,
     ``value_i ~ U[value[0], value[1])`` then ``curvature_i ~ U[curvature[0], curvature[1])``,
-    from NumPy's ``default_rng(seed)`` (PCG64), each as one vector of ``size`` draws. The
+    from NumPy's ``default_rng(seed)`` (PCG64), each as one vector of ``size`` draws; without
+    a ``seed`` here, the scenario's (``[scenario] seed``, ``mbi run --seed``) draws it. The
     run header stores this table, not 10^6 agents, so the audit rebuilds the same
     population from it; round 0 logs the reported types as hashed array records, which
     the audit recomputes from (a NumPy that drew differently would show there).
     """
 
     size: int = Field(ge=1, le=MAX_AGENTS)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     value: tuple[Positive, Positive]
     curvature: tuple[Positive, Positive]
     id_prefix: str = Field("a", min_length=1, max_length=32, pattern=r"^[A-Za-z_.-][A-Za-z0-9_.-]*$")
@@ -100,11 +101,12 @@ class TeamPopulationSpec(Strict):
         p = self.id_prefix
         return [f"{p}{i}" for i in range(self.size)]
 
-    def types(self) -> tuple[Any, Any]:
-        """``(value, curvature)``: two float64 vectors of ``size`` draws, value first."""
+    def types(self, scenario_seed: int = 0) -> tuple[Any, Any]:
+        """``(value, curvature)``: two float64 vectors of ``size`` draws, value first, from
+        ``seed`` (``scenario_seed`` when the table gives none)."""
         import numpy as np
 
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.seed if self.seed is not None else scenario_seed)
         return rng.uniform(*self.value, self.size), rng.uniform(*self.curvature, self.size)
 
 

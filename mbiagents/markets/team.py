@@ -123,7 +123,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         self.step_rule = scenario.game.step
         pop = scenario.population
         if pop is not None:  # generated: columns, no per-agent spec
-            self.population = TeamPopulation.from_arrays(self.agent_ids, *pop.types(), self.kappa, self.step_rule)
+            self.population = TeamPopulation.from_arrays(self.agent_ids, *pop.types(scenario.scenario.seed),
+                                                         self.kappa, self.step_rule)
         else:
             self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
         self.settlement_interval = scenario.game.settlement_interval

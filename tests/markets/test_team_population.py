@@ -12,7 +12,7 @@ from mbiagents.errors import ScenarioError
 from mbiagents.ledger.money import MINOR_UNITS
 from mbiagents.ledger.payments import signed_minor_from_transfers
 from mbiagents.ledger.schema import open_ledger
-from mbiagents.markets import market_of
+from mbiagents.markets import build_market, market_of
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import parse_scenario
 from mbiagents.verify.audit import audit_run
@@ -33,6 +33,15 @@ def test_population_draws_value_then_curvature_from_its_seed():
     got = sc.population.types()
     assert np.array_equal(got[0], value) and np.array_equal(got[1], curvature)
     assert sc.agent_ids() == [f"a{i}" for i in range(40)] and sc.agents == []
+
+
+def test_population_without_a_seed_is_drawn_from_the_scenario_seed():
+    unseeded = {k: v for k, v in POPULATION.items() if k != "seed"}
+    drawn = [build_market(parse_scenario({"scenario": {"name": "pop", "game": "team", "mechanism": "dpm",
+                                                       "seed": seed}, "game": {"congestion": 0.5},
+                                          "population": unseeded})).population.value for seed in (7, 8)]
+    assert np.array_equal(drawn[0], np.random.default_rng(7).uniform(1.0, 5.0, 40))
+    assert not np.array_equal(drawn[0], drawn[1])
 
 
 def test_population_run_equals_the_same_agents_listed_and_audits(sqlite_url):
