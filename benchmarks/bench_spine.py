@@ -108,58 +108,117 @@ def bench_rounds(sizes, rounds: int) -> tuple[Table, float]:
 
 
 MILLION_SCRIPT = r"""
-import json, resource, sys, tempfile, time
+import json, resource, shutil, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
-n, rounds, k = (int(a) for a in sys.argv[2:5])
+n, rounds, k, profile = (int(a) for a in sys.argv[2:6])
+tmp = tempfile.mkdtemp()
+ledger_url = sys.argv[6] or f"sqlite:///{tmp}/million.db"
 out = {}
 t0 = time.perf_counter()
 import numpy as np
 from mbiagents.runner import run_scenario
 from mbiagents.scenario import parse_scenario
 out["import_s"] = time.perf_counter() - t0
-rng = np.random.default_rng(1)
 t0 = time.perf_counter()
+# a generated population: the header stores this table, not n agents
 sc = parse_scenario({"scenario": {"name": "million", "game": "team", "mechanism": "dpm", "rounds": rounds,
                                   "tolerance": 1e-300}, "game": {"congestion": 0.5, "settlement_interval": k},
-                     "agents": [{"id": f"a{i}", "value": float(v), "curvature": float(c)}
-                                for i, (v, c) in enumerate(zip(rng.uniform(1, 5, n), rng.uniform(0.5, 2, n)))]})
+                     "population": {"size": n, "seed": 1, "value": [1.0, 5.0], "curvature": [0.5, 2.0]}})
 out["parse_s"] = time.perf_counter() - t0
+from mbiagents.ledger.store import Ledger
+create_run = Ledger.create_run
+def timed_create_run(self, **kw):  # the run's set-up: header and accounts (timed apart from round 0)
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        return create_run(self, **kw)
+    finally:
+        out["create_run_s"], out["create_run_cpu_s"] = time.perf_counter() - t, time.process_time() - c
+Ledger.create_run = timed_create_run
 marks = [time.perf_counter()]
-res = run_scenario(sc, ledger_url=f"sqlite:///{tempfile.mkdtemp()}/million.db", rounds=rounds, checkpoint=False,
-                   on_round=lambda i, m: marks.append(time.perf_counter()))
+if profile:
+    import cProfile, pstats
+    prof = cProfile.Profile()
+    prof.enable()
+cpu = [time.process_time()]
+res = run_scenario(sc, ledger_url=ledger_url, rounds=rounds, checkpoint=False,
+                   on_round=lambda i, m: (marks.append(time.perf_counter()), cpu.append(time.process_time())))
 out["end_s"] = time.perf_counter() - marks[-1]
+if profile:
+    prof.disable()
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
 out["round_s"] = [b - a for a, b in zip(marks, marks[1:])]
+out["round_cpu_s"] = [b - a for a, b in zip(cpu, cpu[1:])]
 out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+run_id = res.run_id
+del res
+# the worst settlement: every agent pays (n netted transfers in one round), signed-head Merkle root included
+from mbiagents.ledger.payments import minor_transfers
+from mbiagents.ledger.schema import open_ledger
+from mbiagents.ledger.signing import RunSigner
+from mbiagents.ledger.store import EventRow
+ledger = open_ledger(ledger_url)
+with ledger.engine.connect() as conn:  # the netted transfers each settlement wrote
+    out["transfers"] = dict(conn.exec_driver_sql("SELECT round_index, count(*) FROM transfers WHERE run_id = ? "
+                                                 "GROUP BY round_index", (run_id,)).all())
+ledger.dispose()
+ledger = open_ledger(f"sqlite:///{tmp}/worst.db")  # a ledger of its own: the kept one holds only the run
+ledger.signer = RunSigner.from_environment(None)
+ids = sc.agent_ids()
+worst = ledger.create_run(name="worst", game="team", mechanism="dpm", seed=0, scenario={}, agent_ids=ids)
+rng = np.random.default_rng(2)
+minor, x = rng.integers(1, 10**6, n), rng.uniform(0, 1, n)
+t, c = time.perf_counter(), time.process_time()
+ledger.write_round(worst, 0, [EventRow("actions", {"x": x}), EventRow("payments", {"t": minor / 1e6})],
+                   minor_transfers(ids, minor, "clarke"))
+out["worst_s"], out["worst_cpu_s"] = time.perf_counter() - t, time.process_time() - c
+ledger.finish_run(worst, "completed")
+ledger.dispose()
+out["rss_worst_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+shutil.rmtree(tmp)
 print(json.dumps(out))
 """
 
 
-def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2) -> Table:
-    """A team run of ``n`` policy agents end to end (mechanism, payments, ledger on SQLite),
-    netted every ``k`` rounds, in a fresh process: per-round wall time and peak RSS.
+def bench_million(n: int = 10**6, rounds: int = 4, k: int = 2, profile: bool = False, ledger: str = "") -> Table:
+    """A team run of ``n`` policy agents (a generated ``[population]``) end to end
+    (mechanism, payments, ledger on SQLite), netted every ``k`` rounds, in a fresh
+    process: per-round wall and CPU time and peak RSS (``profile``: cProfile to stderr;
+    ``ledger``: write there and keep it, e.g. for ``mbi audit``; default: a temporary file).
 
-    Round 0 also holds the run's set-up (ledger header with the scenario, accounts, JIT);
-    the other rounds are the steady state: rounds ``k-1, 2k-1, ...`` and the last settle
-    (one transfer per agent), the others write only the round's array records.
+    Round 0 also holds the run's set-up (ledger header, accounts, JIT); the other rounds
+    are the steady state: rounds ``k-1, 2k-1, ...`` and the last settle (one transfer per
+    agent), the others write only the round's array records.
     """
     import json
     import subprocess
 
     res = subprocess.run([sys.executable, "-c", MILLION_SCRIPT, str(Path(__file__).resolve().parents[1]),
-                          str(n), str(rounds), str(k)], capture_output=True, text=True, check=True)
+                          str(n), str(rounds), str(k), str(int(profile)), ledger], capture_output=True, text=True)
+    if profile or res.returncode:
+        sys.stderr.write(res.stderr)
+    res.check_returncode()
     out = json.loads(res.stdout.strip().splitlines()[-1])
     table = Table(title=f"Team run end to end, N = {n:,} policy agents, SQLite, settlement every {k} rounds "
-                        f"(import {out['import_s']:.1f} s, scenario parse {out['parse_s']:.1f} s, "
-                        f"peak RSS {out['rss_gb']:.2f} GiB)")
-    for c in ("round", "what", "wall (s)"):
+                        f"(import {out['import_s']:.1f} s, scenario parse {out['parse_s']:.2f} s, "
+                        f"peak RSS {out['rss_gb']:.2f} GiB, {out['rss_worst_gb']:.2f} GiB with the worst settlement)")
+    for c in ("round", "what", "wall (s)", "CPU (s)"):
         table.add_column(c, justify="right")
-    for i, t in enumerate(out["round_s"]):
-        what = "set-up + JIT + " if i == 0 else ""
-        what += "settles" if (i + 1) % k == 0 or i == rounds - 1 else "arrays only"
-        table.add_row(str(i), what, f"{t:.2f}")
-    steady = out["round_s"][1:]
-    table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}")
-    table.add_row("end", "finish + summary", f"{out['end_s']:.2f}")
+    table.add_row("set-up", f"ledger header + {n + 1:,} accounts", f"{out['create_run_s']:.2f}",
+                  f"{out['create_run_cpu_s']:.2f}")
+    for i, (t, c) in enumerate(zip(out["round_s"], out["round_cpu_s"])):
+        what = "build market + JIT + " if i == 0 else ""
+        what += (f"settles ({out['transfers'].get(str(i), 0):,} transfers)" if (i + 1) % k == 0 or i == rounds - 1
+                 else "arrays only")
+        t0, c0 = (out["create_run_s"], out["create_run_cpu_s"]) if i == 0 else (0, 0)
+        table.add_row(str(i), what, f"{t - t0:.2f}", f"{c - c0:.2f}")
+    steady, steady_cpu = out["round_s"][1:], out["round_cpu_s"][1:]
+    table.add_row("mean 1..", f"{len(steady)} steady rounds", f"{sum(steady) / len(steady):.2f}",
+                  f"{sum(steady_cpu) / len(steady_cpu):.2f}")
+    table.add_row("end", "finish + summary", f"{out['end_s']:.2f}", "")
+    table.add_row("worst", f"one settlement of {n:,} transfers (every agent pays; write_round only)",
+                  f"{out['worst_s']:.2f}", f"{out['worst_cpu_s']:.2f}")
+    return table
 
 
 @partial(jax.jit, static_argnames=("kappa", "rule", "max_rounds"))
@@ -241,10 +300,12 @@ def main() -> None:
     ap.add_argument("--only", choices=["convergence"], help="run only this part")
     ap.add_argument("--million", action="store_true", help="only the N = 10^6 end-to-end team run")
     ap.add_argument("--n", type=int, default=10**6, help="agents of the --million run")
+    ap.add_argument("--profile", action="store_true", help="--million: cProfile the run (to stderr)")
+    ap.add_argument("--ledger", default="", help="--million: ledger URL to write and keep (default: a temporary file)")
     args = ap.parse_args()
     console = Console()
     if args.million:
-        console.print(bench_million(args.n))
+        console.print(bench_million(args.n, profile=args.profile, ledger=args.ledger))
         return
     conv_sizes = [10**2, 10**3, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
     for table in bench_convergence(conv_sizes, fixed_cap=2000 if args.quick else 5000):

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from mbiagents.errors import ScenarioError
 from mbiagents.scenario_base import (  # noqa: F401  (re-exported)
-    MAX_COUNT, MAX_MAGNITUDE, MAX_ROUNDS, AgentId, Count, NonNegative, Positive, Real, ScenarioBase, ScenarioMeta, Strict)
+    MAX_AGENTS, MAX_COUNT, MAX_MAGNITUDE, MAX_ROUNDS, MAX_SEED, AgentId, Count, NonNegative, Positive, Real, ScenarioBase, ScenarioMeta, Strict)
 from mbiagents.scenario_incentives import PrincipalScenario, QuadraticScenario, RoutingScenario
 
 
@@ -72,11 +72,68 @@ class TeamAgentSpec(PolicyAgentSpec):
     step: Positive | None = None
 
 
+class TeamPopulationSpec(Strict):
+    """``[population]`` of the team game: ``size`` truthful policy agents, generated.
+
+    Agent ``i`` is ``<id_prefix><i>`` (``a0``, ``a1``, ...); its type is drawn uniformly,
+    ``value_i ~ U[value[0], value[1])`` then ``curvature_i ~ U[curvature[0], curvature[1])``,
+    from NumPy's ``default_rng(seed)`` (PCG64), each as one vector of ``size`` draws; without
+    a ``seed`` here, the scenario's (``[scenario] seed``, ``mbi run --seed``) draws it. The
+    run header stores this table, not 10^6 agents, so the audit rebuilds the same
+    population from it; round 0 logs the reported types as hashed array records, which
+    the audit recomputes from (a NumPy that drew differently would show there).
+    """
+
+    size: int = Field(ge=1, le=MAX_AGENTS)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    value: tuple[Positive, Positive]
+    curvature: tuple[Positive, Positive]
+    id_prefix: str = Field("a", min_length=1, max_length=32, pattern=r"^[A-Za-z_.-][A-Za-z0-9_.-]*$")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "TeamPopulationSpec":
+        for name in ("value", "curvature"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: range [{lo}, {hi}] is empty (lower bound above the upper)")
+        return self
+
+    def ids(self) -> list[str]:
+        """``<id_prefix>0 ... <id_prefix><size-1>``."""
+        p = self.id_prefix
+        return [f"{p}{i}" for i in range(self.size)]
+
+    def types(self, scenario_seed: int = 0) -> tuple[Any, Any]:
+        """``(value, curvature)``: two float64 vectors of ``size`` draws, value first, from
+        ``seed`` (``scenario_seed`` when the table gives none)."""
+        import numpy as np
+
+        rng = np.random.default_rng(self.seed if self.seed is not None else scenario_seed)
+        return rng.uniform(*self.value, self.size), rng.uniform(*self.curvature, self.size)
+
+
 class TeamScenario(ScenarioBase):
-    """A team sharing a congested resource, priced by the DPM."""
+    """A team sharing a congested resource, priced by the DPM.
+
+    Agents are listed (``[[agents]]``) or generated (``[population]``, the DPM only),
+    not both.
+    """
 
     game: TeamGameSettings
-    agents: list[TeamAgentSpec] = Field(min_length=1)
+    agents: list[TeamAgentSpec] = Field(default_factory=list)
+    population: TeamPopulationSpec | None = None
+
+    @model_validator(mode="after")
+    def _agents_or_population(self) -> "TeamScenario":
+        if (self.population is None) == (not self.agents):
+            raise ValueError("agents: give [[agents]] or a [population], exactly one of them")
+        if self.population is not None and self.scenario.mechanism != "dpm":
+            raise ValueError(f"population: a generated population runs under mechanism 'dpm', "
+                             f"not {self.scenario.mechanism!r}")
+        return self
+
+    def agent_ids(self) -> list[str]:
+        return self.population.ids() if self.population is not None else super().agent_ids()
 
 
 Cost = NonNegative

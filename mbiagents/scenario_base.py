@@ -70,3 +70,7 @@ class ScenarioBase(Strict):
                 raise ValueError(f"agents[{i}].id: duplicate agent id {agent.id!r}")
             seen.add(agent.id)
         return self
+
+    def agent_ids(self) -> list[str]:
+        """The agents' ids in account order (a game with a generated population overrides this)."""
+        return [a.id for a in self.agents]

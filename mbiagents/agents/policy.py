@@ -48,6 +48,14 @@ class TeamPopulation:
         steps = np.array([s.step if s.step is not None else d for s, d in zip(specs, default)], dtype=np.float64)
         return cls([s.id for s in specs], value, curvature, factor, steps)
 
+    @classmethod
+    def from_arrays(cls, ids: list[str], value: np.ndarray, curvature: np.ndarray, kappa: float,
+                    rule: str = "fixed") -> "TeamPopulation":
+        """Truthful agents with the default steps, built column-wise (a generated population)."""
+        value, curvature = np.asarray(value, np.float64), np.asarray(curvature, np.float64)
+        steps = np.asarray(default_steps(TeamTypes(value, curvature), kappa, rule), dtype=np.float64)
+        return cls(ids, value, curvature, np.ones_like(value), steps)
+
     @property
     def true_types(self) -> TeamTypes:
         return TeamTypes(self.value, self.curvature)

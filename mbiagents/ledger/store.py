@@ -21,8 +21,9 @@ import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
+from functools import cached_property
+from itertools import groupby, repeat
+from operator import add, itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -117,32 +118,58 @@ class PaymentBatch:
     def id_rows(self, prefix: str) -> list[tuple[str, str, str, str, int]]:
         """``(id, kind, debit, credit, amount)`` of the non-zero transfers, in id order; ids
         are ``prefix + kind:debit:credit`` (``transfer_id`` with ``prefix = run:round:``)."""
-        accounts, pays_order, paid_order = _batch_layout(self.agent_ids, self.counterparty)
+        layout = _batch_layout(self.agent_ids, self.counterparty)
         minor = np.asarray(self.minor, dtype=np.int64)
-        k, cp = self.kind, self.counterparty
-        pays = pays_order[minor[pays_order] > 0]  # agent -> counterparty, in id order
-        paid = paid_order[minor[paid_order] < 0]  # counterparty -> agent, in id order
-        rows = [(f"{prefix}{k}:{accounts[i]}:{cp}", k, accounts[i], cp, m)
-                for i, m in zip(pays.tolist(), minor[pays].tolist())]
-        rows += [(f"{prefix}{k}:{cp}:{accounts[i]}", k, cp, accounts[i], -m)
-                 for i, m in zip(paid.tolist(), minor[paid].tolist())]
-        if rows and paid.size and pays.size:
+        k, cp, accounts = self.kind, self.counterparty, layout.accounts
+        # agent -> counterparty and counterparty -> agent, each in id order (an order is sorted
+        # only once a batch has such a transfer: Clarke payments never pay an agent)
+        pays = layout.pays[minor[layout.pays] > 0] if (minor > 0).any() else layout.none
+        paid = layout.paid[minor[layout.paid] < 0] if (minor < 0).any() else layout.none
+        # column-wise: the accounts picked by NumPy, the ids formatted, the tuples zipped in C
+        debits = accounts[pays].tolist()
+        credits = accounts[paid].tolist()
+        rows = list(zip([f"{prefix}{k}:{d}:{cp}" for d in debits], repeat(k), debits, repeat(cp),
+                        minor[pays].tolist()))
+        rows += zip([f"{prefix}{k}:{cp}:{c}" for c in credits], repeat(k), repeat(cp), credits,
+                    (-minor[paid]).tolist())
+        if paid.size and pays.size:
             rows.sort()  # two sorted runs: one linear merge
         return rows
 
 
-_LAYOUT: list = [None, None, None]  # (agent list kept alive, counterparty, layout): the last batch's
+class _BatchLayout:
+    """The account names of a batch's agents (an object array, for NumPy indexing) and the
+    id orders of its transfers, each sorted once per agent list, on first use."""
+
+    none = np.zeros(0, np.int64)
+
+    def __init__(self, agent_ids: Sequence[str], counterparty: str):
+        self.agent_ids, self.counterparty = agent_ids, counterparty  # the list is kept alive: identity is safe
+        self.accounts = np.empty(len(agent_ids), dtype=object)
+        self.accounts[:] = [agent_account(a) for a in agent_ids]
+
+    @cached_property
+    def pays(self) -> np.ndarray:
+        """Agent positions in the id order of ``<kind>:<agent account>:<counterparty>``."""
+        keys = [f"{a}:{self.counterparty}" for a in self.accounts.tolist()]
+        return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+
+    @cached_property
+    def paid(self) -> np.ndarray:
+        """Agent positions in the id order of ``<kind>:<counterparty>:<agent account>``."""
+        names = self.accounts.tolist()
+        return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
 
 
-def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Account names of a batch's agents and the two id orders of its transfers (agent ->
-    counterparty, counterparty -> agent), computed once per agent list."""
-    if _LAYOUT[0] is not agent_ids or _LAYOUT[1] != counterparty:
-        accounts = [agent_account(a) for a in agent_ids]
-        pays = np.array(sorted(range(len(accounts)), key=lambda i: f"{accounts[i]}:{counterparty}"), dtype=np.int64)
-        paid = np.array(sorted(range(len(accounts)), key=accounts.__getitem__), dtype=np.int64)
-        _LAYOUT[:] = [agent_ids, counterparty, (accounts, pays, paid)]
-    return _LAYOUT[2]
+_LAYOUT: list[_BatchLayout | None] = [None]  # the last batch's
+
+
+def _batch_layout(agent_ids: Sequence[str], counterparty: str) -> _BatchLayout:
+    """The layout of a batch over ``agent_ids``, built once per agent list and counterparty."""
+    last = _LAYOUT[0]
+    if last is None or last.agent_ids is not agent_ids or last.counterparty != counterparty:
+        last = _LAYOUT[0] = _BatchLayout(agent_ids, counterparty)
+    return last
 
 
 @dataclass
@@ -339,18 +366,22 @@ class Ledger:
         row["status"] = "running"
         row["created_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
         floors = floors or {}
-        accounts = [dict(run_id=run_id, name=agent_account(a), kind="agent", position=i, floor=floors.get(a))
-                    for i, a in enumerate(agent_ids)]
-        accounts.append(dict(run_id=run_id, name=TREASURY, kind="treasury", position=len(agent_ids), floor=None))
-        accounts += [dict(run_id=run_id, name=n, kind="mechanism", position=len(agent_ids) + 1 + j, floor=None)
-                     for j, n in enumerate(extra_accounts)]
+        n = len(agent_ids)
+        # columns, not a dict per account: (name, kind, position, floor) rows are zipped at the insert
+        names = [agent_account(a) for a in agent_ids] + [TREASURY, *extra_accounts]
+        kinds = [*repeat("agent", n), "treasury", *repeat("mechanism", len(extra_accounts))]
+        floor_col = [floors.get(a) for a in agent_ids] + [None] * (1 + len(extra_accounts)) if floors \
+            else repeat(None, len(names))
         with self._signed():
-            row.update(self.signer.start_fields(row, accounts) if self.signer else {})
+            if self.signer:
+                accounts = [dict(name=m, kind=k, position=i) for i, (m, k) in enumerate(zip(names, kinds))]
+                row.update(self.signer.start_fields(row, accounts))
             with self._begin() as conn:
                 conn.execute(insert(Run), [row])
-                bulk_insert(conn, "accounts", ("run_id", "name", "kind", "position", "floor"),
-                            [(a["run_id"], a["name"], a["kind"], a["position"], a["floor"]) for a in accounts])
-        self._accounts[run_id] = {a["name"] for a in accounts}
+                bulk_insert(conn, "accounts", ACCOUNT_COLUMNS,
+                            zip(repeat(run_id), names, kinds, range(len(names)), floor_col))
+        self._accounts[run_id] = set(names[n:])  # the agents' accounts: known by their list, below
+        self._checked_agents[run_id] = [agent_ids]  # a payment batch over this very list needs no check
         return run_id
 
     def finish_run(self, run_id: str, status: str) -> None:
@@ -436,8 +467,9 @@ class Ledger:
         if len({p[0] for p in pe}) != len(pe) or len({r.pending_id for r in resolutions}) != len(resolutions):
             raise LedgerError(f"run {run_id} round {round_index}: a pending transfer is opened or resolved twice")
         self._check_accounts(run_id, round_index, single + pe, batches)
-        tr += single
-        tr.sort()
+        if single or len(batches) - sum(isinstance(t, PaymentBatch) for t in pending) > 1:
+            tr += single
+            tr.sort()  # one batch alone is in id order already
         with self._signed():
             try:
                 return self._write_round(run_id, round_index, ev, tr, arrays, pe, list(resolutions))
@@ -541,10 +573,10 @@ class Ledger:
                 raise LedgerError(f"ledger {self.url} has no run {run_id!r}")
             header, status = found[0], found[1]
             last = None if found[2] is None else tuple(found[2:])
-            cols = select(Round.index, Round.prev_hash, Round.hash).where(Round.run_id == run_id)
             if last is not None and last[0] >= round_index:
                 existing = last if last[0] == round_index else conn.execute(
-                    cols.where(Round.index == round_index)).first()
+                    select(Round.index, Round.prev_hash, Round.hash).where(
+                        Round.run_id == run_id, Round.index == round_index)).first()
                 rs = [(r.pending_id, r.state, r.amount) for r in resolutions]
                 if existing is not None and rs:  # the stored amounts (a default amount is the pending's)
                     stored = dict(conn.execute(select(PendingResolution.pending_id, PendingResolution.amount).where(
@@ -630,8 +662,8 @@ class Ledger:
     def balances(self, run_id: str) -> dict[str, int]:
         """Derived posted balances (credits minus debits) of every account of a run: the
         transfers plus the posted amounts of resolved pending transfers."""
-        out = {name: 0 for name, _ in self.accounts(run_id)}
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # through the driver: 10^6 accounts are 10^6 rows
+            out = dict.fromkeys((name for name, in driver_rows(conn, ACCOUNT_NAMES_SQL, run_id)), 0)
             for acct, total in self._posted(conn, run_id):
                 out[acct] = out.get(acct, 0) + total
         return out
@@ -664,12 +696,10 @@ class Ledger:
     @staticmethod
     def _posted(conn, run_id: str) -> Iterator[tuple[str, int]]:
         """Signed per-account sums of the transfers and the posted resolutions."""
-        for acct, total in conn.execute(select(Transfer.credit, func.sum(Transfer.amount))
-                                        .where(Transfer.run_id == run_id).group_by(Transfer.credit)):
-            yield acct, int(total)
-        for acct, total in conn.execute(select(Transfer.debit, func.sum(Transfer.amount))
-                                        .where(Transfer.run_id == run_id).group_by(Transfer.debit)):
-            yield acct, -int(total)
+        for side, sign in (("credit", 1), ("debit", -1)):  # through the driver: a row per account
+            for acct, total in driver_rows(conn, f"SELECT {side}, SUM(amount) FROM transfers WHERE run_id = ? "
+                                                 f"GROUP BY {side}", run_id):
+                yield acct, sign * int(total)
         posted = (select(PendingTransfer.debit, PendingTransfer.credit, PendingResolution.amount)
                   .join(PendingResolution, PendingResolution.pending_id == PendingTransfer.id)
                   .where(PendingTransfer.run_id == run_id, PendingResolution.state == "posted"))
@@ -708,6 +738,8 @@ class Ledger:
         self.engine.dispose()
 
 
+ACCOUNT_COLUMNS = ("run_id", "name", "kind", "position", "floor")
+ACCOUNT_NAMES_SQL = "SELECT name FROM accounts WHERE run_id = ? ORDER BY position"
 ROUND_COLUMNS = ("run_id", '"index"', "prev_hash", "hash", "n_events", "n_transfers")
 EVENT_COLUMNS = ("run_id", "round_index", "seq", "kind", "agent", "payload")
 #: a run's rows in the order ``iter_rounds`` merges them (one parameter: the run id)
@@ -724,6 +756,8 @@ CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.
                   '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
 ARRAY_COLUMNS = ("run_id", "round_index", "name", "dtype", "shape", "data")
 TRANSFER_COLUMNS = ("id", "run_id", "round_index", "kind", "debit", "credit", "amount")
+#: the same columns in the order of a round's rows ``(id, kind, debit, credit, amount)`` and then the round's
+TRANSFER_ROW_COLUMNS = ("id", "kind", "debit", "credit", "amount", "run_id", "round_index")
 RESOLUTION_COLUMNS = ("pending_id", "run_id", "round_index", "state", "amount")
 
 
@@ -743,13 +777,15 @@ def insert_transfers(conn: Connection, run_id: str, round_index: int, tr: list[t
                     cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
                 copy.write(block)
             return
-    bulk_insert(conn, "transfers", TRANSFER_COLUMNS, [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in tr])
+    # the round's constants appended to each row in C (``tuple + tail``): no Python step per row
+    bulk_insert(conn, "transfers", TRANSFER_ROW_COLUMNS, map(add, tr, repeat((run_id, round_index))))
 
 
-def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Insert rows through the driver inside ``conn``'s transaction: COPY on PostgreSQL,
-    ``executemany`` elsewhere (several times faster than ORM/Core inserts of dicts)."""
-    if not rows:
+def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """Insert rows (a list, or an iterator such as a ``zip`` of columns) through the driver
+    inside ``conn``'s transaction: COPY on PostgreSQL, ``executemany`` elsewhere (several
+    times faster than ORM/Core inserts of dicts)."""
+    if isinstance(rows, list) and not rows:
         return
     dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -62,8 +63,16 @@ class Recomputed:
 def ledger_paid(agent_ids: list[str], balances: dict[str, int]) -> np.ndarray:
     """What each agent paid over the run, in units, from the ledger's balances (the one
     source of truth for money: ``-balance`` of its account, exact to the minor unit)."""
-    return np.asarray(from_minor_units(np.array([-balances.get(agent_account(a), 0) for a in agent_ids],
-                                                np.int64)), np.float64)
+    minor = np.fromiter(map(balances.get, map(agent_account, agent_ids), repeat(0)), np.int64, len(agent_ids))
+    return np.asarray(from_minor_units(-minor), np.float64)
+
+
+def agent_rows(agent_ids: list[str], columns: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``{agent id: {field: float}}`` from per-agent columns, built column-wise (one
+    ``tolist`` per field, no NumPy scalar per agent and field)."""
+    keys = tuple(columns)
+    values = [np.asarray(v, np.float64).tolist() for v in columns.values()]
+    return {aid: dict(zip(keys, row)) for aid, *row in zip(agent_ids, *values)}
 
 
 def converged_below(residual: float, tolerance: float) -> bool:
@@ -163,7 +172,7 @@ class Market(ABC, Generic[S, A]):
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario
-        self.agent_ids: list[str] = [a.id for a in scenario.agents]
+        self.agent_ids: list[str] = scenario.agent_ids()
 
     @property
     def mechanism(self) -> str:

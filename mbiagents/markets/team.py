@@ -29,7 +29,7 @@ The run converges when the residual at ``x^t`` is at most the scenario's toleran
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, TypedDict
 
 import jax
@@ -43,7 +43,7 @@ from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled, to_minor_units
 from mbiagents.ledger.payments import minor_transfers
 from mbiagents.ledger.store import EventRow, RoundRecord
-from mbiagents.markets.base import Market, Recomputed, Settlement, converged_below, welfare_gap
+from mbiagents.markets.base import Market, Recomputed, Settlement, agent_rows, converged_below, welfare_gap
 from mbiagents.scenario import TeamScenario
 
 
@@ -122,16 +122,30 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         super().__init__(scenario)
         self.kappa = float(scenario.game.congestion)
         self.step_rule = scenario.game.step
-        self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
-        self.index = {a: i for i, a in enumerate(self.agent_ids)}
+        pop = scenario.population
+        if pop is not None:  # generated: columns, no per-agent spec
+            self.population = TeamPopulation.from_arrays(self.agent_ids, *pop.types(scenario.scenario.seed),
+                                                         self.kappa, self.step_rule)
+        else:
+            self.population = TeamPopulation.from_specs(scenario.agents, self.kappa, self.step_rule)
         self.settlement_interval = scenario.game.settlement_interval
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
         self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
-        # per-agent report bounds: the scenario's prior, a factor prior_ratio around each type
-        r = g.prior_ratio
-        self.value_bounds = [self._prior(a.value, r) for a in scenario.agents]
-        self.curvature_bounds = [self._prior(a.curvature, r) for a in scenario.agents]
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """``{agent id: position}`` (LLM agents only ask for it)."""
+        return {a: i for i, a in enumerate(self.agent_ids)}
+
+    def value_bounds(self, i: int) -> Bounds:
+        """Agent ``i``'s report bounds on its value: the scenario's prior, a factor
+        ``prior_ratio`` around its type."""
+        return self._prior(float(self.population.value[i]), self.scenario.game.prior_ratio)
+
+    def curvature_bounds(self, i: int) -> Bounds:
+        """As ``value_bounds``, for the curvature."""
+        return self._prior(float(self.population.curvature[i]), self.scenario.game.prior_ratio)
 
     def _prior(self, typ: float, ratio: float) -> Bounds:
         hi = min(typ * ratio, self.report_bounds.hi)
@@ -167,7 +181,7 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         """Fallback (documented): the agent's previous accepted report, in round 0 its type."""
         i = self.index[agent_id]
         prev = view["market"]["logged_reports"] or view["step"]["reports"]
-        vb, cb = self.value_bounds[i], self.curvature_bounds[i]
+        vb, cb = self.value_bounds(i), self.curvature_bounds(i)
         fallback = TeamReport(value=vb.clamp(float(prev["value"][i])), curvature=cb.clamp(float(prev["curvature"][i])))
         return await team_report(llm, self._info(agent_id), value_bounds=vb, curvature_bounds=cb, fallback=fallback,
                                  round=view["round"])
@@ -318,17 +332,8 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         w = float(team.welfare(x, truth, self.kappa))
         w_star = float(team.optimal_welfare(truth, self.kappa))
         reports = ms["logged_reports"] or {"value": truth.a, "curvature": truth.b}
-        agents = {
-            aid: {
-                "action": float(x[i]),
-                "payment": float(t[i]),
-                "utility": float(v[i] - t[i]),
-                "value": float(v[i]),
-                "reported_value": float(reports["value"][i]),
-                "total_paid": float(paid[i]),
-            }
-            for i, aid in enumerate(self.agent_ids)
-        }
+        agents = agent_rows(self.agent_ids, {"action": x, "payment": t, "utility": v - t, "value": v,
+                                             "reported_value": reports["value"], "total_paid": paid})
         cost = float(team.congestion_cost(x.sum(), self.kappa))
         return {
             "welfare": w,

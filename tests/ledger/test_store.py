@@ -116,3 +116,25 @@ def test_unreachable_and_foreign_databases(tmp_path):
         conn.execute(text("create table t (x int)"))
     with pytest.raises(LedgerError, match="not an mbiagents ledger"):
         open_ledger(f"sqlite:///{tmp_path}/other.db")
+
+
+def test_accounts_from_columns_and_payment_batches_over_the_runs_list_or_another(url):
+    import numpy as np
+
+    from mbiagents.ledger.store import PaymentBatch
+
+    ledger = open_ledger(url)
+    ids = ["a", "b", "c"]
+    run = ledger.create_run(name="t", game="team", mechanism="dpm", seed=0, scenario={}, agent_ids=ids,
+                            extra_accounts=["escrow"], floors={"b": -5})
+    assert ledger.accounts(run) == [("agent:a", "agent"), ("agent:b", "agent"), ("agent:c", "agent"),
+                                    ("treasury", "treasury"), ("escrow", "mechanism")]
+    assert ledger.floors(run) == {"agent:b": -5}
+    ledger.write_round(run, 0, [], [PaymentBatch("clarke", ids, np.array([3, -2, 0]))])
+    with pytest.raises(LedgerError, match="the round takes account 'agent:b' to -6"):
+        ledger.write_round(run, 1, [], [PaymentBatch("clarke", ids, np.array([0, 8, 0]))])
+    with pytest.raises(LedgerError, match="'agent:zed', which is not an account"):
+        ledger.write_round(run, 1, [], [PaymentBatch("clarke", ["a", "zed"], np.array([1, 1]))])
+    assert ledger.balances(run) == {"agent:a": -3, "agent:b": 2, "agent:c": 0, "treasury": 1, "escrow": 0}
+    assert [t[1:] for t in ledger.read_rounds(run)[0].transfers] == [
+        ("clarke", "agent:a", "treasury", 3), ("clarke", "treasury", "agent:b", 2)]
