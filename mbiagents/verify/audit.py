@@ -30,15 +30,18 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 from __future__ import annotations
 
 import operator
+from itertools import islice
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
-from mbiagents.ledger.payments import signed_minor_from_transfers
-from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id, transfer_ids
+from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
+from mbiagents.ledger.merkle import line_leaves, merkle_root
+from mbiagents.ledger.store import (Ledger, RoundRecord, header_hash, round_hash_of_lines, run_header, transfer_id,
+                                    transfer_ids, transfer_lines)
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
 from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
@@ -96,7 +99,8 @@ def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str
     """
     netted = rec.logged_payments is not None
     logged = (to_minor_units(rec.logged_payments) if netted
-              else signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind))
+              else signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
+              if r.pending else signed_minor_from_columns(market.agent_ids, r.columns(), market.payment_kind))
     ok = within_rounding(logged, rec.payments)
     if ok.all():
         return None
@@ -127,7 +131,7 @@ class Settlements:
         self.pending += to_minor_units(rec.logged_payments)
         self.since = r.index if self.since is None else self.since
         k = self.market.settlement_interval
-        paid = signed_minor_from_transfers(self.market.agent_ids, r.transfers, self.market.payment_kind)
+        paid = signed_minor_from_columns(self.market.agent_ids, r.columns(), self.market.payment_kind)
         if not (paid.any() or (r.index + 1) % k == 0):
             return None
         bad = np.flatnonzero(paid != self.pending)
@@ -189,39 +193,41 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
     a = market.audit_init()
-    for r in ledger.iter_rounds(run.id):
-        expected_index, n_rounds = n_rounds, n_rounds + 1
-        n_transfers += len(r.transfers)
-        # double entry + idempotency: a whole round at C speed; row by row (naming the first
-        # bad row) only when something is off. An id that matches its fields names its round,
-        # so a duplicate can only be within a round (constant memory)
-        if not _transfers_clean(rid, r, account_names):
-            seen: set[str] = set()
-            for tid, kind, debit, credit, amount in r.transfers + r.pending:
-                if type(amount) is not int or amount <= 0:
-                    double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
-                if debit == credit or debit not in accounts or credit not in accounts:
-                    double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
-                if tid != transfer_id(rid, r.index, kind, debit, credit):
-                    idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
-                if tid in seen:
-                    idem.fail(f"round {r.index} transfer {tid}: duplicate id")
-                seen.add(tid)
-        # hash chain: the first broken link is named, later rounds cannot be trusted
-        if chain_ok:
-            if r.index != expected_index:
-                chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
-                complete.fail(f"round {expected_index} is missing")
-                chain_ok = False
-            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers, pending=r.pending,
-                                                   resolutions=r.resolutions, arrays=r.arrays) != r.hash:
-                chain.fail(f"round {r.index}: rows do not match the stored hash chain "
-                           f"(changed, deleted or inserted rows)")
-                chain_ok = False
-            prev = r.hash
-        signed.round(r)
-        escrow.round(r)
-        a = _recompute_round(market, a, r, complete, pay, extra, settlements)
+    window = getattr(market, "audit_window", 1) if hasattr(market, "audit_rounds") else 1
+    for rounds in _windows(ledger.iter_rounds(run.id), window):
+        # the market's recomputation of the window's complete rounds (one call where it can)
+        missing = [_missing_events(market, r) for r in rounds]
+        recomputed = iter(recompute_rounds(market, a, [r for r, m in zip(rounds, missing) if not m]))
+        for r, missing_r in zip(rounds, missing):
+            expected_index, n_rounds = n_rounds, n_rounds + 1
+            n_transfers += len(r.transfers)
+            # double entry + idempotency: a whole round column-wise; row by row (naming the first
+            # bad row) only when something is off. An id that matches its fields names its round,
+            # so a duplicate can only be within a round (constant memory)
+            if not _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns(),
+                                    account_names):
+                _name_bad_transfers(rid, r, accounts, double_entry, idem)
+            # the round's transfers encoded once: its hash and its Merkle root read the same lines
+            lines = transfer_lines(r.transfers)  # in id order (``iter_rounds``)
+            # hash chain: the first broken link is named, later rounds cannot be trusted
+            if chain_ok:
+                if r.index != expected_index:
+                    chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
+                    complete.fail(f"round {expected_index} is missing")
+                    chain_ok = False
+                elif r.prev_hash != prev or round_hash_of_lines(prev, r.index, r.events, lines, pending=r.pending,
+                                                                resolutions=r.resolutions, arrays=r.arrays) != r.hash:
+                    chain.fail(f"round {r.index}: rows do not match the stored hash chain "
+                               f"(changed, deleted or inserted rows)")
+                    chain_ok = False
+                prev = r.hash
+            signed.round(r, lambda: merkle_root(line_leaves(lines)).hex())
+            escrow.round(r)
+            if missing_r:
+                complete.fail(f"round {r.index}: missing events {', '.join(missing_r)}")
+            else:
+                a, rec = next(recomputed)
+                _check_recomputed(market, r, rec, pay, extra, settlements)
     signed.finish(n_rounds, prev)
     if run.final_rounds is not None and (left := settlements.unsettled()):
         pay.fail(f"round {n_rounds - 1}: {left}")
@@ -256,9 +262,10 @@ class EscrowAudit:
             self.balance[account] += amount
 
     def round(self, r: RoundRecord) -> None:
-        for _id, _k, debit, credit, amount in r.transfers:
-            self._move(debit, -amount)
-            self._move(credit, amount)
+        if self.balance:  # only floored accounts are followed: nothing to do per transfer without them
+            for _id, _k, debit, credit, amount in r.transfers:
+                self._move(debit, -amount)
+                self._move(credit, amount)
         for pid, _k, debit, credit, amount in r.pending:
             self.any_pending = True
             self.open[pid] = (debit, credit, amount)
@@ -293,32 +300,75 @@ class EscrowAudit:
         return out
 
 
-def _transfers_clean(run_id: str, r: RoundRecord, accounts: frozenset[str]) -> bool:
-    """True if every transfer of the round passes ``double_entry`` and ``idempotency``:
-    positive integer amounts, two distinct accounts of the run, ids that are the
-    deterministic ids of their fields, no id twice (column-wise, without a Python loop)."""
-    rows = r.transfers + r.pending
-    if not rows:
+def _transfers_clean(run_id: str, index: int, columns: tuple[tuple, ...], accounts: frozenset[str]) -> bool:
+    """True if every transfer of round ``index``, given column-wise (``RoundRecord.columns``),
+    passes ``double_entry`` and ``idempotency``: positive integer amounts, two distinct
+    accounts of the run, ids that are the deterministic ids of their fields, no id twice
+    (C loops over the columns; a Python step per row only to build the expected ids)."""
+    if not columns:
         return True
-    ids, kinds, debits, credits, amounts = zip(*rows)
+    ids, kinds, debits, credits, amounts = columns
     return (set(map(type, amounts)) == {int} and min(amounts) > 0
             and not any(map(operator.eq, debits, credits))
             and accounts.issuperset(debits) and accounts.issuperset(credits)
-            and list(ids) == transfer_ids(run_id, r.index, kinds, debits, credits)
-            and len(set(ids)) == len(ids))
+            and list(ids) == transfer_ids(run_id, index, kinds, debits, credits)
+            and (all(map(operator.lt, ids, islice(ids, 1, None))) or len(set(ids)) == len(ids)))
 
 
-def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check, pay: Check,
-                     extra: dict[str, Check], settlements: "Settlements") -> Any:
+def _name_bad_transfers(run_id: str, r: RoundRecord, accounts: dict[str, str], double_entry: Check,
+                        idem: Check) -> None:
+    """Row by row: fail ``double_entry`` / ``idempotency`` naming each bad transfer of round ``r``."""
+    seen: set[str] = set()
+    for tid, kind, debit, credit, amount in r.transfers + r.pending:
+        if type(amount) is not int or amount <= 0:
+            double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
+        if debit == credit or debit not in accounts or credit not in accounts:
+            double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
+        if tid != transfer_id(run_id, r.index, kind, debit, credit):
+            idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
+        if tid in seen:
+            idem.fail(f"round {r.index} transfer {tid}: duplicate id")
+        seen.add(tid)
+
+
+def _windows(rounds: Iterator[RoundRecord], size: int) -> Iterator[list[RoundRecord]]:
+    """Consecutive rounds, ``size`` at a time (memory: one window of rounds)."""
+    while window := list(islice(rounds, size)):
+        yield window
+
+
+def _missing_events(market: AuditSteps, r: RoundRecord) -> list[str]:
+    """Event kinds the market requires that round ``r`` lacks."""
     kinds = {k for _, k, agent, _ in r.events if agent is None}
-    missing = [k for k in market.required_events(r.index) if k not in kinds]
-    if missing:
-        complete.fail(f"round {r.index}: missing events {', '.join(missing)}")
-        return a
-    a, rec = recompute_round(market, a, r)
+    return [k for k in market.required_events(r.index) if k not in kinds]
+
+
+def recompute_rounds(market: AuditSteps, a: Any, records: list[RoundRecord]) -> list[tuple[Any, Recomputed | str]]:
+    """``recompute_round`` over consecutive rounds, each from the audit state the one before
+    left: in one call where the market recomputes several rounds at once (``audit_rounds``,
+    which may decline with ``None``), else round by round."""
+    batch = getattr(market, "audit_rounds", None)
+    if batch is not None and records:
+        try:
+            out = batch(a, records)
+        except (KeyError, ValueError, TypeError):
+            out = None
+        if out is not None:
+            return out
+    out = []
+    for r in records:
+        a, rec = recompute_round(market, a, r)
+        out.append((a, rec))
+    return out
+
+
+def _check_recomputed(market: AuditSteps, r: RoundRecord, rec: Recomputed | str, pay: Check,
+                      extra: dict[str, Check], settlements: "Settlements") -> None:
+    """Fail ``payments_recompute`` and the market's checks where round ``r`` disagrees with
+    its recomputation ``rec`` (a string: why it could not be recomputed)."""
     if isinstance(rec, str):
         pay.fail(f"round {r.index}: {rec}")
-        return a
+        return
     for mismatch in (payment_mismatch(market, r, rec), settlements.settle(r, rec)):
         if mismatch:
             pay.fail(f"round {r.index} {mismatch}")
@@ -330,4 +380,3 @@ def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check
         c = extra.setdefault(name, Check(name, informational=True))
         if not ok_c:
             c.fail(f"round {r.index}: {detail}")
-    return a
