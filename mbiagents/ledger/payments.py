@@ -53,6 +53,8 @@ def signed_minor_from_columns(agent_ids: list[str], columns: tuple[tuple, ...], 
     pos = _positions(agent_ids)
     amount = np.fromiter(amounts, np.int64, len(amounts))
     for accounts, sign in ((debits, 1), (credits, -1)):  # column-wise: no Python step per row
+        if accounts[0] not in pos and accounts.count(accounts[0]) == len(accounts):
+            continue  # one account that is no agent's (the counterparty): nobody's payment
         at = np.fromiter(map(pos.get, accounts, repeat(-1)), np.int64, len(amounts))
         mine = at >= 0
         np.add.at(out, at[mine], sign * amount[mine])

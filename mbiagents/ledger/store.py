@@ -65,13 +65,6 @@ def transfer_id(run_id: str, round_index: int, kind: str, debit: str, credit: st
     return f"{run_id}:{round_index}:{kind}:{debit}:{credit}"
 
 
-def transfer_ids(run_id: str, round_index: int, kinds: Iterable[str], debits: Iterable[str],
-                 credits: Iterable[str]) -> list[str]:
-    """``transfer_id`` of many transfers of one round, column-wise (no Python call per row)."""
-    prefix = f"{run_id}:{round_index}:"
-    return [f"{prefix}{k}:{d}:{c}" for k, d, c in zip(kinds, debits, credits)]
-
-
 @dataclass(frozen=True)
 class EventRow:
     kind: str

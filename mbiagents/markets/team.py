@@ -165,10 +165,16 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         g = scenario.game
         self.report_bounds = Bounds(lo=1e-9, hi=g.max_report)
         self.usage_bounds = Bounds(lo=0.0, hi=g.max_usage)
-        # per-agent report bounds: the scenario's prior, a factor prior_ratio around each type
-        r = g.prior_ratio
-        self.value_bounds = [self._prior(a.value, r) for a in scenario.agents]
-        self.curvature_bounds = [self._prior(a.curvature, r) for a in scenario.agents]
+
+    # per-agent report bounds (LLM agents' reports): the scenario's prior, a factor prior_ratio
+    # around each type; built on first use (a policy run and its audit never need them)
+    @cached_property
+    def value_bounds(self) -> list[Bounds]:
+        return [self._prior(a.value, self.scenario.game.prior_ratio) for a in self.scenario.agents]
+
+    @cached_property
+    def curvature_bounds(self) -> list[Bounds]:
+        return [self._prior(a.curvature, self.scenario.game.prior_ratio) for a in self.scenario.agents]
 
     def _prior(self, typ: float, ratio: float) -> Bounds:
         hi = min(typ * ratio, self.report_bounds.hi)
