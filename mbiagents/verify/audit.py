@@ -29,9 +29,11 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 
 from __future__ import annotations
 
+import gc
 import operator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from itertools import islice
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -91,16 +93,16 @@ def recompute_round(market: AuditSteps, a: Any, r: RoundRecord) -> tuple[Any, Re
         return a, f"cannot recompute payments ({exc})"
 
 
-def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str | None:
+def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed,
+                     paid: RoundPaid | None = None) -> str | None:
     """The first agent whose transfers are not the documented rounding of its recomputed payment.
 
     For a market that nets payments (``rec.logged_payments`` set), the round's logged
     payment vector is compared instead; its settlement is ``Settlements``'s to check.
+    ``paid``: the round's transfers summed per agent already (``round_paid``).
     """
     netted = rec.logged_payments is not None
-    logged = (to_minor_units(rec.logged_payments) if netted
-              else signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
-              if r.pending else signed_minor_from_columns(market.agent_ids, r.columns(), market.payment_kind))
+    logged = to_minor_units(rec.logged_payments) if netted else (paid or round_paid(market, r)).with_pending
     ok = within_rounding(logged, rec.payments)
     if ok.all():
         return None
@@ -114,6 +116,22 @@ def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str
             f"recomputed payment {float(rec.payments[j])!r} {rounded}")
 
 
+@dataclass(frozen=True)
+class RoundPaid:
+    """A round's payment-kind transfers summed per agent (minor units): ``transfers`` alone
+    and ``with_pending`` (its pending transfers too)."""
+
+    transfers: np.ndarray
+    with_pending: np.ndarray
+
+
+def round_paid(market: AuditSteps, r: RoundRecord) -> RoundPaid:
+    """``RoundPaid`` of round ``r`` (``signed_minor_from_transfers`` of its rows)."""
+    paid = signed_minor_from_columns(market.agent_ids, r.columns(), market.payment_kind)
+    return RoundPaid(paid, signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
+                     if r.pending else paid)
+
+
 class Settlements:
     """Netted payments: the rounded logged payments accumulate per agent until a round
     settles them; its transfers must then equal the sum exactly (``settle``)."""
@@ -123,7 +141,7 @@ class Settlements:
         self.pending = np.zeros(len(market.agent_ids), dtype=np.int64)
         self.since: int | None = None  # first round whose payments are pending
 
-    def settle(self, r: RoundRecord, rec: Recomputed) -> str | None:
+    def settle(self, r: RoundRecord, rec: Recomputed, paid_: RoundPaid | None = None) -> str | None:
         """Add round ``r``'s payments; at a settlement round, the first agent whose net
         transfer differs from its pending sum (``None`` if all match)."""
         if rec.logged_payments is None:
@@ -131,7 +149,7 @@ class Settlements:
         self.pending += to_minor_units(rec.logged_payments)
         self.since = r.index if self.since is None else self.since
         k = self.market.settlement_interval
-        paid = signed_minor_from_columns(self.market.agent_ids, r.columns(), self.market.payment_kind)
+        paid = (paid_ or round_paid(self.market, r)).transfers
         if not (paid.any() or (r.index + 1) % k == 0):
             return None
         bad = np.flatnonzero(paid != self.pending)
@@ -152,13 +170,34 @@ class Settlements:
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None) -> AuditReport:
-    """Verify a run from the ledger alone, streaming its rounds (one round in memory).
+    """Verify a run from the ledger alone, streaming its rounds (one round in memory; a
+    market that recomputes several rounds in one call holds its window of rounds, without
+    their transfer rows).
 
     The market's audit fold (``audit_init``, ``audit_round``) carries what a round's
     recomputation needs from earlier rounds; nothing else of them is kept.
     ``trust`` adds what the auditor trusts from outside the database
     (``mbiagents.verify.trust``): trusted public keys, a witness file, an expected head.
     """
+    with _old_objects_frozen():
+        return _audit_run(ledger, run_id, trust)
+
+
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The objects alive before the audit (JAX's, the application's) kept out of the
+    garbage collector's scans while it runs (``gc.freeze``; ``gc.unfreeze`` after): the
+    audit allocates millions of short-lived rows, and each full collection would otherwise
+    walk every object of the process. Nothing is collected later than it would be after
+    the audit."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None) -> AuditReport:
     trust = trust or TrustOptions()
     if run_id is None and trust.witness:
         run_id = witness_run_id(trust.witness)
@@ -194,40 +233,41 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
     a = market.audit_init()
     window = getattr(market, "audit_window", 1) if hasattr(market, "audit_rounds") else 1
-    for rounds in _windows(ledger.iter_rounds(run.id), window):
-        # the market's recomputation of the window's complete rounds (one call where it can)
-        missing = [_missing_events(market, r) for r in rounds]
-        recomputed = iter(recompute_rounds(market, a, [r for r, m in zip(rounds, missing) if not m]))
-        for r, missing_r in zip(rounds, missing):
-            expected_index, n_rounds = n_rounds, n_rounds + 1
-            n_transfers += len(r.transfers)
-            # double entry + idempotency: a whole round column-wise; row by row (naming the first
-            # bad row) only when something is off. An id that matches its fields names its round,
-            # so a duplicate can only be within a round (constant memory)
-            if not _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns(),
-                                    account_names):
-                _name_bad_transfers(rid, r, accounts, double_entry, idem)
-            # the round's transfers encoded once: its hash and its Merkle root read the same lines
-            lines = transfer_lines(r.transfers)  # in id order (``iter_rounds``)
-            # hash chain: the first broken link is named, later rounds cannot be trusted
-            if chain_ok:
-                if r.index != expected_index:
-                    chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
-                    complete.fail(f"round {expected_index} is missing")
-                    chain_ok = False
-                elif r.prev_hash != prev or round_hash_of_lines(prev, r.index, r.events, lines, pending=r.pending,
-                                                                resolutions=r.resolutions, arrays=r.arrays) != r.hash:
-                    chain.fail(f"round {r.index}: rows do not match the stored hash chain "
-                               f"(changed, deleted or inserted rows)")
-                    chain_ok = False
-                prev = r.hash
-            signed.round(r, lambda: merkle_root(line_leaves(lines)).hex())
-            escrow.round(r)
-            if missing_r:
-                complete.fail(f"round {r.index}: missing events {', '.join(missing_r)}")
-            else:
-                a, rec = next(recomputed)
-                _check_recomputed(market, r, rec, pay, extra, settlements)
+    held: list[_Held] = []  # rounds whose recomputation waits for the market's window
+    for r in ledger.iter_rounds(run.id):
+        expected_index, n_rounds = n_rounds, n_rounds + 1
+        n_transfers += len(r.transfers)
+        late = _Held(r, _missing_events(market, r))
+        # double entry + idempotency: a whole round column-wise; row by row (naming the first
+        # bad row) only when something is off. An id that matches its fields names its round,
+        # so a duplicate can only be within a round (constant memory)
+        if not _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns(),
+                                account_names):
+            _name_bad_transfers(rid, r, accounts, double_entry, idem)
+        # the round's transfers encoded once: its hash and its Merkle root read the same lines
+        lines = transfer_lines(r.transfers)  # in id order (``iter_rounds``)
+        # hash chain: the first broken link is named, later rounds cannot be trusted
+        if chain_ok:
+            if r.index != expected_index:
+                chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
+                late.complete.append(f"round {expected_index} is missing")
+                chain_ok = False
+            elif r.prev_hash != prev or round_hash_of_lines(prev, r.index, r.events, lines, pending=r.pending,
+                                                            resolutions=r.resolutions, arrays=r.arrays) != r.hash:
+                chain.fail(f"round {r.index}: rows do not match the stored hash chain "
+                           f"(changed, deleted or inserted rows)")
+                chain_ok = False
+            prev = r.hash
+        signed.round(r, lambda: merkle_root(line_leaves(lines)).hex())
+        escrow.round(r)
+        if window > 1:  # held for the window: its payments summed, its transfer rows let go
+            late.paid = round_paid(market, r)
+            late.record = replace(r, transfers=[], _columns=None)
+        held.append(late)
+        if len(held) >= window:
+            a = _recompute_held(market, a, held, complete, pay, extra, settlements)
+            held = []
+    a = _recompute_held(market, a, held, complete, pay, extra, settlements)
     signed.finish(n_rounds, prev)
     if run.final_rounds is not None and (left := settlements.unsettled()):
         pay.fail(f"round {n_rounds - 1}: {left}")
@@ -344,10 +384,31 @@ def _name_bad_transfers(run_id: str, r: RoundRecord, accounts: dict[str, str], d
         seen.add(tid)
 
 
-def _windows(rounds: Iterator[RoundRecord], size: int) -> Iterator[list[RoundRecord]]:
-    """Consecutive rounds, ``size`` at a time (memory: one window of rounds)."""
-    while window := list(islice(rounds, size)):
-        yield window
+@dataclass
+class _Held:
+    """A round checked row by row whose recomputation waits for the market's window: its
+    ``complete`` failures so far, the required events it lacks, its payment sums."""
+
+    record: RoundRecord
+    missing: list[str]
+    complete: list[str] = field(default_factory=list)
+    paid: RoundPaid | None = None
+
+
+def _recompute_held(market: AuditSteps, a: Any, held: list[_Held], complete: Check, pay: Check,
+                    extra: dict[str, Check], settlements: "Settlements") -> Any:
+    """Recompute the held rounds (one call where the market can) and fail ``rounds_complete``,
+    ``payments_recompute`` and the market's checks in round order; the next audit state."""
+    recomputed = iter(recompute_rounds(market, a, [h.record for h in held if not h.missing]))
+    for h in held:
+        for detail in h.complete:
+            complete.fail(detail)
+        if h.missing:
+            complete.fail(f"round {h.record.index}: missing events {', '.join(h.missing)}")
+            continue
+        a, rec = next(recomputed)
+        _check_recomputed(market, h.record, rec, pay, extra, settlements, h.paid)
+    return a
 
 
 def _missing_events(market: AuditSteps, r: RoundRecord) -> list[str]:
@@ -376,13 +437,13 @@ def recompute_rounds(market: AuditSteps, a: Any, records: list[RoundRecord]) -> 
 
 
 def _check_recomputed(market: AuditSteps, r: RoundRecord, rec: Recomputed | str, pay: Check,
-                      extra: dict[str, Check], settlements: "Settlements") -> None:
+                      extra: dict[str, Check], settlements: "Settlements", paid: RoundPaid | None) -> None:
     """Fail ``payments_recompute`` and the market's checks where round ``r`` disagrees with
     its recomputation ``rec`` (a string: why it could not be recomputed)."""
     if isinstance(rec, str):
         pay.fail(f"round {r.index}: {rec}")
         return
-    for mismatch in (payment_mismatch(market, r, rec), settlements.settle(r, rec)):
+    for mismatch in (payment_mismatch(market, r, rec, paid), settlements.settle(r, rec, paid)):
         if mismatch:
             pay.fail(f"round {r.index} {mismatch}")
     for name, (ok_c, detail) in rec.checks.items():
