@@ -615,9 +615,12 @@ class Ledger:
         """
         escrow = self._escrow_rows(run_id)
         with self.engine.connect() as conn:
-            # batches bound memory, not rounds: an array record of 10^6 agents is 8 MB
+            # batches bound memory, not rounds: an array record holds 8 bytes per account
+            # (10^6 agents: 8 MB), so array rows come ARRAY_BATCH_BYTES at a time (at least 4)
+            accounts = conn.execute(select(func.count()).select_from(Account).where(Account.run_id == run_id)).scalar()
+            batch = {**RUN_ROWS_BATCH, "arrays": max(4, ARRAY_BATCH_BYTES // (8 * max(1, accounts or 0)))}
             heads, events, transfers, arrays = (_rounds_of(driver_batches(conn, RUN_ROWS_SQL[t], run_id,
-                                                                          batch=RUN_ROWS_BATCH[t]))
+                                                                          batch=batch[t]))
                                                 for t in RUN_ROWS_SQL)
             # transfers come in index order of rounds and are sorted by id within a round here,
             # which spares the database a sort of the whole run (they mostly come sorted: one pass)
@@ -746,6 +749,7 @@ RUN_ROWS_SQL = {
     "arrays": "SELECT round_index, name, dtype, shape, data FROM arrays WHERE run_id = ? ORDER BY round_index, name",
 }
 RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
+ARRAY_BATCH_BYTES = 2**21  # array rows per fetch: about this many bytes (a fetch is a round trip on PostgreSQL)
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
                   'LEFT JOIN rounds ON rounds.run_id = runs.id AND rounds."index" = '
                   '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
