@@ -618,6 +618,9 @@ def db_upgrade(
 
 
 def main() -> None:
+    from mbiagents.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # before anything imports JAX: a second command reuses the compiled programs
     app()
 
 

@@ -315,4 +315,11 @@ def capped_clarke_payments(x: Array, reports: team.TeamTypes, kappa: float) -> A
     who report a huge value and then use nothing would otherwise make ``W_{-i}(x*_{-i})``
     large and charge the honest agents for an externality that never happens.
     """
-    return jnp.minimum(clarke_pivot_payments(x, reports, kappa), jnp.maximum(team.values(x, reports), 0.0))
+    return capped_clarke_given_pivots(x, reports, kappa, team.leave_one_out_welfare(reports, kappa))
+
+
+def capped_clarke_given_pivots(x: Array, reports: team.TeamTypes, kappa: float, pivots: Array) -> Array:
+    """``capped_clarke_payments`` with the pivot welfares ``W_{-i}(x*_{-i})`` given
+    (``team.leave_one_out_welfare`` of the reports): they depend on the reports only, so a
+    reader of many rounds under the same reports (the audit) computes them once."""
+    return jnp.minimum(pivots - team.others_welfare(x, reports, kappa), jnp.maximum(team.values(x, reports), 0.0))

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: dict[str, int] = {
     "mechanisms": 0,
     "mbiagents.errors": 1, "mbiagents.faults": 1, "mbiagents.aio": 1, "mbiagents.llm_settings": 1,
+    "mbiagents.compile_cache": 1,
     "mbiagents.scenario_base": 1, "mbiagents.scenario_incentives": 1, "mbiagents.scenario": 1,
     "mbiagents.ledger": 1, "mbiagents.agents": 1, "mbiagents.trajectories": 1,
     "mbiagents.markets": 2,
@@ -40,6 +41,7 @@ BOTTOM = {
     "mbiagents.errors": set(),
     "mbiagents.faults": set(),
     "mbiagents.aio": set(),
+    "mbiagents.compile_cache": set(),
 }
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Sequence
 
+from mbiagents.ledger.store import transfer_lines
+
 Transfer = tuple[str, str, str, str, int]  # id, kind, debit, credit, amount
 
 
@@ -33,9 +35,22 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def transfer_leaves(transfers: Iterable[Transfer]) -> list[bytes]:
-    """Leaf hashes of a round's transfers in id order (``leaf_hash(transfer_line(t))``, inlined)."""
-    sha = hashlib.sha256
-    return [sha(f"\x00T\t{i}\t{k}\t{d}\t{c}\t{m}".encode()).digest() for i, k, d, c, m in sorted(transfers)]
+    """Leaf hashes of a round's transfers in id order (``leaf_hash(transfer_line(t))``)."""
+    return line_leaves(transfer_lines(sorted(transfers)))
+
+
+def line_leaves(lines: list[str]) -> list[bytes]:
+    """``leaf_hash`` of each transfer's line of the round hash (``store.transfer_lines``):
+    the round's lines are encoded and split in one pass, then hashed one SHA-256 each."""
+    if not lines:
+        return []
+    parts = ("\x00" + "\n\x00".join(lines)).encode().split(b"\n")
+    if len(parts) != len(lines):  # a line holding a newline (a malformed row): one at a time
+        return [leaf_hash(line.encode()) for line in lines]
+    return list(map(_DIGEST, map(hashlib.sha256, parts)))
+
+
+_DIGEST = type(hashlib.sha256()).digest
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:

@@ -34,15 +34,28 @@ def minor_transfers(agent_ids: list[str], minor: np.ndarray, kind: str) -> list[
 
 def signed_minor_from_transfers(agent_ids: list[str], transfers: Iterable, kind: str) -> np.ndarray:
     """Inverse of ``payment_transfers``: each agent's net payment in minor units."""
-    pos = _positions(agent_ids)
+    rows = transfers if isinstance(transfers, list) else list(transfers)
+    return signed_minor_from_columns(agent_ids, tuple(zip(*rows)), kind)
+
+
+def signed_minor_from_columns(agent_ids: list[str], columns: tuple[tuple, ...], kind: str) -> np.ndarray:
+    """``signed_minor_from_transfers`` of transfers given column-wise ``(ids, kinds, debits,
+    credits, amounts)`` (``RoundRecord.columns``; ``()`` for none): no Python step per row."""
     out = np.zeros(len(agent_ids), dtype=np.int64)
-    rows = [t for t in transfers if t[1] == kind]
-    if not rows:
+    if not columns:
         return out
-    _, _, debits, credits, amounts = zip(*rows)
-    amount = np.fromiter(amounts, np.int64, len(rows))
+    _, kinds, debits, credits, amounts = columns
+    if kinds.count(kind) != len(kinds):  # other kinds too: keep this kind's rows
+        rows = [t for t in zip(*columns) if t[1] == kind]
+        if not rows:
+            return out
+        _, _, debits, credits, amounts = zip(*rows)
+    pos = _positions(agent_ids)
+    amount = np.fromiter(amounts, np.int64, len(amounts))
     for accounts, sign in ((debits, 1), (credits, -1)):  # column-wise: no Python step per row
-        at = np.fromiter(map(pos.get, accounts, repeat(-1)), np.int64, len(rows))
+        if accounts[0] not in pos and accounts.count(accounts[0]) == len(accounts):
+            continue  # one account that is no agent's (the counterparty): nobody's payment
+        at = np.fromiter(map(pos.get, accounts, repeat(-1)), np.int64, len(amounts))
         mine = at >= 0
         np.add.at(out, at[mine], sign * amount[mine])
     return out

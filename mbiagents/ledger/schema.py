@@ -12,23 +12,27 @@ import fcntl
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mbiagents.errors import LedgerError
 from mbiagents.ledger.store import DEFAULT_LEDGER_URL, Ledger, _short, display_url, make_engine, table_names
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATE_LOCK = 0x6D6269_00  # PostgreSQL advisory lock key: schema migration
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
+#: the newest migration's revision (a test holds it equal to Alembic's head of ``MIGRATIONS``):
+#: opening a ledger compares the stored revision with it, without importing Alembic
+HEAD_REVISION = "0005_compact"
 
 
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if url:
@@ -37,12 +41,26 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The schema revision this mbi needs (``HEAD_REVISION``)."""
+    return HEAD_REVISION
+
+
+def alembic_head() -> str:
+    """Alembic's head revision of the shipped migration scripts (what ``HEAD_REVISION`` names)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The ledger's stored schema revision (the ``alembic_version`` row; ``None`` if none),
+    read with a plain ``SELECT`` (Alembic's own reader, without importing Alembic)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:
+        raise LedgerError(f"ledger {engine.url.render_as_string(hide_password=True)!r} holds several schema "
+                          f"revisions ({', '.join(sorted(rows))}): not a ledger's")
+    return rows[0] if rows else None
 
 
 @contextmanager
@@ -80,6 +98,8 @@ _LOCK_FDS: dict[str, int] = {}  # never closed (see migration_lock)
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run Alembic migrations up to ``revision`` on this engine, in one transaction, under
     the migration lock (concurrent callers: one migrates, the others find it done)."""
+    from alembic import command
+
     cfg = alembic_config()
     with migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -92,6 +112,8 @@ def unrelated_database(engine: Engine) -> str | None:
     """Why this database is not an mbiagents ledger (None if it is one, or is empty)."""
     tables = table_names(engine)
     if "alembic_version" in tables:
+        from alembic.script import ScriptDirectory
+
         rev = current_revision(engine)
         known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
         return None if rev is None or rev in known else f"its schema revision {rev!r} is not an mbiagents ledger's"

@@ -19,10 +19,11 @@ import hashlib
 import json
 import re
 import uuid
+from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import groupby, repeat
+from itertools import islice, repeat
 from operator import add, itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -63,13 +64,6 @@ def _payload_json(run_id: str, round_index: int, kind: str, payload: Any) -> str
 def transfer_id(run_id: str, round_index: int, kind: str, debit: str, credit: str) -> str:
     """Deterministic transfer id: the same round written twice yields the same ids."""
     return f"{run_id}:{round_index}:{kind}:{debit}:{credit}"
-
-
-def transfer_ids(run_id: str, round_index: int, kinds: Iterable[str], debits: Iterable[str],
-                 credits: Iterable[str]) -> list[str]:
-    """``transfer_id`` of many transfers of one round, column-wise (no Python call per row)."""
-    prefix = f"{run_id}:{round_index}:"
-    return [f"{prefix}{k}:{d}:{c}" for k, d, c in zip(kinds, debits, credits)]
 
 
 @dataclass(frozen=True)
@@ -188,11 +182,20 @@ class RoundRecord:
     prev_hash: str
     hash: str
     events: list[tuple[int, str, str | None, str]] = field(default_factory=list)  # seq, kind, agent, payload
-    transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount
+    transfers: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # id, kind, debit, credit, amount;
+    # in id order (as the round hash lists them)
     pending: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # pending transfers, same fields
     resolutions: list[tuple[str, str, int]] = field(default_factory=list)  # pending id, state, amount
     arrays: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # name, dtype, shape, data
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _columns: tuple[tuple, ...] | None = field(default=None, repr=False, compare=False)
+
+    def columns(self) -> tuple[tuple, ...]:
+        """The transfers column-wise ``(ids, kinds, debits, credits, amounts)`` (built once;
+        ``()`` for a round without transfers)."""
+        if self._columns is None:
+            self._columns = tuple(zip(*self.transfers))
+        return self._columns
 
     def payload(self, kind: str) -> Any:
         """The parsed payload of the round-level event ``kind`` (parsed once); ``KeyError`` if absent.
@@ -290,10 +293,33 @@ def round_hash(
     round without arrays, pending transfers or resolutions hashes as before migrations
     ``0003_escrow`` and ``0005_compact``.
     """
+    return round_hash_of_lines(prev_hash, round_index, events, transfer_lines(sorted(transfers)), pending=pending,
+                               resolutions=resolutions, arrays=arrays)
+
+
+def transfer_lines(transfers: Iterable[tuple[str, str, str, str, int]]) -> list[str]:
+    """The ``T`` lines of the round hash (``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>``),
+    one per transfer in the order given (``round_hash`` sorts them by id first). The
+    Merkle leaves hash the same lines (``mbiagents.ledger.merkle.line_leaves``)."""
+    return [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in transfers]
+
+
+def round_hash_of_lines(
+    prev_hash: str,
+    round_index: int,
+    events: Iterable[tuple[int, str, str | None, str]],
+    t_lines: list[str],
+    *,
+    pending: Iterable[tuple[str, str, str, str, int]] = (),
+    resolutions: Iterable[tuple[str, str, int]] = (),
+    arrays: Iterable[tuple[str, str, str, bytes]] = (),
+) -> str:
+    """``round_hash`` with the transfers given as their ``transfer_lines`` in id order, so a
+    reader that also builds the round's Merkle tree encodes each transfer once."""
     lines = [f"R\t{round_index}\t{prev_hash}"]
     lines += [f"E\t{s}\t{k}\t{a or ''}\t{p}" for s, k, a, p in sorted(events)]
     lines += [f"A\t{n}\t{d}\t{sh}\t{hashlib.sha256(b).hexdigest()}" for n, d, sh, b in sorted(arrays)]
-    lines += [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(transfers)]
+    lines += t_lines
     lines += [f"P\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(pending)]
     lines += [f"S\t{i}\t{st}\t{m}" for i, st, m in sorted(resolutions)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -621,14 +647,18 @@ class Ledger:
         """
         escrow = self._escrow_rows(run_id)
         with self.engine.connect() as conn:
-            # batches bound memory, not rounds: an array record of 10^6 agents is 8 MB
-            heads, events, transfers, arrays = (driver_rows(conn, RUN_ROWS_SQL[t], run_id, batch=RUN_ROWS_BATCH[t])
+            # batches bound memory, not rounds: an array record holds 8 bytes per account
+            # (10^6 agents: 8 MB), so array rows come ARRAY_BATCH_BYTES at a time (at least 4)
+            accounts = conn.execute(select(func.count()).select_from(Account).where(Account.run_id == run_id)).scalar()
+            batch = {**RUN_ROWS_BATCH, "arrays": max(4, ARRAY_BATCH_BYTES // (8 * max(1, accounts or 0)))}
+            heads, events, transfers, arrays = (_rounds_of(driver_batches(conn, RUN_ROWS_SQL[t], run_id,
+                                                                          batch=batch[t]))
                                                 for t in RUN_ROWS_SQL)
-            heads = ((i, [(p, h)]) for i, p, h in heads)
             # transfers come in index order of rounds and are sorted by id within a round here,
-            # which spares the database a sort of the whole run
-            streams = [heads, _by_round(events), ((i, sorted(rows)) for i, rows in _by_round(transfers)),
-                       ((i, [(n, d, sh, b if isinstance(b, bytes) else bytes(b)) for n, d, sh, b in rows]) for i, rows in _by_round(arrays))]
+            # which spares the database a sort of the whole run (they mostly come sorted: one pass)
+            streams = [heads, events, ((i, sorted(rows)) for i, rows in transfers),
+                       ((i, [(n, d, sh, b if isinstance(b, bytes) else bytes(b)) for n, d, sh, b in rows])
+                        for i, rows in arrays)]
             current = [next(it, None) for it in streams]
             while any(c is not None for c in current):
                 index = min(c[0] for c in current if c is not None)
@@ -751,6 +781,7 @@ RUN_ROWS_SQL = {
     "arrays": "SELECT round_index, name, dtype, shape, data FROM arrays WHERE run_id = ? ORDER BY round_index, name",
 }
 RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
+ARRAY_BATCH_BYTES = 2**21  # array rows per fetch: about this many bytes (a fetch is a round trip on PostgreSQL)
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
                   'LEFT JOIN rounds ON rounds.run_id = runs.id AND rounds."index" = '
                   '(SELECT max("index") FROM rounds WHERE run_id = ?) WHERE runs.id = ?')
@@ -802,32 +833,51 @@ def driver_rows(conn: Connection, sql: str, *params: Any, batch: int = 20_000) -
     """Stream the rows of ``sql`` (``?`` placeholders) through the driver's own cursor, in
     batches: a server-side cursor on PostgreSQL, SQLite's lazy cursor elsewhere. Several
     may be open at once on one connection (``iter_rounds`` merges four)."""
+    for rows in driver_batches(conn, sql, *params, batch=batch):
+        yield from rows
+
+
+def driver_batches(conn: Connection, sql: str, *params: Any, batch: int = 20_000) -> Iterator[list[tuple]]:
+    """``driver_rows`` a batch at a time (the driver's ``fetchmany`` lists): one batch alive
+    at a time, so memory is bounded by the batch, not the query."""
     dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
-        driver_rows.n = getattr(driver_rows, "n", 0) + 1
-        cur = dbapi.cursor(name=f"mbi_rows_{driver_rows.n}")
+        driver_batches.n = getattr(driver_batches, "n", 0) + 1
+        cur = dbapi.cursor(name=f"mbi_rows_{driver_batches.n}")
         sql = sql.replace("?", "%s")
     else:
         cur = dbapi.cursor()
     try:
         cur.execute(sql, params)
-        while True:
-            rows = cur.fetchmany(batch)
-            if not rows:
-                break
-            yield from rows
-            del rows  # one batch alive at a time: memory bounded by the batch, not the run
+        while rows := cur.fetchmany(batch):
+            yield rows
+            del rows
     finally:
         cur.close()
 
 
 _TAIL = itemgetter(slice(1, None))  # a row without its first column
+_FIRST = itemgetter(0)
 
 
-def _by_round(rows) -> Iterator[tuple[int, list[tuple]]]:
-    """Group rows ``(round_index, *fields)`` sorted by round into ``(round_index, [fields])``."""
-    for index, group in groupby(rows, key=itemgetter(0)):
-        yield index, list(map(_TAIL, group))
+def _rounds_of(batches: Iterable[list[tuple]]) -> Iterator[tuple[int, list[tuple]]]:
+    """Group batches of rows ``(round_index, *fields)`` sorted by round into ``(round_index,
+    [fields])``: each round's rows are found by bisection of the batch (no Python step per
+    row beyond dropping the index)."""
+    index, group = None, []
+    for rows in batches:
+        i, n = 0, len(rows)
+        while i < n:
+            first = rows[i][0]
+            j = n if rows[n - 1][0] == first else bisect_right(rows, first, i, n, key=_FIRST)
+            if first != index:
+                if index is not None:
+                    yield index, group
+                index, group = first, []
+            group += map(_TAIL, islice(rows, i, j))
+            i = j
+    if index is not None:
+        yield index, group
 
 
 def _short(exc: SQLAlchemyError, url: str | None = None) -> str:

@@ -120,7 +120,10 @@ class RoundSteps(Protocol[S]):
 
 class AuditSteps(Protocol[A]):
     """Recomputing logged rounds in order: ``a = audit_init()``, then per round
-    ``a, recomputed = audit_round(a, record)``."""
+    ``a, recomputed = audit_round(a, record)``. A market may also recompute up to
+    ``audit_window`` consecutive rounds in one call, ``audit_rounds(a, records)`` ->
+    ``[(a after the round, recomputed), ...]`` (the same results; ``None`` declines, and the
+    audit goes round by round): the team market does (``TeamMarket.audit_rounds``)."""
 
     agent_ids: list[str]
     payment_kind: str

@@ -33,11 +33,12 @@ from functools import cached_property, partial
 from typing import Any, TypedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mechanisms import dpm
 from mechanisms.games import team
-from mechanisms.learning import projected_gradient_norm
+from mechanisms.learning import projected_gradient_norm, projected_gradient_play
 from mbiagents.agents.games import Bounds, TeamAgentInfo, TeamReport, team_act, team_report
 from mbiagents.agents.policy import TeamPopulation
 from mbiagents.ledger.money import settled, to_minor_units
@@ -60,6 +61,37 @@ def _settle(x, reports, kappa):
     return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
 
 
+@jax.jit
+def _audit_settle(x, reports, kappa, pivots):
+    """``_settle`` and the values ``v_i(x_i)`` under the reports, in one array ``[t (N),
+    v (N), aggregate, operator cost, reported welfare]`` (one copy to the host), with the
+    pivot welfares ``W_{-i}(x*_{-i})`` of the reports given (the audit computes them when
+    the reports change)."""
+    t = dpm.capped_clarke_given_pivots(x, reports, kappa, pivots)
+    agg = x.sum()
+    outcome = jnp.stack([agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)])
+    return jnp.concatenate([t, team.values(x, reports), outcome])
+
+
+#: rounds the audit recomputes in one compiled call (``TeamMarket.audit_rounds``)
+AUDIT_WINDOW = 16
+
+
+@partial(jax.jit, static_argnames=("rule",))
+def _audit_rounds(x, x_prev, value, curvature, pivots, kappa, steps, rule="fixed"):
+    """``K`` rounds in one call (``[K, N]`` arrays; a loop over the rounds, ``lax.map``, so
+    that each round computes on ``[N]`` arrays as the run did): per round the signals and
+    price move at ``x_prev`` (``_price``), the policy moves on them (``x_prev + eta (G - pi)``,
+    projected) and ``_audit_settle`` at ``x`` under the reports ``(value, curvature)``."""
+    def one(row):
+        x, x_prev, a, b, p = row
+        reports = team.TeamTypes(a, b)
+        g, _, move = _price(x_prev, reports, kappa, rule)
+        return g, move, projected_gradient_play(x_prev, g - move, steps), _audit_settle(x, reports, kappa, p)
+
+    return jax.lax.map(one, (x, x_prev, value, curvature, pivots))
+
+
 _welfare_rounds = jax.jit(jax.vmap(team.welfare, in_axes=(0, None, None)))
 _values_rounds = jax.jit(jax.vmap(team.values, in_axes=(0, None)))
 
@@ -70,7 +102,11 @@ def _types(payload: dict[str, Any]) -> team.TeamTypes:
 
 def _close(names: list[str], logged: np.ndarray, recomputed: np.ndarray, what: str,
            tol: float = 1e-9) -> tuple[bool, str]:
-    """(ok, first mismatch) of logged against recomputed values, to ``tol`` (abs and rel)."""
+    """(ok, first mismatch) of logged against recomputed values, to ``tol`` (abs and rel:
+    ``np.isclose``, whose finite case is written out for speed)."""
+    d = np.abs(recomputed - logged)
+    if (d <= tol + tol * np.abs(logged)).all() and np.isfinite(d).all():
+        return True, ""
     ok = np.isclose(recomputed, logged, rtol=tol, atol=tol)
     if ok.all():
         return True, ""
@@ -108,9 +144,11 @@ class TeamStep(TypedDict, total=False):
 
 
 class TeamAudit(TypedDict):
-    """The audit fold: the reports in force and the usage logged by the previous round."""
+    """The audit fold: the reports in force, their pivot welfares ``W_{-i}(x*_{-i})`` and
+    the usage logged by the previous round."""
 
     reports: team.TeamTypes | None
+    pivots: np.ndarray | None
     actions: np.ndarray | None
 
 
@@ -252,49 +290,114 @@ class TeamMarket(Market[TeamState, TeamAudit]):
         return ("reports", *base) if index == 0 else base
 
     def audit_init(self) -> TeamAudit:
-        return TeamAudit(reports=None, actions=None)
+        return TeamAudit(reports=None, pivots=None, actions=None)
 
     def audit_round(self, a: TeamAudit, rec: RoundRecord) -> tuple[TeamAudit, Recomputed]:
+        reports, pivots, x, x_prev = self._audit_inputs(a, rec)
+        n = len(x)
+        settling = _audit_settle(x, reports, self.kappa, pivots)  # dispatched first, read last
+        priced = _price(x_prev, reports, self.kappa, self.step_rule)
+        g, move = np.asarray(priced[0]), float(priced[2])
+        actions_ok = self._policy_actions_match(x, x_prev, g, move)
+        settled_ = np.asarray(settling)
+        return (TeamAudit(reports=reports, pivots=pivots, actions=x),
+                self._recomputed(rec, g, move, actions_ok, settled_[:n], settled_[n:2 * n], settled_[2 * n:]))
+
+    def _audit_inputs(self, a: TeamAudit, rec: RoundRecord) -> tuple[team.TeamTypes, np.ndarray, np.ndarray, np.ndarray]:
+        """What round ``rec`` is recomputed from: the reports in force, their pivot welfares,
+        the logged usage ``x^{t+1}`` and the previous round's ``x^t``."""
         try:
-            reports = _types(rec.payload("reports"))  # logged when they change
+            reports, pivots = _types(rec.payload("reports")), None  # logged when they change
         except KeyError:
-            reports = a["reports"]
+            reports, pivots = a["reports"], a["pivots"]
         if reports is None:
             raise KeyError("reports")
+        if pivots is None:  # W_-i(x*_-i) depends on the reports only: computed when they change
+            pivots = np.asarray(team.leave_one_out_welfare(reports, self.kappa))
         x = np.asarray(rec.payload("actions")["x"], np.float64)
-        x_prev = a["actions"] if a["actions"] is not None else np.zeros_like(x)
-        t, agg, cost, w_rep = (np.asarray(v) for v in _settle(x, reports, self.kappa))
-        g, _, move = _price(x_prev, reports, self.kappa, self.step_rule)
+        return reports, pivots, x, (a["actions"] if a["actions"] is not None else np.zeros_like(x))
+
+    def _recomputed(self, rec: RoundRecord, g: np.ndarray, move: float, actions_ok: tuple[bool, str],
+                    t: np.ndarray, values: np.ndarray, outcome_: np.ndarray) -> Recomputed:
+        """The round's checks from its recomputed signals ``g``, price move, payments ``t``,
+        values ``v_i(x_i)`` and outcome ``(aggregate, operator cost, reported welfare)``."""
         signals = rec.payload("signals")
         outcome = rec.payload("outcome")
         # G and, under clearing and newton, the broadcast price move pi
         extra = ["price_move"] if self.step_rule != "fixed" else []
+        logged_g = np.asarray(signals["G"], np.float64)
         checks = {
-            "signals_recompute": _close(self.agent_ids + extra,
-                                        np.append(np.asarray(signals["G"], np.float64), [signals[k] for k in extra]),
-                                        np.append(np.asarray(g), [float(move)] * len(extra)), "G"),
+            "signals_recompute": (_close(self.agent_ids + extra, np.append(logged_g, [signals[k] for k in extra]),
+                                         np.append(g, [move] * len(extra)), "G") if extra
+                                  else _close(self.agent_ids, logged_g, g, "G")),
             # policy agents' moves, bit for bit, from the recomputed signals and price move
-            "actions_recompute": self._policy_actions_match(x, x_prev, np.asarray(g), float(move)),
+            "actions_recompute": actions_ok,
             "outcome_recompute": _close(["aggregate", "operator_cost", "reported_welfare"],
                                         np.asarray([outcome[k] for k in ("aggregate", "operator_cost",
                                                                          "reported_welfare")]),
-                                        np.asarray([agg, cost, w_rep]), "outcome"),
+                                        outcome_, "outcome"),
             # Clarke pivots never subsidise: t_i = W_-i(x*_-i) - W_-i(x) >= 0 at every x
             "budget_balance": _at_least(self.agent_ids, t, 0.0, "payment t_i"),
         }
         # IR under the reports (v_i - t_i >= 0) is guaranteed by the capped payments at every
         # round: a failing check (a truthful agent never pays more than its usage is worth)
-        u = np.maximum(np.asarray(team.values(x, reports)), 0.0) - t
+        u = np.maximum(values, 0.0) - t
         checks["individual_rationality"] = _at_least(self.agent_ids, u, 0.0, "reported value max(v_i, 0) - t_i")
         netted = np.asarray(rec.payload("payments")["t"], np.float64) if self.settlement_interval > 1 else None
-        return TeamAudit(reports=reports, actions=x), Recomputed(payments=t, checks=checks, logged_payments=netted)
+        return Recomputed(payments=t, checks=checks, logged_payments=netted)
+
+    @property
+    def audit_window(self) -> int:
+        """Rounds ``audit_rounds`` recomputes in one call (``[K, N]`` arrays of at most 2^18 entries)."""
+        return max(1, min(AUDIT_WINDOW, 2**18 // max(1, len(self.agent_ids))))
+
+    def audit_rounds(self, a: TeamAudit, records: list[RoundRecord]) -> list[tuple[TeamAudit, Recomputed]] | None:
+        """``audit_round`` over consecutive rounds in one compiled call (``_audit_rounds``,
+        one shape: the window padded to ``audit_window``); each round's audit state after
+        it and its recomputation. A round whose policy moves differ from the batched
+        recomputation is recomputed alone (the policy check is bit for bit); ``None`` when
+        a round's rows cannot be stacked (the caller then recomputes round by round)."""
+        states, inputs = [], []
+        try:
+            for rec in records:
+                reports, pivots, x, x_prev = self._audit_inputs(a, rec)
+                states.append(a)
+                a = TeamAudit(reports=reports, pivots=pivots, actions=x)
+                inputs.append((x, x_prev, reports.a, reports.b, pivots))
+            k = self.audit_window
+            if not inputs or len(inputs) > k:
+                return None
+            inputs += [inputs[-1]] * (k - len(inputs))  # pad to the compiled shape
+            stacked = [np.stack(col).astype(np.float64, copy=False) for col in zip(*inputs)]
+        except (KeyError, ValueError, TypeError):
+            return None
+        if stacked[0].shape[1:] != (len(self.agent_ids),) or any(c.shape != stacked[0].shape for c in stacked):
+            return None
+        g, move, expected, settled_ = jax.device_get(_audit_rounds(*stacked, self.kappa, self.population.steps,
+                                                                     self.step_rule))
+        n, out = len(self.agent_ids), []
+        for j, rec in enumerate(records):
+            state = states[j + 1] if j + 1 < len(states) else a
+            actions_ok = self._policy_moves_match(stacked[0][j], expected[j])
+            if not actions_ok[0]:  # the exact check: the policy rule on this round's own signals
+                out.append(self.audit_round(states[j], rec))
+                continue
+            out.append((state, self._recomputed(rec, g[j], float(move[j]), actions_ok, settled_[j, :n],
+                                                settled_[j, n:2 * n], settled_[j, 2 * n:])))
+        return out
+
+    @cached_property
+    def _policy_agents(self) -> np.ndarray:
+        """Mask of the agents that follow the policy rule (not LLM agents)."""
+        llm = set(self.llm_agent_ids)
+        return np.array([a not in llm for a in self.agent_ids], dtype=bool)
 
     def _policy_actions_match(self, x: np.ndarray, x_prev: np.ndarray, g: np.ndarray, move: float) -> tuple[bool, str]:
         """(ok, first mismatch): each policy agent's logged action is exactly its rule's move."""
-        expected = self.population.act(g, x_prev, move)
-        llm = set(self.llm_agent_ids)
-        policy = np.array([a not in llm for a in self.agent_ids])
-        bad = policy & (expected != x)
+        return self._policy_moves_match(x, self.population.act(g, x_prev, move))
+
+    def _policy_moves_match(self, x: np.ndarray, expected: np.ndarray) -> tuple[bool, str]:
+        bad = self._policy_agents & (expected != x)
         if not bad.any():
             return True, ""
         j = int(np.flatnonzero(bad)[0])

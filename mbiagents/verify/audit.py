@@ -29,16 +29,21 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 
 from __future__ import annotations
 
+import gc
 import operator
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from typing import Any, Iterator
 
 import numpy as np
 
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
-from mbiagents.ledger.payments import signed_minor_from_transfers
-from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, round_hash, run_header, transfer_id, transfer_ids
+from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
+from mbiagents.ledger.merkle import line_leaves, merkle_root
+from mbiagents.ledger.store import (Ledger, RoundRecord, header_hash, round_hash_of_lines, run_header, transfer_id,
+                                    transfer_lines)
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
 from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
@@ -88,15 +93,16 @@ def recompute_round(market: AuditSteps, a: Any, r: RoundRecord) -> tuple[Any, Re
         return a, f"cannot recompute payments ({exc})"
 
 
-def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str | None:
+def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed,
+                     paid: RoundPaid | None = None) -> str | None:
     """The first agent whose transfers are not the documented rounding of its recomputed payment.
 
     For a market that nets payments (``rec.logged_payments`` set), the round's logged
     payment vector is compared instead; its settlement is ``Settlements``'s to check.
+    ``paid``: the round's transfers summed per agent already (``round_paid``).
     """
     netted = rec.logged_payments is not None
-    logged = (to_minor_units(rec.logged_payments) if netted
-              else signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind))
+    logged = to_minor_units(rec.logged_payments) if netted else (paid or round_paid(market, r)).with_pending
     ok = within_rounding(logged, rec.payments)
     if ok.all():
         return None
@@ -110,6 +116,22 @@ def payment_mismatch(market: AuditSteps, r: RoundRecord, rec: Recomputed) -> str
             f"recomputed payment {float(rec.payments[j])!r} {rounded}")
 
 
+@dataclass(frozen=True)
+class RoundPaid:
+    """A round's payment-kind transfers summed per agent (minor units): ``transfers`` alone
+    and ``with_pending`` (its pending transfers too)."""
+
+    transfers: np.ndarray
+    with_pending: np.ndarray
+
+
+def round_paid(market: AuditSteps, r: RoundRecord) -> RoundPaid:
+    """``RoundPaid`` of round ``r`` (``signed_minor_from_transfers`` of its rows)."""
+    paid = signed_minor_from_columns(market.agent_ids, r.columns(), market.payment_kind)
+    return RoundPaid(paid, signed_minor_from_transfers(market.agent_ids, r.transfers + r.pending, market.payment_kind)
+                     if r.pending else paid)
+
+
 class Settlements:
     """Netted payments: the rounded logged payments accumulate per agent until a round
     settles them; its transfers must then equal the sum exactly (``settle``)."""
@@ -119,7 +141,7 @@ class Settlements:
         self.pending = np.zeros(len(market.agent_ids), dtype=np.int64)
         self.since: int | None = None  # first round whose payments are pending
 
-    def settle(self, r: RoundRecord, rec: Recomputed) -> str | None:
+    def settle(self, r: RoundRecord, rec: Recomputed, paid_: RoundPaid | None = None) -> str | None:
         """Add round ``r``'s payments; at a settlement round, the first agent whose net
         transfer differs from its pending sum (``None`` if all match)."""
         if rec.logged_payments is None:
@@ -127,7 +149,7 @@ class Settlements:
         self.pending += to_minor_units(rec.logged_payments)
         self.since = r.index if self.since is None else self.since
         k = self.market.settlement_interval
-        paid = signed_minor_from_transfers(self.market.agent_ids, r.transfers, self.market.payment_kind)
+        paid = (paid_ or round_paid(self.market, r)).transfers
         if not (paid.any() or (r.index + 1) % k == 0):
             return None
         bad = np.flatnonzero(paid != self.pending)
@@ -148,13 +170,34 @@ class Settlements:
 
 
 def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None) -> AuditReport:
-    """Verify a run from the ledger alone, streaming its rounds (one round in memory).
+    """Verify a run from the ledger alone, streaming its rounds (one round in memory; a
+    market that recomputes several rounds in one call holds its window of rounds, without
+    their transfer rows).
 
     The market's audit fold (``audit_init``, ``audit_round``) carries what a round's
     recomputation needs from earlier rounds; nothing else of them is kept.
     ``trust`` adds what the auditor trusts from outside the database
     (``mbiagents.verify.trust``): trusted public keys, a witness file, an expected head.
     """
+    with _old_objects_frozen():
+        return _audit_run(ledger, run_id, trust)
+
+
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The objects alive before the audit (JAX's, the application's) kept out of the
+    garbage collector's scans while it runs (``gc.freeze``; ``gc.unfreeze`` after): the
+    audit allocates millions of short-lived rows, and each full collection would otherwise
+    walk every object of the process. Nothing is collected later than it would be after
+    the audit."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None) -> AuditReport:
     trust = trust or TrustOptions()
     if run_id is None and trust.witness:
         run_id = witness_run_id(trust.witness)
@@ -189,39 +232,42 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     rid = run.id
     prev, chain_ok, n_transfers, n_rounds = run.header_hash, chain.ok, 0, 0
     a = market.audit_init()
+    window = getattr(market, "audit_window", 1) if hasattr(market, "audit_rounds") else 1
+    held: list[_Held] = []  # rounds whose recomputation waits for the market's window
     for r in ledger.iter_rounds(run.id):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
-        # double entry + idempotency: a whole round at C speed; row by row (naming the first
+        late = _Held(r, _missing_events(market, r))
+        # double entry + idempotency: a whole round column-wise; row by row (naming the first
         # bad row) only when something is off. An id that matches its fields names its round,
         # so a duplicate can only be within a round (constant memory)
-        if not _transfers_clean(rid, r, account_names):
-            seen: set[str] = set()
-            for tid, kind, debit, credit, amount in r.transfers + r.pending:
-                if type(amount) is not int or amount <= 0:
-                    double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
-                if debit == credit or debit not in accounts or credit not in accounts:
-                    double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
-                if tid != transfer_id(rid, r.index, kind, debit, credit):
-                    idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
-                if tid in seen:
-                    idem.fail(f"round {r.index} transfer {tid}: duplicate id")
-                seen.add(tid)
+        if not _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns(),
+                                account_names):
+            _name_bad_transfers(rid, r, accounts, double_entry, idem)
+        # the round's transfers encoded once: its hash and its Merkle root read the same lines
+        lines = transfer_lines(r.transfers)  # in id order (``iter_rounds``)
         # hash chain: the first broken link is named, later rounds cannot be trusted
         if chain_ok:
             if r.index != expected_index:
                 chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
-                complete.fail(f"round {expected_index} is missing")
+                late.complete.append(f"round {expected_index} is missing")
                 chain_ok = False
-            elif r.prev_hash != prev or round_hash(prev, r.index, r.events, r.transfers, pending=r.pending,
-                                                   resolutions=r.resolutions, arrays=r.arrays) != r.hash:
+            elif r.prev_hash != prev or round_hash_of_lines(prev, r.index, r.events, lines, pending=r.pending,
+                                                            resolutions=r.resolutions, arrays=r.arrays) != r.hash:
                 chain.fail(f"round {r.index}: rows do not match the stored hash chain "
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
-        signed.round(r)
+        signed.round(r, lambda: merkle_root(line_leaves(lines)).hex())
         escrow.round(r)
-        a = _recompute_round(market, a, r, complete, pay, extra, settlements)
+        if window > 1:  # held for the window: its payments summed, its transfer rows let go
+            late.paid = round_paid(market, r)
+            late.record = replace(r, transfers=[], _columns=None)
+        held.append(late)
+        if len(held) >= window:
+            a = _recompute_held(market, a, held, complete, pay, extra, settlements)
+            held = []
+    a = _recompute_held(market, a, held, complete, pay, extra, settlements)
     signed.finish(n_rounds, prev)
     if run.final_rounds is not None and (left := settlements.unsettled()):
         pay.fail(f"round {n_rounds - 1}: {left}")
@@ -256,9 +302,10 @@ class EscrowAudit:
             self.balance[account] += amount
 
     def round(self, r: RoundRecord) -> None:
-        for _id, _k, debit, credit, amount in r.transfers:
-            self._move(debit, -amount)
-            self._move(credit, amount)
+        if self.balance:  # only floored accounts are followed: nothing to do per transfer without them
+            for _id, _k, debit, credit, amount in r.transfers:
+                self._move(debit, -amount)
+                self._move(credit, amount)
         for pid, _k, debit, credit, amount in r.pending:
             self.any_pending = True
             self.open[pid] = (debit, credit, amount)
@@ -293,33 +340,110 @@ class EscrowAudit:
         return out
 
 
-def _transfers_clean(run_id: str, r: RoundRecord, accounts: frozenset[str]) -> bool:
-    """True if every transfer of the round passes ``double_entry`` and ``idempotency``:
-    positive integer amounts, two distinct accounts of the run, ids that are the
-    deterministic ids of their fields, no id twice (column-wise, without a Python loop)."""
-    rows = r.transfers + r.pending
-    if not rows:
+def _transfers_clean(run_id: str, index: int, columns: tuple[tuple, ...], accounts: frozenset[str]) -> bool:
+    """True if every transfer of round ``index``, given column-wise (``RoundRecord.columns``),
+    passes ``double_entry`` and ``idempotency``: positive integer amounts, two distinct
+    accounts of the run, ids that are the deterministic ids of their fields, no id twice
+    (C loops over the columns; a Python step per row only to build the expected ids)."""
+    if not columns:
         return True
-    ids, kinds, debits, credits, amounts = zip(*rows)
+    ids, kinds, debits, credits, amounts = columns
     return (set(map(type, amounts)) == {int} and min(amounts) > 0
             and not any(map(operator.eq, debits, credits))
             and accounts.issuperset(debits) and accounts.issuperset(credits)
-            and list(ids) == transfer_ids(run_id, r.index, kinds, debits, credits)
-            and len(set(ids)) == len(ids))
+            and _ids_match(run_id, index, columns)
+            and (all(map(operator.lt, ids, islice(ids, 1, None))) or len(set(ids)) == len(ids)))
 
 
-def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check, pay: Check,
-                     extra: dict[str, Check], settlements: "Settlements") -> Any:
+def _ids_match(run_id: str, index: int, columns: tuple[tuple, ...]) -> bool:
+    """Every id is ``transfer_id`` of its fields: the ids joined by newlines equal the
+    expected ids joined so, and hold no newline of their own (then the pieces pair up)."""
+    ids, kinds, debits, credits, _ = columns
+    prefix = f"{run_id}:{index}:"
+    try:
+        joined = "\n".join(ids)
+        return (joined == prefix + ("\n" + prefix).join(map(":".join, zip(kinds, debits, credits)))
+                and joined.count("\n") == len(ids) - 1)
+    except TypeError:  # a field that is no text: the row by row check names it
+        return False
+
+
+def _name_bad_transfers(run_id: str, r: RoundRecord, accounts: dict[str, str], double_entry: Check,
+                        idem: Check) -> None:
+    """Row by row: fail ``double_entry`` / ``idempotency`` naming each bad transfer of round ``r``."""
+    seen: set[str] = set()
+    for tid, kind, debit, credit, amount in r.transfers + r.pending:
+        if type(amount) is not int or amount <= 0:
+            double_entry.fail(f"round {r.index} transfer {tid}: amount {amount!r} is not a positive integer")
+        if debit == credit or debit not in accounts or credit not in accounts:
+            double_entry.fail(f"round {r.index} transfer {tid}: accounts {debit!r} -> {credit!r} invalid")
+        if tid != transfer_id(run_id, r.index, kind, debit, credit):
+            idem.fail(f"round {r.index} transfer {tid}: id does not match its fields")
+        if tid in seen:
+            idem.fail(f"round {r.index} transfer {tid}: duplicate id")
+        seen.add(tid)
+
+
+@dataclass
+class _Held:
+    """A round checked row by row whose recomputation waits for the market's window: its
+    ``complete`` failures so far, the required events it lacks, its payment sums."""
+
+    record: RoundRecord
+    missing: list[str]
+    complete: list[str] = field(default_factory=list)
+    paid: RoundPaid | None = None
+
+
+def _recompute_held(market: AuditSteps, a: Any, held: list[_Held], complete: Check, pay: Check,
+                    extra: dict[str, Check], settlements: "Settlements") -> Any:
+    """Recompute the held rounds (one call where the market can) and fail ``rounds_complete``,
+    ``payments_recompute`` and the market's checks in round order; the next audit state."""
+    recomputed = iter(recompute_rounds(market, a, [h.record for h in held if not h.missing]))
+    for h in held:
+        for detail in h.complete:
+            complete.fail(detail)
+        if h.missing:
+            complete.fail(f"round {h.record.index}: missing events {', '.join(h.missing)}")
+            continue
+        a, rec = next(recomputed)
+        _check_recomputed(market, h.record, rec, pay, extra, settlements, h.paid)
+    return a
+
+
+def _missing_events(market: AuditSteps, r: RoundRecord) -> list[str]:
+    """Event kinds the market requires that round ``r`` lacks."""
     kinds = {k for _, k, agent, _ in r.events if agent is None}
-    missing = [k for k in market.required_events(r.index) if k not in kinds]
-    if missing:
-        complete.fail(f"round {r.index}: missing events {', '.join(missing)}")
-        return a
-    a, rec = recompute_round(market, a, r)
+    return [k for k in market.required_events(r.index) if k not in kinds]
+
+
+def recompute_rounds(market: AuditSteps, a: Any, records: list[RoundRecord]) -> list[tuple[Any, Recomputed | str]]:
+    """``recompute_round`` over consecutive rounds, each from the audit state the one before
+    left: in one call where the market recomputes several rounds at once (``audit_rounds``,
+    which may decline with ``None``), else round by round."""
+    batch = getattr(market, "audit_rounds", None)
+    if batch is not None and records:
+        try:
+            out = batch(a, records)
+        except (KeyError, ValueError, TypeError):
+            out = None
+        if out is not None:
+            return out
+    out = []
+    for r in records:
+        a, rec = recompute_round(market, a, r)
+        out.append((a, rec))
+    return out
+
+
+def _check_recomputed(market: AuditSteps, r: RoundRecord, rec: Recomputed | str, pay: Check,
+                      extra: dict[str, Check], settlements: "Settlements", paid: RoundPaid | None) -> None:
+    """Fail ``payments_recompute`` and the market's checks where round ``r`` disagrees with
+    its recomputation ``rec`` (a string: why it could not be recomputed)."""
     if isinstance(rec, str):
         pay.fail(f"round {r.index}: {rec}")
-        return a
-    for mismatch in (payment_mismatch(market, r, rec), settlements.settle(r, rec)):
+        return
+    for mismatch in (payment_mismatch(market, r, rec, paid), settlements.settle(r, rec, paid)):
         if mismatch:
             pay.fail(f"round {r.index} {mismatch}")
     for name, (ok_c, detail) in rec.checks.items():
@@ -330,4 +454,3 @@ def _recompute_round(market: AuditSteps, a: Any, r: RoundRecord, complete: Check
         c = extra.setdefault(name, Check(name, informational=True))
         if not ok_c:
             c.fail(f"round {r.index}: {detail}")
-    return a

@@ -1,0 +1,76 @@
+"""The read side's encoders against the documented formats, recomputed here independently:
+the round hash from pre-encoded transfer lines, Merkle leaves from those lines, payments
+from transfer columns."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mbiagents.ledger.merkle import leaf_hash, line_leaves, transfer_leaves, transfer_line
+from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
+from mbiagents.ledger.schema import HEAD_REVISION, alembic_head
+from mbiagents.ledger.store import RoundRecord, round_hash, round_hash_of_lines, transfer_lines
+
+name = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+transfer = st.tuples(name, name, name, name, st.integers(1, 10**18))
+
+
+def documented_round_hash(prev, index, events, transfers, pending, resolutions, arrays) -> str:
+    """``store.round_hash`` as its docstring states it (the format existing ledgers hold)."""
+    lines = [f"R\t{index}\t{prev}"]
+    lines += [f"E\t{s}\t{k}\t{a or ''}\t{p}" for s, k, a, p in sorted(events)]
+    lines += [f"A\t{n}\t{d}\t{sh}\t{hashlib.sha256(b).hexdigest()}" for n, d, sh, b in sorted(arrays)]
+    lines += [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(transfers)]
+    lines += [f"P\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(pending)]
+    lines += [f"S\t{i}\t{s}\t{m}" for i, s, m in sorted(resolutions)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(prev=st.text(max_size=64), index=st.integers(0, 10**6),
+       events=st.lists(st.tuples(st.integers(0, 99), name, st.none() | name, st.text(max_size=30)), max_size=4,
+                       unique_by=lambda e: e[0]),
+       transfers=st.lists(transfer, max_size=20), pending=st.lists(transfer, max_size=3),
+       resolutions=st.lists(st.tuples(name, st.sampled_from(["posted", "voided"]), st.integers(0, 10**6)), max_size=3),
+       arrays=st.lists(st.tuples(name, st.just("<f8"), st.just("2"), st.binary(max_size=16)), max_size=3,
+                       unique_by=lambda a: a[0]))
+def test_round_hash_of_lines_is_the_documented_round_hash(prev, index, events, transfers, pending, resolutions,
+                                                          arrays):
+    want = documented_round_hash(prev, index, events, transfers, pending, resolutions, arrays)
+    assert round_hash(prev, index, events, transfers, pending=pending, resolutions=resolutions, arrays=arrays) == want
+    lines = transfer_lines(sorted(transfers))
+    assert round_hash_of_lines(prev, index, events, lines, pending=pending, resolutions=resolutions,
+                               arrays=arrays) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(transfer, max_size=30))
+def test_line_leaves_hash_each_transfer_line(transfers):
+    rows = sorted(transfers)
+    want = [leaf_hash(transfer_line(t)) for t in rows]
+    assert line_leaves(transfer_lines(rows)) == want == transfer_leaves(transfers)
+
+
+def test_line_leaves_of_a_line_with_a_newline():
+    rows = [("r:0:k:a:b\nX", "k", "a", "b", 5), ("r:0:k:a:c", "k", "a", "c", 7)]
+    assert line_leaves(transfer_lines(rows)) == [leaf_hash(transfer_line(t)) for t in rows]
+
+
+def test_signed_minor_from_columns_is_the_row_version():
+    ids = ["a0", "a1", "a2"]
+    rows = [("x1", "clarke", "agent:a0", "treasury", 5), ("x2", "clarke", "treasury", "agent:a2", 7),
+            ("x3", "bonus", "agent:a1", "treasury", 11), ("x4", "clarke", "agent:a1", "agent:a0", 2)]
+    want = np.array([5 - 2, 2, -7])
+    assert (signed_minor_from_transfers(ids, rows, "clarke") == want).all()
+    assert (signed_minor_from_columns(ids, RoundRecord(0, "", "", transfers=rows).columns(), "clarke") == want).all()
+    only_treasury = [r for r in rows if r[3] == "treasury" and r[1] == "clarke"]
+    assert (signed_minor_from_columns(ids, tuple(zip(*only_treasury)), "clarke") == [5, 0, 0]).all()
+    assert (signed_minor_from_columns(ids, (), "clarke") == 0).all()
+
+
+def test_head_revision_is_alembics_head():
+    assert HEAD_REVISION == alembic_head()
