@@ -92,7 +92,9 @@ def bench_rounds(sizes, rounds: int) -> tuple[Table, float]:
                       for i, (v, c) in enumerate(zip(rng.uniform(1, 5, n), rng.uniform(0.5, 2, n)))]
             sc = parse_scenario({"scenario": {"name": f"bench-{n}", "game": "team", "mechanism": "dpm",
                                               "rounds": rounds, "tolerance": 1e-300},
-                                 "game": {"congestion": KAPPA}, "agents": agents})
+                                 # fixed steps keep every agent moving and paying each round (under
+                                 # the default clearing rule idle agents stop at once, pay nothing)
+                                 "game": {"congestion": KAPPA, "step": "fixed"}, "agents": agents})
             url = f"sqlite:///{os.path.join(tmp, f'b{n}.db')}"
             run_scenario(sc, ledger_url=url, rounds=1)  # warm-up: JIT for this N
             marks = []

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, insert
 
 from mbiagents.errors import MbiError
-from mbiagents.ledger.merkle import round_merkle_root
+from mbiagents.ledger.merkle import line_leaves, merkle_root, round_merkle_root
 from mbiagents.ledger.store import canonical_json
 
 KEY_ENV = "MBI_SIGNING_KEY"
@@ -195,11 +195,14 @@ class RunSigner:
         return {"public_key": self.public_key, "start_sig": sig}
 
     def write_head(self, conn: Connection, run_id: str, index: int, round_hash: str,
-                   transfers: Sequence[tuple[str, str, str, str, int]]) -> dict[str, Any]:
-        """Record the round's Merkle root and signed head inside the round's transaction."""
+                   transfers: Sequence[tuple[str, str, str, str, int]],
+                   lines: list[str] | None = None) -> dict[str, Any]:
+        """Record the round's Merkle root and signed head inside the round's transaction;
+        ``lines``: the transfers' ``store.transfer_lines`` in id order, when the caller has
+        them already (the leaves hash the same lines)."""
         from mbiagents.ledger.models import RoundHead
 
-        root = round_merkle_root(transfers)
+        root = round_merkle_root(transfers) if lines is None else merkle_root(line_leaves(lines)).hex()
         sig = self._sign(head_statement(run_id, index, round_hash, root))
         conn.execute(insert(RoundHead), [dict(run_id=run_id, round_index=index, merkle_root=root, signature=sig)])
         head = {"kind": "head", "run": run_id, "index": index, "hash": round_hash, "merkle_root": root, "sig": sig}

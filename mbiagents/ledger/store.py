@@ -621,10 +621,11 @@ class Ledger:
             rs = self._resolve(conn, run_id, round_index, pe, list(resolutions))
             if tr or pe or rs:
                 self._check_floors(conn, run_id, tr, pe, rs)
-            h = round_hash(prev, round_index, ev, tr, pending=pe, resolutions=rs, arrays=arrays)
+            t_lines = transfer_lines(sorted(tr))  # encoded once: the round hash and the Merkle leaves
+            h = round_hash_of_lines(prev, round_index, ev, t_lines, pending=pe, resolutions=rs, arrays=arrays)
             bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
             if self.signer:  # the round's Merkle root and signed head, in its transaction
-                self.signer.write_head(conn, run_id, round_index, h, tr)
+                self.signer.write_head(conn, run_id, round_index, h, tr, lines=t_lines)
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
             bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
             fault_point("settle", round_index)
