@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from itertools import islice
 from typing import Annotated, Any, Optional
 
 import typer
@@ -188,9 +189,25 @@ def _print_table(table: Table) -> None:
                   highlight=False, soft_wrap=True)
 
 
+#: agents shown in ``mbi run``'s tables; a larger team prints these and a count (``--json`` has all)
+SUMMARY_ROWS = 50
+
+
+def _shown_agents(agents: dict) -> list:
+    """The first ``SUMMARY_ROWS`` ``(id, row)`` pairs of the summary's agents."""
+    return list(islice(agents.items(), SUMMARY_ROWS))
+
+
+def _more_agents(agents: dict) -> None:
+    if len(agents) > SUMMARY_ROWS:
+        out.print(f"... and {len(agents) - SUMMARY_ROWS:,} more agents (all of them: mbi run --json, mbi export, "
+                  "mbi report)", highlight=False, soft_wrap=True)
+
+
 def _print_run_summary(name: str, result) -> None:
-    """The market's per-agent columns (``Market.summary_columns``), welfare, the last
-    round's assignment where there is one, the budget, and the run id."""
+    """The market's per-agent columns (``Market.summary_columns``) for the first
+    ``SUMMARY_ROWS`` agents, welfare, the last round's assignment where there is one, the
+    budget, and the run id."""
     s = result.summary
     table = Table(title=f"{name}: {result.rounds} rounds, {'converged' if result.converged else 'round limit reached'}")
     _id_column(table, "agent", s["agents"])
@@ -201,19 +218,21 @@ def _print_run_summary(name: str, result) -> None:
             table.add_column("tasks", min_width=max([5, *(len(t) + 1 for r in rows for t in r.get(c) or [])]))
         else:
             table.add_column(c.replace("_", " "), justify="right", no_wrap=True)
-    for aid, row in s["agents"].items():
+    for aid, row in _shown_agents(s["agents"]):
         table.add_row(aid, *(_cell(row.get(c)) for c in cols))
     _print_table(table)
+    _more_agents(s["agents"])
     if any("llm" in r for r in rows):  # LLM agents: model use beside the mechanism's payments, own table
         use = Table(title="model use")
         _id_column(use, "agent", s["agents"])
         for c in ("model calls", "tokens", "model cost", "fallbacks"):
             use.add_column(c, justify="right", no_wrap=True)
-        for aid, row in s["agents"].items():
+        for aid, row in _shown_agents(s["agents"]):
             u = row.get("llm")
             use.add_row(aid, *([str(u["calls"]), str(u["prompt_tokens"] + u["completion_tokens"]), f"{u['cost']:.4f}",
                                 str(u["fallbacks"])] if u else ["", "", "", ""]))
         _print_table(use)
+        _more_agents(s["agents"])
     out.print(f"welfare {s['welfare']:.9g}   optimum {s['optimal_welfare']:.9g}   gap {s['welfare_gap']:.3g}")
     if "assignment" in s:
         out.print("assignment (last round): " + ", ".join(f"{t} -> {a or 'not done'}" for t, a in s["assignment"].items()))

@@ -253,3 +253,21 @@ def test_run_help_shows_defaults_and_llm_table_literally():
     assert res.exit_code == 0
     flat = " ".join(res.output.split())  # click wraps at the terminal width
     assert "[default: sqlite:///mbi-" in flat and "scenario's [llm] table" in flat
+
+
+def test_run_summary_of_a_large_population_shows_the_first_agents_and_a_count(tmp_path):
+    """A team of 80 generated agents: the table shows SUMMARY_ROWS of them and says how many
+    more there are; --json still has every agent."""
+    from mbiagents.cli import SUMMARY_ROWS
+
+    scen = tmp_path / "pop.toml"
+    scen.write_text('[scenario]\nname="pop"\ngame="team"\nmechanism="dpm"\nrounds=3\nseed=1\n'
+                    '[game]\ncongestion=0.5\n[population]\nsize=80\nvalue=[1.0, 5.0]\ncurvature=[0.5, 2.0]\n')
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    shown = {w for line in res.output.splitlines() for w in line.replace("│", " ").split() if w[:1] == "a"
+             and w[1:].isdigit()}
+    assert shown == {f"a{i}" for i in range(SUMMARY_ROWS)}
+    assert f"and {80 - SUMMARY_ROWS:,} more agents" in res.output
+    res = runner.invoke(app, ["run", str(scen), "--ledger", f"sqlite:///{tmp_path / 'l2.db'}", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["agents"]) == 80
