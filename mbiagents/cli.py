@@ -6,10 +6,10 @@ and exits 2 (nothing written); a failed audit exits 1. ``--json`` prints one JSO
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import sys
-from itertools import islice
 from typing import Annotated, Any, Optional
 
 import typer
@@ -194,19 +194,22 @@ SUMMARY_ROWS = 50
 
 
 def _shown_agents(agents: dict) -> list:
-    """The first ``SUMMARY_ROWS`` ``(id, row)`` pairs of the summary's agents."""
-    return list(islice(agents.items(), SUMMARY_ROWS))
+    """The summary's ``(id, row)`` pairs, or for a team larger than ``SUMMARY_ROWS`` the
+    ``SUMMARY_ROWS`` agents with the largest ``|total_paid|`` (ties in the summary's order)."""
+    if len(agents) <= SUMMARY_ROWS:
+        return list(agents.items())
+    return heapq.nsmallest(SUMMARY_ROWS, agents.items(), key=lambda kv: -abs(kv[1].get("total_paid") or 0.0))
 
 
 def _more_agents(agents: dict) -> None:
     if len(agents) > SUMMARY_ROWS:
-        out.print(f"... and {len(agents) - SUMMARY_ROWS:,} more agents (all of them: mbi run --json, mbi export, "
-                  "mbi report)", highlight=False, soft_wrap=True)
+        out.print(f"... and {len(agents) - SUMMARY_ROWS:,} more agents (shown: the {SUMMARY_ROWS} with the largest "
+                  "total paid; all of them: mbi run --json, mbi export, mbi report)", highlight=False, soft_wrap=True)
 
 
 def _print_run_summary(name: str, result) -> None:
-    """The market's per-agent columns (``Market.summary_columns``) for the first
-    ``SUMMARY_ROWS`` agents, welfare, the last round's assignment where there is one, the
+    """The market's per-agent columns (``Market.summary_columns``) for at most
+    ``SUMMARY_ROWS`` agents (``_shown_agents``), welfare, the last round's assignment where there is one, the
     budget, and the run id."""
     s = result.summary
     table = Table(title=f"{name}: {result.rounds} rounds, {'converged' if result.converged else 'round limit reached'}")
