@@ -189,7 +189,11 @@ def _old_objects_frozen() -> Iterator[None]:
     garbage collector's scans while it runs (``gc.freeze``; ``gc.unfreeze`` after): the
     audit allocates millions of short-lived rows, and each full collection would otherwise
     walk every object of the process. Nothing is collected later than it would be after
-    the audit."""
+    the audit. An application that froze objects itself keeps its own state (no freeze
+    here, so no unfreeze of its objects either)."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield

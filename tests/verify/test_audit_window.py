@@ -103,3 +103,24 @@ def test_window_gives_the_round_by_round_report(team_ledger, tmp_path, monkeypat
     windowed, single = _report(url, run_id, monkeypatch, True), _report(url, run_id, monkeypatch, False)
     assert json.dumps(windowed, sort_keys=True) == json.dumps(single, sort_keys=True)
     assert windowed["ok"] == (case == "clean")
+
+
+def test_audit_leaves_an_applications_own_gc_freeze_alone():
+    """The audit freezes the process's old objects only when nothing is frozen yet, and
+    thaws exactly what it froze: an application's own gc.freeze() survives an audit."""
+    import gc
+
+    from mbiagents.verify.audit import _old_objects_frozen
+
+    assert gc.get_freeze_count() == 0
+    with _old_objects_frozen():
+        assert gc.get_freeze_count() > 0  # old objects kept out of the collector's scans
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with _old_objects_frozen():
+            pass
+        assert gc.get_freeze_count() == frozen  # the application's freeze is still in place
+    finally:
+        gc.unfreeze()
