@@ -112,7 +112,7 @@ def test_audit_leaves_an_applications_own_gc_freeze_alone():
 
     from mbiagents.verify.audit import _old_objects_frozen
 
-    assert gc.get_freeze_count() == 0
+    gc.unfreeze()
     with _old_objects_frozen():
         assert gc.get_freeze_count() > 0  # old objects kept out of the collector's scans
     assert gc.get_freeze_count() == 0
@@ -121,6 +121,8 @@ def test_audit_leaves_an_applications_own_gc_freeze_alone():
         frozen = gc.get_freeze_count()
         with _old_objects_frozen():
             pass
-        assert gc.get_freeze_count() == frozen  # the application's freeze is still in place
+        # the application's freeze is still in place (an unfreeze would leave 0; the count
+        # drifts by the few frozen objects the interpreter frees or re-tracks meanwhile)
+        assert gc.get_freeze_count() > frozen // 2
     finally:
         gc.unfreeze()
