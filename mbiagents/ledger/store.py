@@ -480,6 +480,7 @@ class Ledger:
                     raise ValueError(f"transfer {prefix}{t.kind}:{t.debit}:{t.credit} has a negative amount; "
                                      f"swap debit and credit")
                 single.append((f"{prefix}{t.kind}:{t.debit}:{t.credit}", t.kind, t.debit, t.credit, int(t.amount)))
+        transfer_batches = len(batches)
         pe = []
         for t in pending:
             if isinstance(t, PaymentBatch):
@@ -493,9 +494,9 @@ class Ledger:
         if len({p[0] for p in pe}) != len(pe) or len({r.pending_id for r in resolutions}) != len(resolutions):
             raise LedgerError(f"run {run_id} round {round_index}: a pending transfer is opened or resolved twice")
         self._check_accounts(run_id, round_index, single + pe, batches)
-        if single or len(batches) - sum(isinstance(t, PaymentBatch) for t in pending) > 1:
+        if single or transfer_batches > 1:
             tr += single
-            tr.sort()  # one batch alone is in id order already
+            tr.sort()  # in id order from here on (one batch alone already is)
         with self._signed():
             try:
                 return self._write_round(run_id, round_index, ev, tr, arrays, pe, list(resolutions))
@@ -585,6 +586,7 @@ class Ledger:
 
     def _write_round(self, run_id: str, round_index: int, ev: list[tuple], tr: list[tuple],
                      arrays: list[tuple], pe: list[tuple] = (), resolutions: list[Resolution] = ()) -> WriteResult:
+        """The round's transaction; ``tr`` (transfer rows) in id order, as ``write_round`` leaves them."""
         pe = list(pe)
         with self._begin() as conn:
             # lock the run row (serialises writers of a run; on PostgreSQL a statement of its
@@ -621,7 +623,7 @@ class Ledger:
             rs = self._resolve(conn, run_id, round_index, pe, list(resolutions))
             if tr or pe or rs:
                 self._check_floors(conn, run_id, tr, pe, rs)
-            t_lines = transfer_lines(sorted(tr))  # encoded once: the round hash and the Merkle leaves
+            t_lines = transfer_lines(tr)  # in id order; encoded once: the round hash and the Merkle leaves
             h = round_hash_of_lines(prev, round_index, ev, t_lines, pending=pe, resolutions=rs, arrays=arrays)
             bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
             if self.signer:  # the round's Merkle root and signed head, in its transaction
