@@ -54,11 +54,15 @@ def _price(x, reports, kappa, rule="fixed"):
     return g, projected_gradient_norm(x, g), dpm.announced_price_move(x, g, reports, kappa, rule)
 
 
+def _outcome(x, reports, kappa):
+    """``(aggregate X, operator cost C(X), reported welfare)`` at ``x``."""
+    agg = x.sum()
+    return agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
+
+
 @jax.jit
 def _settle(x, reports, kappa):
-    t = dpm.capped_clarke_payments(x, reports, kappa)
-    agg = x.sum()
-    return t, agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)
+    return dpm.capped_clarke_payments(x, reports, kappa), *_outcome(x, reports, kappa)
 
 
 @jax.jit
@@ -68,9 +72,7 @@ def _audit_settle(x, reports, kappa, pivots):
     pivot welfares ``W_{-i}(x*_{-i})`` of the reports given (the audit computes them when
     the reports change)."""
     t = dpm.capped_clarke_given_pivots(x, reports, kappa, pivots)
-    agg = x.sum()
-    outcome = jnp.stack([agg, team.congestion_cost(agg, kappa), team.welfare(x, reports, kappa)])
-    return jnp.concatenate([t, team.values(x, reports), outcome])
+    return jnp.concatenate([t, team.values(x, reports), jnp.stack(_outcome(x, reports, kappa))])
 
 
 #: rounds the audit recomputes in one compiled call (``TeamMarket.audit_rounds``)
