@@ -200,7 +200,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--skip-audit", action="store_true", help="write path and disk only")
+    ap.add_argument("--only", choices=("write", "audit", "disk"), help="one part of the benchmark")
     args = ap.parse_args()
+    run = {part: args.only in (None, part) for part in ("write", "audit", "disk")}
+    run["audit"] = run["audit"] and not args.skip_audit
     write_rounds, audit_rounds = (20, 100) if args.quick else (200, 1000)
     console = Console()
     table = Table(title=f"ledger: rounds of {AGENTS} agents, measured side by side in one run")
@@ -209,12 +212,12 @@ def main() -> None:
     n = write_rounds * AGENTS
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, url_cm in (("SQLite", None), ("PostgreSQL", ScratchPostgres(args.pg))):
+        for name, url_cm in (("SQLite", None), ("PostgreSQL", ScratchPostgres(args.pg))) if run["write"] else ():
             with (url_cm or nullcontext(f"sqlite:///{tmp / 'write.db'}")) as url:
                 t_path, t_drv = write_vs_driver(url, write_rounds)
             table.add_row(name, f"write path, {n:,} transfers", f"{n / t_path:,.0f} /s ({t_path:.2f} s)",
                           f"same rows through the driver: {t_drv:.2f} s", f"{t_path / t_drv:.2f}x", "<= 1.3x")
-        if not args.skip_audit:
+        if run["audit"]:
             for name, url_cm in (("SQLite", None), ("PostgreSQL", ScratchPostgres(args.pg))):
                 with (url_cm or nullcontext(f"sqlite:///{tmp / 'audit.db'}")) as url:
                     a = audit_vs_read(url, audit_rounds)
@@ -224,7 +227,7 @@ def main() -> None:
                 table.add_row(name, "audit peak traced memory", f"{a['peak_long']:.1f} MiB ({a['rounds']} rounds)",
                               f"{a['peak_short']:.1f} MiB ({a['rounds'] // 4} rounds)",
                               f"{a['peak_long'] / a['peak_short']:.2f}x", "~1x")
-        for k in (1, 10):
+        for k in (1, 10) if run["disk"] else ():
             b = bytes_per_agent_round(tmp, k)
             table.add_row("SQLite", f"disk per agent-round, settlement_interval = {k}", f"{b:.1f} B", "", "",
                           "<= 64 B" if k > 1 else "")

@@ -17,6 +17,16 @@ Invariants (each is a test and an ``mbi audit`` check of the same name):
 - ``payments_recompute``: every payment recomputes from the logged reports and actions.
 """
 
-from mbiagents.ledger.money import MINOR_UNITS, to_minor_units
+from typing import Any
 
 __all__ = ["MINOR_UNITS", "to_minor_units"]
+
+
+def __getattr__(name: str) -> Any:
+    """``MINOR_UNITS`` and ``to_minor_units`` on first use: importing a ledger module that
+    needs neither (``hashing``, ``merkle``: the audit's helper process) loads no NumPy."""
+    if name in __all__:
+        from mbiagents.ledger import money
+
+        return getattr(money, name)
+    raise AttributeError(f"module 'mbiagents.ledger' has no attribute {name!r}")

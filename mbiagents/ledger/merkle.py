@@ -8,14 +8,26 @@ left || right)``, the tree splitting at the largest power of two below the leaf 
 the round head (``mbiagents.ledger.signing``), so one agent can check its own payment
 against the signed head with an inclusion proof of ``ceil(log2 n)`` hashes, without the
 rest of the ledger.
+
+A long audit hashes each transfer three times (its round hash, its leaf, its share of the
+inner nodes); ``DigestWorker`` moves that work to a helper process (standard library only)
+that computes the round hashes and roots of the rounds sent to it, in order, on another core.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+import marshal
+from array import array
+import os
+import select
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence
 
-from mbiagents.ledger.store import transfer_lines
+from mbiagents.ledger.hashing import round_hash_of_parts, transfer_lines
 
 Transfer = tuple[str, str, str, str, int]  # id, kind, debit, credit, amount
 
@@ -44,10 +56,21 @@ def line_leaves(lines: list[str]) -> list[bytes]:
     the round's lines are encoded and split in one pass, then hashed one SHA-256 each."""
     if not lines:
         return []
-    parts = ("\x00" + "\n\x00".join(lines)).encode().split(b"\n")
-    if len(parts) != len(lines):  # a line holding a newline (a malformed row): one at a time
+    block = "\n".join(lines)
+    if block.count("\n") != len(lines) - 1:  # a line holding a newline (a malformed row): one at a time
         return [leaf_hash(line.encode()) for line in lines]
-    return list(map(_DIGEST, map(hashlib.sha256, parts)))
+    return block_leaves(block.encode())
+
+
+def block_leaves(block: bytes) -> list[bytes]:
+    """``leaf_hash`` of each line of ``block``: lines joined by newlines, none inside a line
+    (one replace and one split in C, then one SHA-256 per line)."""
+    return list(map(_DIGEST, map(hashlib.sha256, (b"\x00" + block.replace(b"\n", b"\n\x00")).split(b"\n"))))
+
+
+def block_root(block: bytes) -> bytes:
+    """``merkle_root`` of the leaves of ``block`` (``block_leaves``; an empty block has no leaves)."""
+    return merkle_root(block_leaves(block) if block else [])
 
 
 _DIGEST = type(hashlib.sha256()).digest
@@ -111,3 +134,144 @@ def root_from_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) 
         fn >>= 1
         sn >>= 1
     return r if sn == 0 else None
+
+
+# ---- digests on another core -------------------------------------------------------------
+
+#: what ``round_digests`` reads: the round's text around its transfer lines
+#: (``hashing.round_text_parts``); its transfers column-wise, each text column joined by
+#: newlines (ids, kinds, debits, credits: no field holds a newline) and the amounts as
+#: native int64 bytes; and whether the Merkle root is wanted
+DigestRequest = tuple[bytes, bytes, str, str, str, str, bytes, bool]
+
+
+def digest_request(head: bytes, tail: bytes, columns: tuple[tuple, ...], want_root: bool) -> DigestRequest:
+    """The ``DigestRequest`` of a round whose transfers, column-wise (``RoundRecord.columns``),
+    have text fields without newlines and integer amounts (``OverflowError`` past int64)."""
+    if not columns:
+        return head, tail, "", "", "", "", b"", want_root
+    ids, kinds, debits, credits, amounts = columns
+    return (head, tail, "\n".join(ids), "\n".join(kinds), "\n".join(debits), "\n".join(credits),
+            array("q", amounts).tobytes(), want_root)
+
+
+def round_digests(req: DigestRequest) -> tuple[str, bytes | None]:
+    """A round's hash (``hashing.round_hash``) and, if asked, its transfers' Merkle root,
+    from one encoding of its transfer lines."""
+    head, tail, ids, kinds, debits, credits, amounts, want_root = req
+    block = b""
+    if ids:
+        block = "\n".join(transfer_lines(zip(ids.split("\n"), kinds.split("\n"), debits.split("\n"),
+                                             credits.split("\n"), array("q", amounts)))).encode()
+    return round_hash_of_parts(head, block, tail), block_root(block) if want_root else None
+
+
+# The protocol between ``DigestWorker`` and ``serve_digests``, over the helper's stdin/stdout:
+# each request is a 4-byte big-endian length and a ``DigestRequest`` in ``marshal`` form
+# (bytes and a flag: a copy, no encoding),
+# each reply the round hash (64 hex digits) and the root (32 bytes; zeros when not asked),
+# in request order; the helper exits at end of input.
+_REPLY = 96
+
+
+class DigestWorker:
+    """``round_digests`` computed by a helper process while the caller goes on.
+
+    ``submit(req)`` queues a request and returns its ticket; ``result(ticket)`` waits for its
+    digests. Tickets must be redeemed in order. Requests go to the helper without blocking
+    the caller while its pipe has room (the rest waits here, up to ``MAX_QUEUED`` bytes
+    before ``submit`` waits); a caller that keeps at most ``MAX_UNREAD`` results
+    unredeemed never lets the helper block on its output, so neither side can deadlock. A
+    helper that dies raises ``OSError`` from either call.
+    """
+
+    MAX_UNREAD = 512  # replies of 96 bytes: under 64 KiB, a pipe's smallest size
+    MAX_QUEUED = 8 << 20  # bytes of requests held here when the helper falls behind
+
+    def __init__(self) -> None:
+        # isolated (``-I``: no site, no environment): the helper imports this module and the
+        # standard library only, from where this process found it, and starts in ~30 ms; it
+        # runs niced, as it has slack (the caller runs ahead) where the caller and a
+        # database server on the same machine have none
+        root = str(Path(__file__).resolve().parents[2])
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {root!r}); "
+                                      "import os; os.nice(5); from mbiagents.ledger.merkle import serve_digests; serve_digests()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.fd = self.proc.stdin.fileno()  # type: ignore[union-attr]
+        _widen_pipe(self.fd)
+        os.set_blocking(self.fd, False)
+        self.queue: deque[memoryview] = deque()  # the unwritten rest of the requests submitted
+        self.queued = 0  # bytes in ``queue``
+        self.submitted = 0  # bytes of all requests
+        self.sent = self.read = 0
+
+    def submit(self, req: DigestRequest) -> int:
+        data = marshal.dumps(req)
+        self.queue.append(memoryview(len(data).to_bytes(4, "big") + data))
+        self.queued += len(self.queue[-1])
+        self.submitted += len(self.queue[-1])
+        self._pump(self.MAX_QUEUED)
+        self.sent += 1
+        return self.sent - 1
+
+    def result(self, ticket: int) -> tuple[str, bytes]:
+        if ticket != self.read:
+            raise ValueError(f"digest {ticket} asked for out of order (next is {self.read})")
+        self._pump(0)  # the helper must have every request asked for (and those before it)
+        reply = self.proc.stdout.read(_REPLY)  # type: ignore[union-attr]
+        if len(reply) != _REPLY:
+            raise OSError(f"the digest helper process exited (code {self.proc.poll()})")
+        self.read += 1
+        return reply[:64].decode(), reply[64:]
+
+    def _pump(self, keep: int) -> None:
+        """Write queued bytes while the pipe takes them; wait for room while more than
+        ``keep`` bytes remain queued."""
+        while self.queue:
+            head = self.queue[0]
+            try:
+                n = os.write(self.fd, head)
+            except BlockingIOError:
+                if self.queued <= keep:
+                    return
+                select.select([], [self.fd], [])
+                continue
+            self.queued -= n
+            if n == len(head):
+                self.queue.popleft()
+            else:
+                self.queue[0] = head[n:]
+
+    def close(self) -> None:
+        """End the helper's input and wait for it (killed if it does not exit)."""
+        self.queue.clear()
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a pipe hold up to 1 MiB (Linux ``F_SETPIPE_SZ``): the caller runs further ahead
+    of the helper before its requests queue up. Elsewhere, or refused: the default size."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
+def serve_digests(inp: BinaryIO | None = None, out: BinaryIO | None = None) -> None:
+    """The helper's loop: ``round_digests`` of each request read, until end of input."""
+    inp, out = inp or sys.stdin.buffer, out or sys.stdout.buffer
+    while len(head := inp.read(4)) == 4:
+        h, root = round_digests(marshal.loads(inp.read(int.from_bytes(head, "big"))))
+        out.write(h.encode() + (root or bytes(32)))
+        out.flush()

@@ -36,6 +36,8 @@ from mbiagents.errors import LedgerError
 from mbiagents.faults import fault_point
 from mbiagents.ledger.models import (Account, ArrayRecord, Event, PendingResolution, PendingTransfer, Round, Run,
                                       Transfer)
+from mbiagents.ledger.hashing import (round_hash, round_hash_of_block, round_hash_of_lines,  # noqa: F401
+                                      transfer_lines)  # (the round hash is defined there; re-exported)
 from mbiagents.ledger.money import MINOR_UNITS
 
 DEFAULT_LEDGER_URL = "sqlite:///mbi-ledger.db"
@@ -268,61 +270,6 @@ def header_hash(run: dict[str, Any]) -> str:
     """SHA-256 of the run's header fields (id, name, game, mechanism, seed, scenario, units)."""
     fields = [run["id"], run["name"], run["game"], run["mechanism"], run["seed"], run["scenario_json"], run["minor_units"]]
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
-
-
-def round_hash(
-    prev_hash: str,
-    round_index: int,
-    events: Iterable[tuple[int, str, str | None, str]],
-    transfers: Iterable[tuple[str, str, str, str, int]],
-    *,
-    pending: Iterable[tuple[str, str, str, str, int]] = (),
-    resolutions: Iterable[tuple[str, str, int]] = (),
-    arrays: Iterable[tuple[str, str, str, bytes]] = (),
-) -> str:
-    """SHA-256 over the previous hash and the round's rows in a canonical line encoding.
-
-    This is the one definition of a round's hash (the write path, the duplicate check and
-    the audit all call it). Lines: ``R\\t<index>\\t<prev>``, then
-    ``E\\t<seq>\\t<kind>\\t<agent>\\t<payload>`` per event in seq order,
-    ``A\\t<name>\\t<dtype>\\t<shape>\\t<sha256 of data>`` per array record in name order,
-    ``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>`` per transfer in id order, then
-    pending transfers (``P\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>``) and resolutions
-    (``S\\t<pending id>\\t<state>\\t<amount>``) in id order. Ids, kinds, names and account
-    names cannot hold tabs or newlines; payloads are compact JSON, which escapes them. A
-    round without arrays, pending transfers or resolutions hashes as before migrations
-    ``0003_escrow`` and ``0005_compact``.
-    """
-    return round_hash_of_lines(prev_hash, round_index, events, transfer_lines(sorted(transfers)), pending=pending,
-                               resolutions=resolutions, arrays=arrays)
-
-
-def transfer_lines(transfers: Iterable[tuple[str, str, str, str, int]]) -> list[str]:
-    """The ``T`` lines of the round hash (``T\\t<id>\\t<kind>\\t<debit>\\t<credit>\\t<amount>``),
-    one per transfer in the order given (``round_hash`` sorts them by id first). The
-    Merkle leaves hash the same lines (``mbiagents.ledger.merkle.line_leaves``)."""
-    return [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in transfers]
-
-
-def round_hash_of_lines(
-    prev_hash: str,
-    round_index: int,
-    events: Iterable[tuple[int, str, str | None, str]],
-    t_lines: list[str],
-    *,
-    pending: Iterable[tuple[str, str, str, str, int]] = (),
-    resolutions: Iterable[tuple[str, str, int]] = (),
-    arrays: Iterable[tuple[str, str, str, bytes]] = (),
-) -> str:
-    """``round_hash`` with the transfers given as their ``transfer_lines`` in id order, so a
-    reader that also builds the round's Merkle tree encodes each transfer once."""
-    lines = [f"R\t{round_index}\t{prev_hash}"]
-    lines += [f"E\t{s}\t{k}\t{a or ''}\t{p}" for s, k, a, p in sorted(events)]
-    lines += [f"A\t{n}\t{d}\t{sh}\t{hashlib.sha256(b).hexdigest()}" for n, d, sh, b in sorted(arrays)]
-    lines += t_lines
-    lines += [f"P\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in sorted(pending)]
-    lines += [f"S\t{i}\t{st}\t{m}" for i, st, m in sorted(resolutions)]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _enable_sqlite_pragmas(engine: Engine) -> None:
@@ -624,10 +571,11 @@ class Ledger:
             if tr or pe or rs:
                 self._check_floors(conn, run_id, tr, pe, rs)
             t_lines = transfer_lines(tr)  # in id order; encoded once: the round hash and the Merkle leaves
-            h = round_hash_of_lines(prev, round_index, ev, t_lines, pending=pe, resolutions=rs, arrays=arrays)
+            t_block = "\n".join(t_lines).encode()
+            h = round_hash_of_block(prev, round_index, ev, t_block, pending=pe, resolutions=rs, arrays=arrays)
             bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
             if self.signer:  # the round's Merkle root and signed head, in its transaction
-                self.signer.write_head(conn, run_id, round_index, h, tr, lines=t_lines)
+                self.signer.write_head(conn, run_id, round_index, h, tr, lines=t_lines, block=t_block)
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
             bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
             fault_point("settle", round_index)

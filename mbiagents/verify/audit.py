@@ -31,19 +31,22 @@ from __future__ import annotations
 
 import gc
 import operator
+import os
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import islice
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
-from mbiagents.ledger.merkle import line_leaves, merkle_root
-from mbiagents.ledger.store import (Ledger, RoundRecord, header_hash, round_hash_of_lines, run_header, transfer_id,
-                                    transfer_lines)
+from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
+from mbiagents.ledger.merkle import DigestWorker, block_root, digest_request, line_leaves, merkle_root
+from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, run_header, transfer_id
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
 from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
@@ -169,7 +172,8 @@ class Settlements:
                 f"({int(self.pending[j])} minor units) were never settled")
 
 
-def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None) -> AuditReport:
+def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | None = None, *,
+              digest_worker: bool | None = None) -> AuditReport:
     """Verify a run from the ledger alone, streaming its rounds (one round in memory; a
     market that recomputes several rounds in one call holds its window of rounds, without
     their transfer rows).
@@ -178,9 +182,139 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     recomputation needs from earlier rounds; nothing else of them is kept.
     ``trust`` adds what the auditor trusts from outside the database
     (``mbiagents.verify.trust``): trusted public keys, a witness file, an expected head.
+    ``digest_worker``: compute the round hashes and the heads' Merkle roots in a helper
+    process on another core (``merkle.DigestWorker``) while this one reads and checks the
+    rows; ``None`` (default) does so once the run has shown ``DIGEST_WORKER_TRANSFERS``
+    transfers, on a machine with two or more CPUs.
     """
-    with _old_objects_frozen():
-        return _audit_run(ledger, run_id, trust)
+    with _old_objects_frozen(), _RoundDigests(digest_worker) as digests:
+        return _audit_run(ledger, run_id, trust, digests)
+
+
+#: transfers digested in the audit's own process before a ``DigestWorker`` takes over
+#: (about 10 ms of hashing: for less, starting the helper is not worth it)
+DIGEST_WORKER_TRANSFERS = 5_000
+#: rounds, and bytes of their requests, the reading side runs ahead of the checks
+DIGEST_LAG_ROUNDS = 32
+DIGEST_LAG_BYTES = 4 << 20
+
+
+class _Digests:
+    """A round's hash and its transfers' Merkle root (hex): given, or computed here when
+    first asked (``compute``)."""
+
+    def __init__(self, compute: Callable[[], tuple[str, bytes | None]] | None = None,
+                 round_hash: str | None = None, root: bytes | None = None):
+        self.compute, self._hash, self._root = compute, round_hash, root
+
+    def _computed(self) -> None:
+        assert self.compute is not None, "digests neither given nor computable"
+        self._hash, self._root = self.compute()
+        self.compute = None
+
+    @property
+    def round_hash(self) -> str:
+        if self._hash is None:
+            self._computed()
+        return self._hash  # type: ignore[return-value]
+
+    def merkle_root(self) -> str:
+        if self._root is None:
+            self._computed()
+        return self._root.hex()  # type: ignore[union-attr]
+
+
+class _RoundDigests:
+    """The audit's first stage: each round read is encoded (``transfer_lines`` once, for
+    its hash and its Merkle root) and, past ``DIGEST_WORKER_TRANSFERS`` (or at once with
+    ``digest_worker=True``), sent to a ``DigestWorker``; it comes out of ``stream`` up to
+    ``DIGEST_LAG_ROUNDS`` rounds later with its digests, in order. Without the helper a
+    round comes out at once and its digests are computed here when asked."""
+
+    def __init__(self, digest_worker: bool | None):
+        self.force = digest_worker is True
+        self.allowed = digest_worker is not False and (self.force or _cpus() > 1)
+        self.worker: DigestWorker | None = None
+
+    def __enter__(self) -> "_RoundDigests":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    def stream(self, records: Iterable[RoundRecord], header_hash: str, needs_root: Callable[[int], bool],
+               clean: Callable[[RoundRecord], bool]) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
+        """``(round, clean(round), digests)`` of each round, in order; a round's hash chains
+        onto the stored hash of the round before it (the header hash for the first). A
+        round whose transfers are not ``clean`` (``_transfers_clean``) or that has pending
+        transfers is digested here, from its lines as they are."""
+        prev, seen = header_hash, 0
+        ahead: deque[tuple[RoundRecord, bool, _Digests, int | None, bool, int]] = deque()  # not yet out
+        ahead_bytes = 0
+        for r in records:
+            head, tail = round_text_parts(prev, r.index, r.events, pending=r.pending, resolutions=r.resolutions,
+                                          arrays=r.arrays)
+            ok, want = clean(r), needs_root(r.index)
+            prev, seen = r.hash, seen + len(r.transfers)
+            if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
+                self.worker = DigestWorker()
+            req = None
+            if self.worker is not None and ok and not r.pending:
+                try:
+                    req = digest_request(head, tail, r.columns(), want)
+                except OverflowError:  # an amount past int64: digested here
+                    pass
+            if req is None:
+                compute = partial(_digests_here, head, tail, transfer_lines(r.transfers), want)
+                if not ahead:
+                    yield r, ok, _Digests(compute)
+                    continue
+                ahead.append((r, ok, _Digests(compute), None, want, 0))
+                continue
+            before = self.worker.submitted  # type: ignore[union-attr]
+            ticket = self._call(self.worker.submit, req)  # type: ignore[union-attr]
+            ahead.append((r, ok, _Digests(), ticket, want, self.worker.submitted - before))  # type: ignore[union-attr]
+            ahead_bytes += ahead[-1][-1]
+            while len(ahead) > DIGEST_LAG_ROUNDS or (len(ahead) > 1 and ahead_bytes > DIGEST_LAG_BYTES):
+                ahead_bytes -= ahead[0][-1]
+                yield self._out(*ahead.popleft()[:5])
+        while ahead:
+            yield self._out(*ahead.popleft()[:5])
+
+    def _out(self, r: RoundRecord, ok: bool, d: _Digests, ticket: int | None,
+             want_root: bool) -> tuple[RoundRecord, bool, _Digests]:
+        if ticket is not None:
+            d._hash, root = self._call(self.worker.result, ticket)  # type: ignore[union-attr]
+            d._root = root if want_root else None
+        return r, ok, d
+
+    @staticmethod
+    def _call(fn: Callable, arg: Any) -> Any:
+        try:
+            return fn(arg)
+        except OSError as exc:
+            raise LedgerError(f"audit: the digest helper process failed ({exc}); "
+                              f"audit without it (digest_worker=False)") from exc
+
+
+def _digests_here(head: bytes, tail: bytes, lines: list[str], want_root: bool) -> tuple[str, bytes | None]:
+    """A round's hash and root computed in this process, from its lines as they are (one
+    holding a newline too)."""
+    block = "\n".join(lines).encode()
+    h = round_hash_of_parts(head, block, tail)
+    if not want_root:
+        return h, None
+    if block.count(b"\n") != len(lines) - 1:  # a line holding a newline (a malformed row)
+        return h, merkle_root(line_leaves(lines))
+    return h, block_root(block)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @contextmanager
@@ -201,7 +335,8 @@ def _old_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None) -> AuditReport:
+def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None,
+               digests_of: _RoundDigests) -> AuditReport:
     trust = trust or TrustOptions()
     if run_id is None and trust.witness:
         run_id = witness_run_id(trust.witness)
@@ -238,31 +373,29 @@ def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None) -
     a = market.audit_init()
     window = getattr(market, "audit_window", 1) if hasattr(market, "audit_rounds") else 1
     held: list[_Held] = []  # rounds whose recomputation waits for the market's window
-    for r in ledger.iter_rounds(run.id):
+    # double entry + idempotency: a whole round column-wise; row by row (naming the first
+    # bad row) only when something is off. An id that matches its fields names its round,
+    # so a duplicate can only be within a round (constant memory)
+    clean = lambda r: _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending  # noqa: E731
+                                       else r.columns(), account_names)
+    for r, ok, digests in digests_of.stream(ledger.iter_rounds(run.id), run.header_hash, signed.needs_root, clean):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         late = _Held(r, _missing_events(market, r))
-        # double entry + idempotency: a whole round column-wise; row by row (naming the first
-        # bad row) only when something is off. An id that matches its fields names its round,
-        # so a duplicate can only be within a round (constant memory)
-        if not _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns(),
-                                account_names):
+        if not ok:
             _name_bad_transfers(rid, r, accounts, double_entry, idem)
-        # the round's transfers encoded once: its hash and its Merkle root read the same lines
-        lines = transfer_lines(r.transfers)  # in id order (``iter_rounds``)
         # hash chain: the first broken link is named, later rounds cannot be trusted
         if chain_ok:
             if r.index != expected_index:
                 chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
                 late.complete.append(f"round {expected_index} is missing")
                 chain_ok = False
-            elif r.prev_hash != prev or round_hash_of_lines(prev, r.index, r.events, lines, pending=r.pending,
-                                                            resolutions=r.resolutions, arrays=r.arrays) != r.hash:
+            elif r.prev_hash != prev or digests.round_hash != r.hash:
                 chain.fail(f"round {r.index}: rows do not match the stored hash chain "
                            f"(changed, deleted or inserted rows)")
                 chain_ok = False
             prev = r.hash
-        signed.round(r, lambda: merkle_root(line_leaves(lines)).hex())
+        signed.round(r, digests.merkle_root)  # the transfers' root, read once the round has a head
         escrow.round(r)
         if window > 1:  # held for the window: its payments summed, its transfer rows let go
             late.paid = round_paid(market, r)

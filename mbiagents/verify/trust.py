@@ -99,6 +99,10 @@ class TrustVerifier:
             self.payloads.fail(f"account rows differ from the scenario's (first: {bad[0]!r})")
 
     # ---- one round ------------------------------------------------------------------------
+    def needs_root(self, index: int) -> bool:
+        """Whether round ``index`` has a head whose Merkle root ``round`` will check."""
+        return index in self.heads
+
     def round(self, r: RoundRecord, merkle_root: Callable[[], str] | None = None) -> None:
         """Check round ``r``; ``merkle_root`` gives its transfers' Merkle root when a head
         needs it (default: ``round_merkle_root`` of ``r.transfers``)."""

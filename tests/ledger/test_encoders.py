@@ -5,12 +5,19 @@ from transfer columns."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mbiagents.ledger.merkle import leaf_hash, line_leaves, transfer_leaves, transfer_line
+from mbiagents.ledger import merkle as merkle_module
+from mbiagents.ledger.hashing import round_text_parts
+from mbiagents.ledger.merkle import (DigestWorker, digest_request, leaf_hash, line_leaves, merkle_root, round_digests,
+                                     transfer_leaves, transfer_line)
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
 from mbiagents.ledger.schema import HEAD_REVISION, alembic_head
 from mbiagents.ledger.store import RoundRecord, round_hash, round_hash_of_lines, transfer_lines
@@ -74,3 +81,60 @@ def test_signed_minor_from_columns_is_the_row_version():
 
 def test_head_revision_is_alembics_head():
     assert HEAD_REVISION == alembic_head()
+
+
+line_name = name.filter(lambda s: "\n" not in s)  # what a clean round's fields are (the audit checks)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prev=st.text(max_size=64), index=st.integers(0, 10**6),
+       events=st.lists(st.tuples(st.integers(0, 99), name, st.none() | name, st.text(max_size=30)), max_size=4,
+                       unique_by=lambda e: e[0]),
+       transfers=st.lists(st.tuples(line_name, line_name, line_name, line_name, st.integers(-2**63, 2**63 - 1)),
+                          max_size=20),
+       resolutions=st.lists(st.tuples(name, st.sampled_from(["posted", "voided"]), st.integers(0, 10**6)), max_size=3),
+       arrays=st.lists(st.tuples(name, st.just("<f8"), st.just("2"), st.binary(max_size=16)), max_size=3,
+                       unique_by=lambda a: a[0]),
+       want_root=st.booleans())
+def test_round_digests_are_the_documented_hash_and_root(prev, index, events, transfers, resolutions, arrays, want_root):
+    """What the audit's helper computes from a request (columns joined, amounts as bytes)
+    is the documented round hash and the RFC 6962 root of the transfers' leaves."""
+    rows = sorted(transfers)
+    head, tail = round_text_parts(prev, index, events, resolutions=resolutions, arrays=arrays)
+    got_hash, got_root = round_digests(digest_request(head, tail, tuple(zip(*rows)), want_root))
+    assert got_hash == documented_round_hash(prev, index, events, rows, [], resolutions, arrays)
+    assert got_root == (merkle_root([leaf_hash(transfer_line(t)) for t in rows]) if want_root else None)
+
+
+def test_digest_worker_answers_in_order_as_round_digests_does():
+    rows = [(f"r:{i}:k:a:b{j}", "k", "a", f"b{j}", j + 1) for i in range(3) for j in range(i * 40)]
+    reqs = [digest_request(f"R\t{i}\tp".encode(), b"", tuple(zip(*rows[: i * 17])), bool(i % 2)) for i in range(7)]
+    worker = DigestWorker()
+    try:
+        tickets = [worker.submit(q) for q in reqs]
+        with pytest.raises(ValueError, match="out of order"):
+            worker.result(tickets[1])
+        for t, q in zip(tickets, reqs):
+            h, root = round_digests(q)
+            assert worker.result(t) == (h, root or bytes(32))
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0
+
+
+def test_digest_worker_that_died_raises_oserror():
+    worker = DigestWorker()
+    worker.proc.kill()
+    worker.proc.wait()
+    with pytest.raises(OSError):
+        worker.result(worker.submit(digest_request(b"R\t0\tp", b"", (), True)))
+    worker.close()
+
+
+def test_digest_worker_imports_no_database_stack():
+    """The helper runs isolated and imports this package's hashing modules only: a fast start."""
+    code = ("import sys; sys.path.insert(0, %r); import mbiagents.ledger.merkle; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'sqlalchemy', 'jax')))")
+    root = str(Path(merkle_module.__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-I", "-c", code % root], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

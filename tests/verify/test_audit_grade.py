@@ -104,7 +104,7 @@ def clean_ledger(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", list(TAMPER))
-def test_audit_names_the_first_broken_round(clean_ledger, tmp_path, case):
+def test_audit_names_the_first_broken_round(clean_ledger, tmp_path, case, digests_where):
     src, run_id = clean_ledger
     dst = tmp_path / "tampered.db"
     shutil.copy(src, dst)

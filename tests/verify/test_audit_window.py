@@ -90,7 +90,7 @@ CASES = {"clean": (lambda c, r: None), "changed actions": _tamper_actions,
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_window_gives_the_round_by_round_report(team_ledger, tmp_path, monkeypatch, case):
+def test_window_gives_the_round_by_round_report(team_ledger, tmp_path, monkeypatch, case, digests_where):
     src, run_id = team_ledger
     dst = tmp_path / "ledger.db"
     shutil.copy(src, dst)

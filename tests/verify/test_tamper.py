@@ -263,7 +263,7 @@ def check_tamper(url: str, run_id: str, witness: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TAMPERS))
-def test_sqlite_tamper_fails_the_audit(name, signed_sqlite, tmp_path):
+def test_sqlite_tamper_fails_the_audit(name, signed_sqlite, tmp_path, digests_where):
     folder, out = signed_sqlite
     shutil.copy(folder / "ledger.db", tmp_path / "ledger.db")
     shutil.copy(folder / "witness.jsonl", tmp_path / "witness.jsonl")
@@ -272,7 +272,7 @@ def test_sqlite_tamper_fails_the_audit(name, signed_sqlite, tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("name", PG_SUBSET)
-def test_postgres_tamper_fails_the_audit(name, pg_url, tmp_path, monkeypatch):
+def test_postgres_tamper_fails_the_audit(name, pg_url, tmp_path, monkeypatch, digests_where):
     out = signed_run(pg_url, tmp_path / "witness.jsonl", monkeypatch)
     check_tamper(pg_url, out["run_id"], tmp_path / "witness.jsonl", name)
 
