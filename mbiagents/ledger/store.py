@@ -538,12 +538,16 @@ class Ledger:
         with self._begin() as conn:
             # lock the run row (serialises writers of a run; on PostgreSQL a statement of its
             # own, so that the next one reads what a writer before us committed), then read
-            # the chain's anchor and the run's last round in one statement
-            pg = conn.dialect.name == "postgresql"
-            if pg:
-                conn.exec_driver_sql("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
-            found = conn.exec_driver_sql(CHAIN_HEAD_SQL.replace("?", "%s") if pg else CHAIN_HEAD_SQL,
-                                         (run_id, run_id)).first()
+            # the chain's anchor and the run's last round in one statement; on PostgreSQL the
+            # two go in one round trip (psycopg's pipeline: the server still runs them in turn)
+            if conn.dialect.name == "postgresql":
+                dbapi = conn.connection.dbapi_connection
+                with dbapi.pipeline():
+                    dbapi.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+                    head = dbapi.execute(CHAIN_HEAD_SQL.replace("?", "%s"), (run_id, run_id))
+                found = head.fetchone()
+            else:
+                found = conn.exec_driver_sql(CHAIN_HEAD_SQL, (run_id, run_id)).first()
             if found is None:
                 raise LedgerError(f"ledger {self.url} has no run {run_id!r}")
             header, status = found[0], found[1]
@@ -570,8 +574,9 @@ class Ledger:
             rs = self._resolve(conn, run_id, round_index, pe, list(resolutions))
             if tr or pe or rs:
                 self._check_floors(conn, run_id, tr, pe, rs)
-            t_lines = transfer_lines(tr)  # in id order; encoded once: the round hash and the Merkle leaves
-            t_block = "\n".join(t_lines).encode()
+            t_lines = transfer_lines(tr)  # in id order; encoded once: the round hash, the Merkle leaves, COPY
+            t_text = "\n".join(t_lines)
+            t_block = t_text.encode()
             h = round_hash_of_block(prev, round_index, ev, t_block, pending=pe, resolutions=rs, arrays=arrays)
             bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
             if self.signer:  # the round's Merkle root and signed head, in its transaction
@@ -579,7 +584,7 @@ class Ledger:
             bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
             bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
             fault_point("settle", round_index)
-            insert_transfers(conn, run_id, round_index, tr)
+            insert_transfers(conn, run_id, round_index, tr, t_text)
             bulk_insert(conn, "pending_transfers", TRANSFER_COLUMNS,
                         [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in pe])
             bulk_insert(conn, "pending_resolutions", RESOLUTION_COLUMNS,
@@ -743,20 +748,26 @@ TRANSFER_ROW_COLUMNS = ("id", "kind", "debit", "credit", "amount", "run_id", "ro
 RESOLUTION_COLUMNS = ("pending_id", "run_id", "round_index", "state", "amount")
 
 
-def insert_transfers(conn: Connection, run_id: str, round_index: int, tr: list[tuple]) -> None:
+def insert_transfers(conn: Connection, run_id: str, round_index: int, tr: list[tuple],
+                     t_text: str | None = None) -> None:
     """Insert a round's transfers ``(id, kind, debit, credit, amount)`` through the driver.
 
     On PostgreSQL the rows go to ``COPY`` as one block of text (one ``write`` instead of a
-    Python call per row) when no field needs COPY escaping; otherwise row by row.
+    Python call per row) when no field needs COPY escaping; otherwise row by row. The block
+    is the round hash's transfer lines (``t_text``: ``transfer_lines`` joined by newlines,
+    when the caller has them) with their ``T`` dropped and the round's columns appended,
+    in two C passes over the text.
     """
     if not tr:
         return
     if conn.dialect.name == "postgresql":
-        block = "".join([f"{i}\t{run_id}\t{round_index}\t{k}\t{d}\t{c}\t{m}\n" for i, k, d, c, m in tr])
+        text = "\n".join(transfer_lines(tr)) if t_text is None else t_text
+        tail = f"\t{run_id}\t{round_index}"
+        block = text[2:].replace("\nT\t", tail + "\n") + tail + "\n"
         plain = "\\" not in block and "\r" not in block  # nothing COPY would unescape
         if plain and block.count("\t") == 6 * len(tr) and block.count("\n") == len(tr):
             with conn.connection.dbapi_connection.cursor() as cur, \
-                    cur.copy(f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN") as copy:
+                    cur.copy(f"COPY transfers ({', '.join(TRANSFER_ROW_COLUMNS)}) FROM STDIN") as copy:
                 copy.write(block)
             return
     # the round's constants appended to each row in C (``tuple + tail``): no Python step per row
