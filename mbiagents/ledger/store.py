@@ -17,16 +17,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import queue
 import re
+import threading
 import uuid
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import islice, repeat
+from itertools import count, islice, repeat
 from operator import add, itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, make_url, select, update
@@ -607,9 +609,10 @@ class Ledger:
             # (10^6 agents: 8 MB), so array rows come ARRAY_BATCH_BYTES at a time (at least 4)
             accounts = conn.execute(select(func.count()).select_from(Account).where(Account.run_id == run_id)).scalar()
             batch = {**RUN_ROWS_BATCH, "arrays": max(4, ARRAY_BATCH_BYTES // (8 * max(1, accounts or 0)))}
-            heads, events, transfers, arrays = (_rounds_of(driver_batches(conn, RUN_ROWS_SQL[t], run_id,
-                                                                          batch=batch[t]))
-                                                for t in RUN_ROWS_SQL)
+            streams = {t: driver_batches(conn, RUN_ROWS_SQL[t], run_id, batch=batch[t]) for t in RUN_ROWS_SQL}
+            if conn.dialect.name == "postgresql":  # the bulk of a run: fetched while the rounds before are used
+                streams["transfers"] = prefetched(streams["transfers"])
+            heads, events, transfers, arrays = (_rounds_of(streams[t]) for t in RUN_ROWS_SQL)
             # transfers come in index order of rounds and are sorted by id within a round here,
             # which spares the database a sort of the whole run (they mostly come sorted: one pass)
             streams = [heads, events, ((i, sorted(rows)) for i, rows in transfers),
@@ -804,8 +807,7 @@ def driver_batches(conn: Connection, sql: str, *params: Any, batch: int = 20_000
     at a time, so memory is bounded by the batch, not the query."""
     dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
-        driver_batches.n = getattr(driver_batches, "n", 0) + 1
-        cur = dbapi.cursor(name=f"mbi_rows_{driver_batches.n}")
+        cur = dbapi.cursor(name=f"mbi_rows_{next(_CURSOR_NAMES)}")
         sql = sql.replace("?", "%s")
     else:
         cur = dbapi.cursor()
@@ -816,6 +818,57 @@ def driver_batches(conn: Connection, sql: str, *params: Any, batch: int = 20_000
             del rows
     finally:
         cur.close()
+
+
+T = TypeVar("T")
+_CURSOR_NAMES = count(1)  # server-side cursors' names, unique in the process (``next`` is atomic)
+
+
+def prefetched(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``batches`` read by a thread of their own, up to ``depth`` ahead of the consumer.
+
+    For PostgreSQL's server-side cursors: a fetch waits on the server with the GIL released,
+    so the server produces the next batch while the consumer works on this one (psycopg's
+    connections are thread-safe; the thread uses its own cursor). Errors reach the consumer;
+    closing the iterator stops the thread after its current fetch and closes ``batches``.
+    """
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not put((True, b)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, exc))
+
+    thread = threading.Thread(target=produce, name="mbi-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = q.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 _TAIL = itemgetter(slice(1, None))  # a row without its first column

@@ -138,3 +138,39 @@ def test_accounts_from_columns_and_payment_batches_over_the_runs_list_or_another
     assert ledger.balances(run) == {"agent:a": -3, "agent:b": 2, "agent:c": 0, "treasury": 1, "escrow": 0}
     assert [t[1:] for t in ledger.read_rounds(run)[0].transfers] == [
         ("clarke", "agent:a", "treasury", 3), ("clarke", "treasury", "agent:b", 2)]
+
+
+# ---- prefetched (PostgreSQL's transfer batches read by a thread of their own) ------------
+def test_prefetched_keeps_order_and_raises_the_sources_error():
+    from mbiagents.ledger.store import prefetched
+
+    assert list(prefetched(iter(range(100)), depth=2)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("fetch failed")
+
+    got = prefetched(failing())
+    assert next(got) == 1
+    with pytest.raises(ValueError, match="fetch failed"):
+        next(got)
+
+
+def test_prefetched_closed_early_stops_its_thread_and_closes_the_source():
+    import threading
+
+    from mbiagents.ledger.store import prefetched
+
+    closed = []
+
+    def source():
+        try:
+            yield from range(10**9)
+        finally:
+            closed.append(True)
+
+    got = prefetched(source(), depth=2)
+    assert [next(got) for _ in range(5)] == [0, 1, 2, 3, 4]
+    got.close()
+    assert closed == [True]
+    assert not any(t.name == "mbi-prefetch" for t in threading.enumerate())
