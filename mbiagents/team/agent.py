@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Awaitable, Callable, Union
 
 from mbiagents.team.budget import Wallet
 from mbiagents.team.types import Budget, Task
@@ -82,6 +82,9 @@ class Agent:
     budget: Budget | None = None
     description: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    #: releases what the agent holds on the running event loop (an LLM agent's client); the
+    #: market awaits it when a run ends or pauses
+    close: Callable[[], Awaitable[None]] | None = None
 
     async def abid(self, task: Task, ctx: WorkContext) -> Any:
         if isinstance(self.bid, (int, float)) and not isinstance(self.bid, bool):
@@ -93,11 +96,12 @@ class Agent:
 
 
 def as_agent(obj: Any) -> Agent:
-    """An :class:`Agent` as is, or an object with ``id``, ``bid`` and ``work`` attributes."""
+    """An :class:`Agent` as is, or an object with ``id``, ``bid`` and ``work`` attributes
+    (and, optionally, ``capacity``, ``budget`` and an async ``aclose``: ``Agent.close``)."""
     if isinstance(obj, Agent):
         return obj
     if all(hasattr(obj, a) for a in ("id", "bid", "work")):
         return Agent(id=obj.id, bid=obj.bid, work=obj.work, capacity=getattr(obj, "capacity", 1),
-                     budget=getattr(obj, "budget", None))
+                     budget=getattr(obj, "budget", None), close=getattr(obj, "aclose", None))
     raise TypeError(f"{obj!r} is not an agent: give an mbiagents.Agent or an object with id, bid and work")
 

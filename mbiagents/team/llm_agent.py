@@ -20,6 +20,11 @@ sent and is charged its reported usage (``prompt + completion tokens``) after; e
 call reserves and is charged the tool's ``price``. With policy ``warn`` a model call that
 does not fit gets fewer ``max_tokens``. Every call (tokens, model, tool name) is in the
 round's ``usage`` event.
+
+Connections: an agent keeps one ``AsyncOpenAI`` client (one connection pool) per event
+loop for all its calls there, so its bids, work steps and tool rounds reuse their
+connections (no new TCP or TLS handshake per call); the market closes it at the end of a
+run (``aclose``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -119,18 +125,35 @@ class LLMAgent:
     capacity: int = 1
     max_steps: int = 6
 
+    _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         self.tools = [t if isinstance(t, Tool) else Tool(t) for t in self.tools]
         self._tools = {t.name: t for t in self.tools}
 
-    def _client(self):
-        from openai import AsyncOpenAI
+    def client(self):
+        """This agent's ``AsyncOpenAI`` client on the running event loop: made on first use,
+        then every call of the agent there shares its connection pool (a pool belongs to
+        the loop that opened its connections, so another loop gets its own client)."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed():
+            from openai import AsyncOpenAI
 
-        from mbiagents.agents.llm import NO_KEY
+            from mbiagents.agents.llm import NO_KEY
 
-        s = self.settings
-        return AsyncOpenAI(api_key=s.api_key() or NO_KEY, base_url=s.base_url, timeout=s.timeout_s,
-                           max_retries=s.max_retries)
+            s = self.settings
+            client = self._clients[loop] = AsyncOpenAI(api_key=s.api_key() or NO_KEY, base_url=s.base_url,
+                                                       timeout=s.timeout_s, max_retries=s.max_retries)
+        return client
+
+    async def aclose(self) -> None:
+        """Close this agent's client on the running loop (its connections); the next call
+        opens a new one. ``TaskMarket`` calls it when a run ends or pauses."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
 
     def _system(self) -> str:
         return (f"You are agent {self.id} of a team. {self.persona}".strip() +
@@ -169,17 +192,17 @@ class LLMAgent:
         from mbiagents.agents.llm import extract_json
 
         errors = []
-        async with self._client() as client:
-            for _ in range(self.settings.validation_retries + 1):
-                resp = await self._complete(client, ctx, messages, "bid")
-                text = (resp.choices[0].message.content or "") if resp.choices else ""
-                try:
-                    return _Bid.model_validate(extract_json(text)).cost
-                except (ValueError, ValidationError) as exc:
-                    errors.append(str(exc).splitlines()[0][:200])
-                    messages = messages[:2] + [{"role": "assistant", "content": text[:1000]},
-                                               {"role": "user", "content": f"Rejected: {errors[-1]}. Reply with "
-                                                "only the JSON object."}]
+        client = self.client()
+        for _ in range(self.settings.validation_retries + 1):
+            resp = await self._complete(client, ctx, messages, "bid")
+            text = (resp.choices[0].message.content or "") if resp.choices else ""
+            try:
+                return _Bid.model_validate(extract_json(text)).cost
+            except (ValueError, ValidationError) as exc:
+                errors.append(str(exc).splitlines()[0][:200])
+                messages = messages[:2] + [{"role": "assistant", "content": text[:1000]},
+                                           {"role": "user", "content": f"Rejected: {errors[-1]}. Reply with "
+                                            "only the JSON object."}]
         raise ValueError(f"no valid bid after {len(errors)} answers: {errors[-1]}")
 
     async def work(self, task: Task, ctx: WorkContext) -> str:
@@ -187,22 +210,22 @@ class LLMAgent:
                                           {"role": "user", "content": _task_text(task) +
                                            "\n\nUse the tools if they help; then answer with the deliverable."}]
         specs = [t.spec() for t in self.tools]
-        async with self._client() as client:
-            for _ in range(self.max_steps):
-                resp = await self._complete(client, ctx, messages, "work", **({"tools": specs} if specs else {}))
-                if not resp.choices:
-                    raise RuntimeError("the model returned no choices")
-                msg = resp.choices[0].message
-                calls = msg.tool_calls or []
-                if not calls:
-                    return msg.content or ""
-                messages.append({"role": "assistant", "content": msg.content,
-                                 "tool_calls": [{"id": c.id, "type": "function",
-                                                 "function": {"name": c.function.name,
-                                                              "arguments": c.function.arguments}} for c in calls]})
-                results = await asyncio.gather(*(self._run_tool(ctx, c.function.name, c.function.arguments)
-                                                 for c in calls))
-                messages += [{"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(calls, results)]
+        client = self.client()
+        for _ in range(self.max_steps):
+            resp = await self._complete(client, ctx, messages, "work", **({"tools": specs} if specs else {}))
+            if not resp.choices:
+                raise RuntimeError("the model returned no choices")
+            msg = resp.choices[0].message
+            calls = msg.tool_calls or []
+            if not calls:
+                return msg.content or ""
+            messages.append({"role": "assistant", "content": msg.content,
+                             "tool_calls": [{"id": c.id, "type": "function",
+                                             "function": {"name": c.function.name,
+                                                          "arguments": c.function.arguments}} for c in calls]})
+            results = await asyncio.gather(*(self._run_tool(ctx, c.function.name, c.function.arguments)
+                                             for c in calls))
+            messages += [{"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(calls, results)]
         raise RuntimeError(f"no final answer within {self.max_steps} model calls")
 
     async def _run_tool(self, ctx: WorkContext, name: str, arguments: str) -> str:

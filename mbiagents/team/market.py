@@ -407,7 +407,13 @@ class TaskMarket:
         with self._lock:
             for key in [k for k in self._wallets if k[0] == run_id]:
                 del self._wallets[key]
+        await self._close_agents()
         return {"summary": summary, "results": state.get("results") or []}
+
+    async def _close_agents(self) -> None:
+        """Let the agents release what they hold on this event loop (``Agent.close``: an LLM
+        agent's connections); a failure to close is no failure of the run."""
+        await asyncio.gather(*(a.close() for a in self.agents if a.close is not None), return_exceptions=True)
 
     # ---- the graph ------------------------------------------------------------------
     def graph(self, checkpointer: Any = None):
@@ -463,7 +469,10 @@ class TaskMarket:
             inp = None  # continue from the newest checkpoint (after a crash)
         else:
             inp = {"tasks": [t.model_dump(mode="json") if isinstance(t, Task) else t for t in tasks]}
-        out = await graph.ainvoke(inp, config, durability="sync")
+        try:
+            out = await graph.ainvoke(inp, config, durability="sync")
+        finally:  # the run ended, paused at an interrupt or failed: its agents' connections go
+            await self._close_agents()
         state = (await graph.aget_state(config)).values
         run_id = out.get("run_id") or state.get("run_id", "")
         interrupts = list(out.get("__interrupt__", []))

@@ -99,6 +99,7 @@ class RecordedRequest:
     reply: Reply | None = None
     delay_s: float = 0.0
     authorization: str | None = None  # the Authorization header as received
+    peer: str | None = None  # the client's host:port (one per TCP connection)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -207,6 +208,7 @@ class ScriptedOpenAIServer:
             body=body,
             received_at=time.time(),
             authorization=request.headers.get("authorization"),
+            peer=f"{request.client.host}:{request.client.port}" if request.client else None,
         )
         with self._lock:
             self.requests.append(req)

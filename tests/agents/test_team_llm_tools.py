@@ -86,3 +86,28 @@ def test_llm_budget_runs_out_mid_task(openai_server, sqlite_url):
     report = market.audit(res.run_id)
     assert report.ok and {c.name for c in report.checks} >= {"no_overdraft", "spend_recompute"}
     assert len([r for r in srv.requests if r.step == "work"]) < 20
+
+
+def test_an_agents_calls_share_one_connection_and_the_run_closes_it(openai_server, sqlite_url):
+    """Bid, work steps and tool rounds of an LLM agent go through one client and one kept-alive
+    connection (not a client, a TCP handshake, per call); the market closes it when the run ends."""
+    srv = openai_server
+
+    @srv.script
+    def answer(req: RecordedRequest):
+        if req.step == "bid":
+            return Reply.json({"cost": 2.0})
+        return Reply.tool_call("run_python", {"code": "print(1)"}) if len(req.tool_results) < 3 else Reply.text("done")
+
+    coder = mbi.LLMAgent("coder", settings=settings(srv), tools=[mbi.Tool(run_python)])
+    market = mbi.TaskMarket([coder], ledger=sqlite_url, max_rounds=1, max_bid=100)
+    res = market.run([TASK])
+    assert [r["output"] for r in res.results] == ["done"]
+    mine = [r for r in srv.requests if r.agent == "coder"]
+    assert [r.step for r in mine] == ["bid"] + ["work"] * 4
+    assert len({r.peer for r in mine}) == 1, [r.peer for r in mine]
+    assert len(coder._clients) == 0  # closed with the run (its loop is gone too)
+    before = len(srv.requests)
+    again = market.run([TASK])  # a new run on a new event loop: a new client, closed again
+    assert [r["output"] for r in again.results] == ["done"] and len(coder._clients) == 0
+    assert len({r.peer for r in srv.requests[before:]}) == 1
