@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
 
 from mbiagents.ledger.hashing import round_hash_of_parts, transfer_lines
+from mbiagents.ledger.invariants import transfers_clean
 
 Transfer = tuple[str, str, str, str, int]  # id, kind, debit, credit, amount
 
@@ -140,55 +141,62 @@ def root_from_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) 
 
 #: what ``round_digests`` reads: the round's text around its transfer lines
 #: (``hashing.round_text_parts``); its transfers column-wise, each text column joined by
-#: newlines (ids, kinds, debits, credits: no field holds a newline) and the amounts as
-#: native int64 bytes; and whether the Merkle root is wanted
-DigestRequest = tuple[bytes, bytes, str, str, str, str, bytes, bool]
+#: newlines and the amounts as native int64 bytes, and their number; whether the Merkle
+#: root is wanted; the run and round, for the transfers' ids
+DigestRequest = tuple[bytes, bytes, str, str, str, str, bytes, int, bool, str, int]
 
 
-def digest_request(head: bytes, tail: bytes, columns: tuple[tuple, ...], want_root: bool) -> DigestRequest:
-    """The ``DigestRequest`` of a round whose transfers, column-wise (``RoundRecord.columns``),
-    have text fields without newlines and integer amounts (``OverflowError`` past int64)."""
+def digest_request(head: bytes, tail: bytes, columns: tuple[tuple, ...], want_root: bool, run_id: str,
+                   index: int) -> DigestRequest:
+    """The ``DigestRequest`` of a round whose transfers are given column-wise
+    (``RoundRecord.columns``) with integer amounts (``OverflowError`` past int64)."""
     if not columns:
-        return head, tail, "", "", "", "", b"", want_root
+        return head, tail, "", "", "", "", b"", 0, want_root, run_id, index
     ids, kinds, debits, credits, amounts = columns
     return (head, tail, "\n".join(ids), "\n".join(kinds), "\n".join(debits), "\n".join(credits),
-            array("q", amounts).tobytes(), want_root)
+            array("q", amounts).tobytes(), len(ids), want_root, run_id, index)
 
 
-def round_digests(req: DigestRequest) -> tuple[str, bytes | None]:
-    """A round's hash (``hashing.round_hash``) and, if asked, its transfers' Merkle root,
-    from one encoding of its transfer lines."""
-    head, tail, ids, kinds, debits, credits, amounts, want_root = req
-    block = b""
-    if ids:
-        block = "\n".join(transfer_lines(zip(ids.split("\n"), kinds.split("\n"), debits.split("\n"),
-                                             credits.split("\n"), array("q", amounts)))).encode()
-    return round_hash_of_parts(head, block, tail), block_root(block) if want_root else None
+def round_digests(req: DigestRequest, accounts: frozenset[str]) -> tuple[str, bytes | None, bool] | None:
+    """A round's hash (``hashing.round_hash``), its transfers' Merkle root if asked, and
+    whether they are clean (``invariants.transfers_clean`` against the run's ``accounts``);
+    ``None`` when a text field holds a newline, so that the columns do not split back into
+    the rows (the caller digests that round from its rows)."""
+    head, tail, ids, kinds, debits, credits, amounts, n, want_root, run_id, index = req
+    columns: tuple = ()
+    if n:
+        columns = (*(c.split("\n") for c in (ids, kinds, debits, credits)), array("q", amounts))
+        if any(len(c) != n for c in columns):
+            return None
+    block = "\n".join(transfer_lines(zip(*columns))).encode() if n else b""
+    return (round_hash_of_parts(head, block, tail), block_root(block) if want_root else None,
+            transfers_clean(run_id, index, columns, accounts))
 
 
 # The protocol between ``DigestWorker`` and ``serve_digests``, over the helper's stdin/stdout:
-# each request is a 4-byte big-endian length and a ``DigestRequest`` in ``marshal`` form
-# (bytes and a flag: a copy, no encoding),
-# each reply the round hash (64 hex digits) and the root (32 bytes; zeros when not asked),
+# each message is a 4-byte big-endian length and a ``marshal`` form: first the run's account
+# names (a frozenset), then ``DigestRequest``s; each reply is the round hash (64 hex digits),
+# the root (32 bytes; zeros when not asked) and a flag byte (1: clean, 2: digests computed),
 # in request order; the helper exits at end of input.
-_REPLY = 96
+_REPLY = 97
 
 
 class DigestWorker:
     """``round_digests`` computed by a helper process while the caller goes on.
 
-    ``submit(req)`` queues a request and returns its ticket; ``result(ticket)`` waits for its
-    digests. Tickets must be redeemed in order. Requests go to the helper without blocking
+    ``DigestWorker(accounts)`` starts the helper for a run's account names; ``submit(req)``
+    queues a request and returns its ticket; ``result(ticket)`` waits for its
+    ``round_digests``. Tickets must be redeemed in order. Requests go to the helper without blocking
     the caller while its pipe has room (the rest waits here, up to ``MAX_QUEUED`` bytes
     before ``submit`` waits); a caller that keeps at most ``MAX_UNREAD`` results
     unredeemed never lets the helper block on its output, so neither side can deadlock. A
     helper that dies raises ``OSError`` from either call.
     """
 
-    MAX_UNREAD = 512  # replies of 96 bytes: under 64 KiB, a pipe's smallest size
+    MAX_UNREAD = 512  # replies of 97 bytes: under 64 KiB, a pipe's smallest size
     MAX_QUEUED = 8 << 20  # bytes of requests held here when the helper falls behind
 
-    def __init__(self) -> None:
+    def __init__(self, accounts: frozenset[str]) -> None:
         # isolated (``-I``: no site, no environment): the helper imports this module and the
         # standard library only, from where this process found it, and starts in ~30 ms; it
         # runs niced, as it has slack (the caller runs ahead) where the caller and a
@@ -204,17 +212,20 @@ class DigestWorker:
         self.queued = 0  # bytes in ``queue``
         self.submitted = 0  # bytes of all requests
         self.sent = self.read = 0
+        self._send(marshal.dumps(frozenset(accounts)))
 
     def submit(self, req: DigestRequest) -> int:
-        data = marshal.dumps(req)
+        self._send(marshal.dumps(req))
+        self.sent += 1
+        return self.sent - 1
+
+    def _send(self, data: bytes) -> None:
         self.queue.append(memoryview(len(data).to_bytes(4, "big") + data))
         self.queued += len(self.queue[-1])
         self.submitted += len(self.queue[-1])
         self._pump(self.MAX_QUEUED)
-        self.sent += 1
-        return self.sent - 1
 
-    def result(self, ticket: int) -> tuple[str, bytes]:
+    def result(self, ticket: int) -> tuple[str, bytes | None, bool] | None:
         if ticket != self.read:
             raise ValueError(f"digest {ticket} asked for out of order (next is {self.read})")
         self._pump(0)  # the helper must have every request asked for (and those before it)
@@ -222,7 +233,9 @@ class DigestWorker:
         if len(reply) != _REPLY:
             raise OSError(f"the digest helper process exited (code {self.proc.poll()})")
         self.read += 1
-        return reply[:64].decode(), reply[64:]
+        if not reply[96] & 2:
+            return None
+        return reply[:64].decode(), reply[64:96], bool(reply[96] & 1)
 
     def _pump(self, keep: int) -> None:
         """Write queued bytes while the pipe takes them; wait for room while more than
@@ -269,9 +282,20 @@ def _widen_pipe(fd: int) -> None:
 
 
 def serve_digests(inp: BinaryIO | None = None, out: BinaryIO | None = None) -> None:
-    """The helper's loop: ``round_digests`` of each request read, until end of input."""
+    """The helper's loop: the run's accounts, then ``round_digests`` of each request read,
+    until end of input."""
     inp, out = inp or sys.stdin.buffer, out or sys.stdout.buffer
-    while len(head := inp.read(4)) == 4:
-        h, root = round_digests(marshal.loads(inp.read(int.from_bytes(head, "big"))))
-        out.write(h.encode() + (root or bytes(32)))
+
+    def message() -> object:
+        head = inp.read(4)
+        return marshal.loads(inp.read(int.from_bytes(head, "big"))) if len(head) == 4 else None
+
+    accounts = message()
+    while (req := message()) is not None:
+        got = round_digests(req, accounts)  # type: ignore[arg-type]
+        if got is None:
+            out.write(bytes(_REPLY))
+        else:
+            h, root, clean = got
+            out.write(h.encode() + (root or bytes(32)) + bytes([2 | clean]))
         out.flush()

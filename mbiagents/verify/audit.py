@@ -30,13 +30,11 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 from __future__ import annotations
 
 import gc
-import operator
 import os
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -44,6 +42,7 @@ import numpy as np
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
+from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
 from mbiagents.ledger.merkle import DigestWorker, block_root, digest_request, line_leaves, merkle_root
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, run_header, transfer_id
@@ -244,50 +243,59 @@ class _RoundDigests:
             self.worker.close()
 
     def stream(self, records: Iterable[RoundRecord], header_hash: str, needs_root: Callable[[int], bool],
-               clean: Callable[[RoundRecord], bool]) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
-        """``(round, clean(round), digests)`` of each round, in order; a round's hash chains
-        onto the stored hash of the round before it (the header hash for the first). A
-        round whose transfers are not ``clean`` (``_transfers_clean``) or that has pending
-        transfers is digested here, from its lines as they are."""
+               clean: Callable[[RoundRecord], bool], run_id: str,
+               accounts: frozenset[str]) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
+        """``(round, clean, digests)`` of each round, in order: ``clean`` is
+        ``invariants.transfers_clean`` of its transfers against the run's ``accounts``
+        (``clean(round)`` here, or the helper's); a round's hash chains onto the stored hash
+        of the round before it (the header hash for the first). A round with pending
+        transfers, amounts that are not all integers or a text field holding a newline is
+        checked and digested here, from its rows as they are."""
         prev, seen = header_hash, 0
-        ahead: deque[tuple[RoundRecord, bool, _Digests, int | None, bool, int]] = deque()  # not yet out
+        ahead: deque[_Ahead] = deque()  # rounds sent (or held behind those sent), not yet out
         ahead_bytes = 0
         for r in records:
             head, tail = round_text_parts(prev, r.index, r.events, pending=r.pending, resolutions=r.resolutions,
                                           arrays=r.arrays)
-            ok, want = clean(r), needs_root(r.index)
+            want = needs_root(r.index)
             prev, seen = r.hash, seen + len(r.transfers)
             if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
-                self.worker = DigestWorker()
+                self.worker = DigestWorker(accounts)
             req = None
-            if self.worker is not None and ok and not r.pending:
-                try:
-                    req = digest_request(head, tail, r.columns(), want)
-                except OverflowError:  # an amount past int64: digested here
-                    pass
+            if self.worker is not None and not r.pending:
+                columns = r.columns()
+                if not columns or set(map(type, columns[4])) == {int}:
+                    try:
+                        req = digest_request(head, tail, columns, want, run_id, r.index)
+                    except OverflowError:  # an amount past int64
+                        pass
             if req is None:
-                compute = partial(_digests_here, head, tail, transfer_lines(r.transfers), want)
+                here = _Ahead(r, head, tail, want, ok=clean(r))
                 if not ahead:
-                    yield r, ok, _Digests(compute)
-                    continue
-                ahead.append((r, ok, _Digests(compute), None, want, 0))
+                    yield here.out()
+                else:
+                    ahead.append(here)
                 continue
             before = self.worker.submitted  # type: ignore[union-attr]
             ticket = self._call(self.worker.submit, req)  # type: ignore[union-attr]
-            ahead.append((r, ok, _Digests(), ticket, want, self.worker.submitted - before))  # type: ignore[union-attr]
-            ahead_bytes += ahead[-1][-1]
+            ahead.append(_Ahead(r, head, tail, want, ticket=ticket,
+                                size=self.worker.submitted - before))  # type: ignore[union-attr]
+            ahead_bytes += ahead[-1].size
             while len(ahead) > DIGEST_LAG_ROUNDS or (len(ahead) > 1 and ahead_bytes > DIGEST_LAG_BYTES):
-                ahead_bytes -= ahead[0][-1]
-                yield self._out(*ahead.popleft()[:5])
+                ahead_bytes -= ahead[0].size
+                yield self._out(ahead.popleft())
         while ahead:
-            yield self._out(*ahead.popleft()[:5])
+            yield self._out(ahead.popleft())
 
-    def _out(self, r: RoundRecord, ok: bool, d: _Digests, ticket: int | None,
-             want_root: bool) -> tuple[RoundRecord, bool, _Digests]:
-        if ticket is not None:
-            d._hash, root = self._call(self.worker.result, ticket)  # type: ignore[union-attr]
-            d._root = root if want_root else None
-        return r, ok, d
+    def _out(self, a: "_Ahead") -> tuple[RoundRecord, bool, _Digests]:
+        if a.ticket is not None:
+            got = self._call(self.worker.result, a.ticket)  # type: ignore[union-attr]
+            if got is None:  # a field holding a newline: checked and digested here
+                a.ok = False
+            else:
+                h, root, a.ok = got
+                return a.r, a.ok, _Digests(round_hash=h, root=root if a.want else None)
+        return a.out()
 
     @staticmethod
     def _call(fn: Callable, arg: Any) -> Any:
@@ -296,6 +304,25 @@ class _RoundDigests:
         except OSError as exc:
             raise LedgerError(f"audit: the digest helper process failed ({exc}); "
                               f"audit without it (digest_worker=False)") from exc
+
+
+@dataclass
+class _Ahead:
+    """A round in the audit's first stage: its text around the transfer lines, whether its
+    head needs the root, its helper ticket (``None``: digested here) and request size."""
+
+    r: RoundRecord
+    head: bytes
+    tail: bytes
+    want: bool
+    ok: bool = False
+    ticket: int | None = None
+    size: int = 0
+
+    def out(self) -> tuple[RoundRecord, bool, _Digests]:
+        """The round with its digests computed here, when first asked."""
+        return self.r, self.ok, _Digests(partial(_digests_here, self.head, self.tail, transfer_lines(self.r.transfers),
+                                                 self.want))
 
 
 def _digests_here(head: bytes, tail: bytes, lines: list[str], want_root: bool) -> tuple[str, bytes | None]:
@@ -376,9 +403,10 @@ def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None,
     # double entry + idempotency: a whole round column-wise; row by row (naming the first
     # bad row) only when something is off. An id that matches its fields names its round,
     # so a duplicate can only be within a round (constant memory)
-    clean = lambda r: _transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending  # noqa: E731
+    clean = lambda r: transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending  # noqa: E731
                                        else r.columns(), account_names)
-    for r, ok, digests in digests_of.stream(ledger.iter_rounds(run.id), run.header_hash, signed.needs_root, clean):
+    for r, ok, digests in digests_of.stream(ledger.iter_rounds(run.id), run.header_hash, signed.needs_root, clean,
+                                            rid, account_names):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         late = _Held(r, _missing_events(market, r))
@@ -475,34 +503,6 @@ class EscrowAudit:
         if self.floors:
             out.append(self.overdraft)
         return out
-
-
-def _transfers_clean(run_id: str, index: int, columns: tuple[tuple, ...], accounts: frozenset[str]) -> bool:
-    """True if every transfer of round ``index``, given column-wise (``RoundRecord.columns``),
-    passes ``double_entry`` and ``idempotency``: positive integer amounts, two distinct
-    accounts of the run, ids that are the deterministic ids of their fields, no id twice
-    (C loops over the columns; a Python step per row only to build the expected ids)."""
-    if not columns:
-        return True
-    ids, kinds, debits, credits, amounts = columns
-    return (set(map(type, amounts)) == {int} and min(amounts) > 0
-            and not any(map(operator.eq, debits, credits))
-            and accounts.issuperset(debits) and accounts.issuperset(credits)
-            and _ids_match(run_id, index, columns)
-            and (all(map(operator.lt, ids, islice(ids, 1, None))) or len(set(ids)) == len(ids)))
-
-
-def _ids_match(run_id: str, index: int, columns: tuple[tuple, ...]) -> bool:
-    """Every id is ``transfer_id`` of its fields: the ids joined by newlines equal the
-    expected ids joined so, and hold no newline of their own (then the pieces pair up)."""
-    ids, kinds, debits, credits, _ = columns
-    prefix = f"{run_id}:{index}:"
-    try:
-        joined = "\n".join(ids)
-        return (joined == prefix + ("\n" + prefix).join(map(":".join, zip(kinds, debits, credits)))
-                and joined.count("\n") == len(ids) - 1)
-    except TypeError:  # a field that is no text: the row by row check names it
-        return False
 
 
 def _name_bad_transfers(run_id: str, r: RoundRecord, accounts: dict[str, str], double_entry: Check,

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mbiagents.ledger import merkle as merkle_module
 from mbiagents.ledger.hashing import round_text_parts
+from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.merkle import (DigestWorker, digest_request, leaf_hash, line_leaves, merkle_root, round_digests,
                                      transfer_leaves, transfer_line)
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
@@ -101,33 +102,64 @@ def test_round_digests_are_the_documented_hash_and_root(prev, index, events, tra
     is the documented round hash and the RFC 6962 root of the transfers' leaves."""
     rows = sorted(transfers)
     head, tail = round_text_parts(prev, index, events, resolutions=resolutions, arrays=arrays)
-    got_hash, got_root = round_digests(digest_request(head, tail, tuple(zip(*rows)), want_root))
+    got_hash, got_root, clean = round_digests(digest_request(head, tail, tuple(zip(*rows)), want_root, "run", index),
+                                              frozenset())
     assert got_hash == documented_round_hash(prev, index, events, rows, [], resolutions, arrays)
     assert got_root == (merkle_root([leaf_hash(transfer_line(t)) for t in rows]) if want_root else None)
+    assert clean == (not rows)  # no account is the run's: only a round without transfers is clean
+
+
+def clean_rows(run_id: str, index: int, n: int) -> list[tuple]:
+    return sorted((f"{run_id}:{index}:pay:agent:a{j}:treasury", "pay", f"agent:a{j}", "treasury", j + 1)
+                  for j in range(n))
+
+
+ACCOUNTS = frozenset(["treasury", *(f"agent:a{j}" for j in range(100))])
+
+
+@pytest.mark.parametrize("tamper, clean", [
+    (lambda rows: rows, True),
+    (lambda rows: rows[:1] + [(rows[1][0], "pay", rows[1][2], rows[1][2], 5)] + rows[2:], False),  # debit = credit
+    (lambda rows: rows[:1] + [(rows[1][0], "pay", "agent:zed", "treasury", 5)] + rows[2:], False),  # no such account
+    (lambda rows: rows[:1] + [(rows[1][0] + "x", *rows[1][1:])] + rows[2:], False),  # id of other fields
+    (lambda rows: rows[:1] + [rows[1][:4] + (0,)] + rows[2:], False),  # amount not positive
+    (lambda rows: rows[:2] + rows[1:], False),  # an id twice
+])
+def test_the_helpers_clean_check_is_the_audits(tamper, clean):
+    rows = tamper(clean_rows("run", 3, 6))
+    req = digest_request(b"R\t3\tp", b"", tuple(zip(*rows)), False, "run", 3)
+    assert round_digests(req, ACCOUNTS)[2] is clean is transfers_clean("run", 3, tuple(zip(*rows)), ACCOUNTS)
+
+
+def test_round_digests_refuse_columns_that_do_not_split_back():
+    rows = [("run:0:pay:a\nb:treasury", "pay", "a\nb", "treasury", 5)]
+    assert round_digests(digest_request(b"R\t0\tp", b"", tuple(zip(*rows)), True, "run", 0), ACCOUNTS) is None
 
 
 def test_digest_worker_answers_in_order_as_round_digests_does():
-    rows = [(f"r:{i}:k:a:b{j}", "k", "a", f"b{j}", j + 1) for i in range(3) for j in range(i * 40)]
-    reqs = [digest_request(f"R\t{i}\tp".encode(), b"", tuple(zip(*rows[: i * 17])), bool(i % 2)) for i in range(7)]
-    worker = DigestWorker()
+    reqs = [digest_request(f"R\t{i}\tp".encode(), b"", tuple(zip(*clean_rows("run", i, i * 13))), bool(i % 2),
+                           "run", i) for i in range(7)]
+    worker = DigestWorker(ACCOUNTS)
     try:
         tickets = [worker.submit(q) for q in reqs]
         with pytest.raises(ValueError, match="out of order"):
             worker.result(tickets[1])
         for t, q in zip(tickets, reqs):
-            h, root = round_digests(q)
-            assert worker.result(t) == (h, root or bytes(32))
+            h, root, clean = round_digests(q, ACCOUNTS)
+            assert worker.result(t) == (h, root or bytes(32), clean) and clean
+        bad = [("run:0:pay:a\nb:treasury", "pay", "a\nb", "treasury", 5)]
+        assert worker.result(worker.submit(digest_request(b"R", b"", tuple(zip(*bad)), True, "run", 0))) is None
     finally:
         worker.close()
     assert worker.proc.returncode == 0
 
 
 def test_digest_worker_that_died_raises_oserror():
-    worker = DigestWorker()
+    worker = DigestWorker(ACCOUNTS)
     worker.proc.kill()
     worker.proc.wait()
     with pytest.raises(OSError):
-        worker.result(worker.submit(digest_request(b"R\t0\tp", b"", (), True)))
+        worker.result(worker.submit(digest_request(b"R\t0\tp", b"", (), True, "run", 0)))
     worker.close()
 
 

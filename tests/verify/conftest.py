@@ -16,8 +16,8 @@ def digests_where(request, monkeypatch):
     started: list[DigestWorker] = []
 
     class Counted(DigestWorker):
-        def __init__(self) -> None:
-            super().__init__()
+        def __init__(self, accounts: frozenset[str]) -> None:
+            super().__init__(accounts)
             started.append(self)
 
     monkeypatch.setattr(audit_module, "DigestWorker", Counted)
