@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import os
+import warnings
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -181,10 +182,12 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     recomputation needs from earlier rounds; nothing else of them is kept.
     ``trust`` adds what the auditor trusts from outside the database
     (``mbiagents.verify.trust``): trusted public keys, a witness file, an expected head.
-    ``digest_worker``: compute the round hashes and the heads' Merkle roots in a helper
-    process on another core (``merkle.DigestWorker``) while this one reads and checks the
-    rows; ``None`` (default) does so once the run has shown ``DIGEST_WORKER_TRANSFERS``
-    transfers, on a machine with two or more CPUs.
+    ``digest_worker``: compute the round hashes, the heads' Merkle roots and the transfers'
+    double-entry and id checks in a helper process on another core (``merkle.DigestWorker``)
+    while this one reads the rows and does the rest; ``None`` (default) does so once the
+    run has shown ``DIGEST_WORKER_TRANSFERS`` transfers, on a machine with two or more
+    CPUs. A helper that cannot start or dies leaves the rest of the audit to this process
+    (a ``RuntimeWarning``), with the same report.
     """
     with _old_objects_frozen(), _RoundDigests(digest_worker) as digests:
         return _audit_run(ledger, run_id, trust, digests)
@@ -251,7 +254,7 @@ class _RoundDigests:
         of the round before it (the header hash for the first). A round with pending
         transfers, amounts that are not all integers or a text field holding a newline is
         checked and digested here, from its rows as they are."""
-        prev, seen = header_hash, 0
+        prev, seen, self.clean = header_hash, 0, clean
         ahead: deque[_Ahead] = deque()  # rounds sent (or held behind those sent), not yet out
         ahead_bytes = 0
         for r in records:
@@ -260,7 +263,7 @@ class _RoundDigests:
             want = needs_root(r.index)
             prev, seen = r.hash, seen + len(r.transfers)
             if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
-                self.worker = DigestWorker(accounts)
+                self._start(accounts)
             req = None
             if self.worker is not None and not r.pending:
                 columns = r.columns()
@@ -277,7 +280,12 @@ class _RoundDigests:
                     ahead.append(here)
                 continue
             before = self.worker.submitted  # type: ignore[union-attr]
-            ticket = self._call(self.worker.submit, req)  # type: ignore[union-attr]
+            try:
+                ticket = self.worker.submit(req)  # type: ignore[union-attr]
+            except OSError as exc:
+                self._lost(exc)
+                ahead.append(_Ahead(r, head, tail, want, ok=clean(r)))
+                continue
             ahead.append(_Ahead(r, head, tail, want, ticket=ticket,
                                 size=self.worker.submitted - before))  # type: ignore[union-attr]
             ahead_bytes += ahead[-1].size
@@ -288,22 +296,34 @@ class _RoundDigests:
             yield self._out(ahead.popleft())
 
     def _out(self, a: "_Ahead") -> tuple[RoundRecord, bool, _Digests]:
-        if a.ticket is not None:
-            got = self._call(self.worker.result, a.ticket)  # type: ignore[union-attr]
-            if got is None:  # a field holding a newline: checked and digested here
-                a.ok = False
+        if a.ticket is not None and self.worker is not None:
+            try:
+                got = self.worker.result(a.ticket)
+            except OSError as exc:
+                self._lost(exc)
             else:
-                h, root, a.ok = got
-                return a.r, a.ok, _Digests(round_hash=h, root=root if a.want else None)
+                if got is not None:
+                    h, root, ok = got
+                    return a.r, ok, _Digests(round_hash=h, root=root if a.want else None)
+        if a.ticket is not None:  # the helper could not take the round's columns, or is gone
+            a.ok = self.clean(a.r)
         return a.out()
 
-    @staticmethod
-    def _call(fn: Callable, arg: Any) -> Any:
+    def _start(self, accounts: frozenset[str]) -> None:
         try:
-            return fn(arg)
-        except OSError as exc:
-            raise LedgerError(f"audit: the digest helper process failed ({exc}); "
-                              f"audit without it (digest_worker=False)") from exc
+            self.worker = DigestWorker(accounts)
+        except OSError as exc:  # no interpreter to start (an embedded or frozen Python)
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        """The helper failed: the rest of the audit digests here (nothing is lost: every
+        round not yet out is still held with its rows)."""
+        warnings.warn(f"audit: the digest helper process failed ({exc}); digesting in this process",
+                      RuntimeWarning, stacklevel=2)
+        if self.worker is not None:
+            self.worker.proc.kill()
+            self.worker.close()
+        self.worker, self.allowed = None, False
 
 
 @dataclass
