@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
 
-from mbiagents.ledger.hashing import round_hash_of_parts, transfer_lines
+from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
 from mbiagents.ledger.invariants import transfers_clean
 
 Transfer = tuple[str, str, str, str, int]  # id, kind, debit, credit, amount
@@ -141,22 +141,22 @@ def root_from_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) 
 
 # ---- digests on another core -------------------------------------------------------------
 
-#: what ``round_digests`` reads: the round's text around its transfer lines
-#: (``hashing.round_text_parts``); its transfers column-wise, each text column joined by
-#: newlines and the amounts as native int64 bytes, and their number; whether the Merkle
-#: root is wanted; the run and round, for the transfers' ids
-DigestRequest = tuple[bytes, bytes, str, str, str, str, bytes, int, bool, str, int]
+#: what ``round_digests`` reads: a round's previous hash, index, events, array records and
+#: resolutions (``RoundRecord``'s fields; a round with pending transfers is not sent); its
+#: transfers column-wise, each text column joined by newlines and the amounts as native
+#: int64 bytes, and their number; whether the Merkle root is wanted; the run's id
+DigestRequest = tuple[str, int, list, list, list, str, str, str, str, bytes, int, bool, str]
 
 
-def digest_request(head: bytes, tail: bytes, columns: tuple[tuple, ...], want_root: bool, run_id: str,
-                   index: int) -> DigestRequest:
+def digest_request(prev: str, index: int, events: list, arrays: list, resolutions: list,
+                   columns: tuple[tuple, ...], want_root: bool, run_id: str) -> DigestRequest:
     """The ``DigestRequest`` of a round whose transfers are given column-wise
     (``RoundRecord.columns``) with integer amounts (``OverflowError`` past int64)."""
     if not columns:
-        return head, tail, "", "", "", "", b"", 0, want_root, run_id, index
+        return prev, index, events, arrays, resolutions, "", "", "", "", b"", 0, want_root, run_id
     ids, kinds, debits, credits, amounts = columns
-    return (head, tail, "\n".join(ids), "\n".join(kinds), "\n".join(debits), "\n".join(credits),
-            array("q", amounts).tobytes(), len(ids), want_root, run_id, index)
+    return (prev, index, events, arrays, resolutions, "\n".join(ids), "\n".join(kinds), "\n".join(debits),
+            "\n".join(credits), array("q", amounts).tobytes(), len(ids), want_root, run_id)
 
 
 def round_digests(req: DigestRequest, accounts: frozenset[str]) -> tuple[str, bytes | None, bool] | None:
@@ -164,12 +164,13 @@ def round_digests(req: DigestRequest, accounts: frozenset[str]) -> tuple[str, by
     whether they are clean (``invariants.transfers_clean`` against the run's ``accounts``);
     ``None`` when a text field holds a newline, so that the columns do not split back into
     the rows (the caller digests that round from its rows)."""
-    head, tail, ids, kinds, debits, credits, amounts, n, want_root, run_id, index = req
+    prev, index, events, arrays, resolutions, ids, kinds, debits, credits, amounts, n, want_root, run_id = req
     columns: tuple = ()
     if n:
         columns = (*(c.split("\n") for c in (ids, kinds, debits, credits)), array("q", amounts))
         if any(len(c) != n for c in columns):
             return None
+    head, tail = round_text_parts(prev, index, events, resolutions=resolutions, arrays=arrays)
     block = "\n".join(transfer_lines(zip(*columns))).encode() if n else b""
     return (round_hash_of_parts(head, block, tail), block_root(block) if want_root else None,
             transfers_clean(run_id, index, columns, accounts))
@@ -217,6 +218,7 @@ class DigestWorker:
         self._send(marshal.dumps(frozenset(accounts)))
 
     def submit(self, req: DigestRequest) -> int:
+        """Queue ``req`` (``ValueError``: a field of a type ``marshal`` has no form for)."""
         self._send(marshal.dumps(req))
         self.sent += 1
         return self.sent - 1

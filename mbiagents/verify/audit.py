@@ -258,9 +258,7 @@ class _RoundDigests:
         ahead: deque[_Ahead] = deque()  # rounds sent (or held behind those sent), not yet out
         ahead_bytes = 0
         for r in records:
-            head, tail = round_text_parts(prev, r.index, r.events, pending=r.pending, resolutions=r.resolutions,
-                                          arrays=r.arrays)
-            want = needs_root(r.index)
+            want, before_r = needs_root(r.index), prev
             prev, seen = r.hash, seen + len(r.transfers)
             if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
                 self._start(accounts)
@@ -269,11 +267,12 @@ class _RoundDigests:
                 columns = r.columns()
                 if not columns or set(map(type, columns[4])) == {int}:
                     try:
-                        req = digest_request(head, tail, columns, want, run_id, r.index)
+                        req = digest_request(before_r, r.index, r.events, r.arrays, r.resolutions, columns, want,
+                                             run_id)
                     except OverflowError:  # an amount past int64
                         pass
             if req is None:
-                here = _Ahead(r, head, tail, want, ok=clean(r))
+                here = _Ahead(r, before_r, want, ok=clean(r))
                 if not ahead:
                     yield here.out()
                 else:
@@ -282,11 +281,14 @@ class _RoundDigests:
             before = self.worker.submitted  # type: ignore[union-attr]
             try:
                 ticket = self.worker.submit(req)  # type: ignore[union-attr]
+            except ValueError:  # a field of a type marshal cannot send (a tampered row): here
+                ahead.append(_Ahead(r, before_r, want, ok=clean(r)))
+                continue
             except OSError as exc:
                 self._lost(exc)
-                ahead.append(_Ahead(r, head, tail, want, ok=clean(r)))
+                ahead.append(_Ahead(r, before_r, want, ok=clean(r)))
                 continue
-            ahead.append(_Ahead(r, head, tail, want, ticket=ticket,
+            ahead.append(_Ahead(r, before_r, want, ticket=ticket,
                                 size=self.worker.submitted - before))  # type: ignore[union-attr]
             ahead_bytes += ahead[-1].size
             while len(ahead) > DIGEST_LAG_ROUNDS or (len(ahead) > 1 and ahead_bytes > DIGEST_LAG_BYTES):
@@ -328,12 +330,11 @@ class _RoundDigests:
 
 @dataclass
 class _Ahead:
-    """A round in the audit's first stage: its text around the transfer lines, whether its
-    head needs the root, its helper ticket (``None``: digested here) and request size."""
+    """A round in the audit's first stage: the hash it chains onto, whether its head needs
+    the root, whether it is clean, its helper ticket (``None``: digested here) and request size."""
 
     r: RoundRecord
-    head: bytes
-    tail: bytes
+    prev: str
     want: bool
     ok: bool = False
     ticket: int | None = None
@@ -341,13 +342,15 @@ class _Ahead:
 
     def out(self) -> tuple[RoundRecord, bool, _Digests]:
         """The round with its digests computed here, when first asked."""
-        return self.r, self.ok, _Digests(partial(_digests_here, self.head, self.tail, transfer_lines(self.r.transfers),
-                                                 self.want))
+        return self.r, self.ok, _Digests(partial(_digests_here, self.r, self.prev, self.want))
 
 
-def _digests_here(head: bytes, tail: bytes, lines: list[str], want_root: bool) -> tuple[str, bytes | None]:
-    """A round's hash and root computed in this process, from its lines as they are (one
-    holding a newline too)."""
+def _digests_here(r: RoundRecord, prev: str, want_root: bool) -> tuple[str, bytes | None]:
+    """Round ``r``'s hash (chained onto ``prev``) and root, computed in this process from its
+    rows as they are (a line holding a newline too)."""
+    head, tail = round_text_parts(prev, r.index, r.events, pending=r.pending, resolutions=r.resolutions,
+                                  arrays=r.arrays)
+    lines = transfer_lines(r.transfers)
     block = "\n".join(lines).encode()
     h = round_hash_of_parts(head, block, tail)
     if not want_root:

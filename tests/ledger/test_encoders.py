@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mbiagents.ledger import merkle as merkle_module
-from mbiagents.ledger.hashing import round_text_parts
 from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.merkle import (DigestWorker, digest_request, leaf_hash, line_leaves, merkle_root, round_digests,
                                      transfer_leaves, transfer_line)
@@ -101,9 +100,8 @@ def test_round_digests_are_the_documented_hash_and_root(prev, index, events, tra
     """What the audit's helper computes from a request (columns joined, amounts as bytes)
     is the documented round hash and the RFC 6962 root of the transfers' leaves."""
     rows = sorted(transfers)
-    head, tail = round_text_parts(prev, index, events, resolutions=resolutions, arrays=arrays)
-    got_hash, got_root, clean = round_digests(digest_request(head, tail, tuple(zip(*rows)), want_root, "run", index),
-                                              frozenset())
+    got_hash, got_root, clean = round_digests(digest_request(prev, index, events, arrays, resolutions,
+                                                             tuple(zip(*rows)), want_root, "run"), frozenset())
     assert got_hash == documented_round_hash(prev, index, events, rows, [], resolutions, arrays)
     assert got_root == (merkle_root([leaf_hash(transfer_line(t)) for t in rows]) if want_root else None)
     assert clean == (not rows)  # no account is the run's: only a round without transfers is clean
@@ -127,18 +125,18 @@ ACCOUNTS = frozenset(["treasury", *(f"agent:a{j}" for j in range(100))])
 ])
 def test_the_helpers_clean_check_is_the_audits(tamper, clean):
     rows = tamper(clean_rows("run", 3, 6))
-    req = digest_request(b"R\t3\tp", b"", tuple(zip(*rows)), False, "run", 3)
+    req = digest_request("p", 3, [], [], [], tuple(zip(*rows)), False, "run")
     assert round_digests(req, ACCOUNTS)[2] is clean is transfers_clean("run", 3, tuple(zip(*rows)), ACCOUNTS)
 
 
 def test_round_digests_refuse_columns_that_do_not_split_back():
     rows = [("run:0:pay:a\nb:treasury", "pay", "a\nb", "treasury", 5)]
-    assert round_digests(digest_request(b"R\t0\tp", b"", tuple(zip(*rows)), True, "run", 0), ACCOUNTS) is None
+    assert round_digests(digest_request("p", 0, [], [], [], tuple(zip(*rows)), True, "run"), ACCOUNTS) is None
 
 
 def test_digest_worker_answers_in_order_as_round_digests_does():
-    reqs = [digest_request(f"R\t{i}\tp".encode(), b"", tuple(zip(*clean_rows("run", i, i * 13))), bool(i % 2),
-                           "run", i) for i in range(7)]
+    reqs = [digest_request("p", i, [(0, "k", None, "{}")], [("a.x", "<f8", "[2]", bytes(16))], [],
+                           tuple(zip(*clean_rows("run", i, i * 13))), bool(i % 2), "run") for i in range(7)]
     worker = DigestWorker(ACCOUNTS)
     try:
         tickets = [worker.submit(q) for q in reqs]
@@ -148,7 +146,7 @@ def test_digest_worker_answers_in_order_as_round_digests_does():
             h, root, clean = round_digests(q, ACCOUNTS)
             assert worker.result(t) == (h, root or bytes(32), clean) and clean
         bad = [("run:0:pay:a\nb:treasury", "pay", "a\nb", "treasury", 5)]
-        assert worker.result(worker.submit(digest_request(b"R", b"", tuple(zip(*bad)), True, "run", 0))) is None
+        assert worker.result(worker.submit(digest_request("p", 0, [], [], [], tuple(zip(*bad)), True, "run"))) is None
     finally:
         worker.close()
     assert worker.proc.returncode == 0
@@ -159,7 +157,7 @@ def test_digest_worker_that_died_raises_oserror():
     worker.proc.kill()
     worker.proc.wait()
     with pytest.raises(OSError):
-        worker.result(worker.submit(digest_request(b"R\t0\tp", b"", (), True, "run", 0)))
+        worker.result(worker.submit(digest_request("p", 0, [], [], [], (), True, "run")))
     worker.close()
 
 
