@@ -612,28 +612,14 @@ class Ledger:
             # (10^6 agents: 8 MB), so array rows come ARRAY_BATCH_BYTES at a time (at least 4)
             accounts = conn.execute(select(func.count()).select_from(Account).where(Account.run_id == run_id)).scalar()
             batch = {**RUN_ROWS_BATCH, "arrays": max(4, ARRAY_BATCH_BYTES // (8 * max(1, accounts or 0)))}
-            streams = {t: driver_batches(conn, RUN_ROWS_SQL[t], run_id, batch=batch[t]) for t in RUN_ROWS_SQL}
+            sources = {t: driver_batches(conn, RUN_ROWS_SQL[t], run_id, batch=batch[t]) for t in RUN_ROWS_SQL}
             if conn.dialect.name == "postgresql":  # the bulk of a run: fetched while the rounds before are used
-                streams["transfers"] = prefetched(streams["transfers"])
-            heads, events, transfers, arrays = (_rounds_of(streams[t]) for t in RUN_ROWS_SQL)
-            # transfers come in index order of rounds and are sorted by id within a round here,
-            # which spares the database a sort of the whole run (they mostly come sorted: one pass)
-            streams = [heads, events, ((i, sorted(rows)) for i, rows in transfers),
-                       ((i, [(n, d, sh, b if isinstance(b, bytes) else bytes(b)) for n, d, sh, b in rows])
-                        for i, rows in arrays)]
-            current = [next(it, None) for it in streams]
-            while any(c is not None for c in current):
-                index = min(c[0] for c in current if c is not None)
-                rows = []
-                for j, c in enumerate(current):
-                    if c is not None and c[0] == index:
-                        rows.append(c[1])
-                        current[j] = next(streams[j], None)
-                    else:
-                        rows.append([])
-                (prev, h), = rows[0] or [("", "")]
-                yield RoundRecord(index, prev, h, rows[1], rows[2], pending=escrow[0].pop(index, []),
-                                  resolutions=escrow[1].pop(index, []), arrays=rows[3])
+                sources["transfers"] = prefetched(sources["transfers"])
+            try:
+                yield from _merged_rounds(sources, escrow)
+            finally:  # a reader that stops early: no fetch (nor fetching thread) outlives the connection
+                for source in sources.values():
+                    source.close()
 
     def _escrow_rows(self, run_id: str) -> tuple[dict[int, list], dict[int, list]]:
         """A run's pending transfers and resolutions by round (few rows: read at once)."""
@@ -825,6 +811,31 @@ def driver_batches(conn: Connection, sql: str, *params: Any, batch: int = 20_000
 
 T = TypeVar("T")
 _CURSOR_NAMES = count(1)  # server-side cursors' names, unique in the process (``next`` is atomic)
+
+
+def _merged_rounds(sources: dict[str, Iterator[list[tuple]]],
+                   escrow: tuple[dict[int, list], dict[int, list]]) -> Iterator[RoundRecord]:
+    """``Ledger.iter_rounds``'s merge: the batches of the four ``RUN_ROWS_SQL`` queries
+    grouped by round and joined into one ``RoundRecord`` per round index, in order."""
+    heads, events, transfers, arrays = (_rounds_of(sources[t]) for t in RUN_ROWS_SQL)
+    # transfers come in index order of rounds and are sorted by id within a round here,
+    # which spares the database a sort of the whole run (they mostly come sorted: one pass)
+    streams = [heads, events, ((i, sorted(rows)) for i, rows in transfers),
+               ((i, [(n, d, sh, b if isinstance(b, bytes) else bytes(b)) for n, d, sh, b in rows])
+                for i, rows in arrays)]
+    current = [next(it, None) for it in streams]
+    while any(c is not None for c in current):
+        index = min(c[0] for c in current if c is not None)
+        rows = []
+        for j, c in enumerate(current):
+            if c is not None and c[0] == index:
+                rows.append(c[1])
+                current[j] = next(streams[j], None)
+            else:
+                rows.append([])
+        (prev, h), = rows[0] or [("", "")]
+        yield RoundRecord(index, prev, h, rows[1], rows[2], pending=escrow[0].pop(index, []),
+                          resolutions=escrow[1].pop(index, []), arrays=rows[3])
 
 
 def prefetched(batches: Iterator[T], depth: int = 2) -> Iterator[T]:

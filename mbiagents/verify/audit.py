@@ -306,7 +306,8 @@ class _RoundDigests:
             else:
                 if got is not None:
                     h, root, ok = got
-                    return a.r, ok, _Digests(round_hash=h, root=root if a.want else None)
+                    return a.r, ok, _Digests(partial(_digests_here, a.r, a.prev, True), round_hash=h,
+                                             root=root if a.want else None)
         if a.ticket is not None:  # the helper could not take the round's columns, or is gone
             a.ok = self.clean(a.r)
         return a.out()

@@ -174,3 +174,25 @@ def test_prefetched_closed_early_stops_its_thread_and_closes_the_source():
     got.close()
     assert closed == [True]
     assert not any(t.name == "mbi-prefetch" for t in threading.enumerate())
+
+
+@pytest.mark.postgres
+def test_a_reader_that_stops_early_leaves_no_fetching_thread(pg_url):
+    """PostgreSQL's transfers are fetched by a thread; closing ``iter_rounds`` mid-run stops it
+    before the connection goes back to the pool, which then serves the next reader."""
+    import threading
+
+    from mbiagents.ledger import store
+
+    ledger = open_ledger(pg_url)
+    run = new_run(ledger, agents=[f"a{i}" for i in range(50)])
+    for r in range(12):
+        ledger.write_round(run, r, [], [pay(f"a{i}", i + 1 + r) for i in range(50)])
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(store.RUN_ROWS_BATCH, "transfers", 60)  # many fetches per run
+        rounds = ledger.iter_rounds(run)
+        assert [next(rounds).index for _ in range(3)] == [0, 1, 2]
+        rounds.close()
+        assert not any(t.name == "mbi-prefetch" for t in threading.enumerate())
+        assert [r.index for r in ledger.iter_rounds(run)] == list(range(12))
+    ledger.dispose()
