@@ -11,18 +11,20 @@ rest of the ledger.
 
 A long audit hashes each transfer three times (its round hash, its leaf, its share of the
 inner nodes); ``DigestWorker`` moves that work to a helper process (standard library only)
-that computes the round hashes and roots of the rounds sent to it, in order, on another core.
+that computes the round hashes and roots of the rounds sent to it, and checks their
+transfers (``invariants.transfers_clean``), in order, on another core.
 """
 
 from __future__ import annotations
 
 import hashlib
 import marshal
-from array import array
 import os
 import select
+import signal
 import subprocess
 import sys
+from array import array
 from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
@@ -205,9 +207,10 @@ class DigestWorker:
         # runs niced, as it has slack (the caller runs ahead) where the caller and a
         # database server on the same machine have none
         root = str(Path(__file__).resolve().parents[2])
-        self.proc = subprocess.Popen([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {root!r}); "
-                                      "import os; os.nice(5); from mbiagents.ledger.merkle import serve_digests; serve_digests()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                "from mbiagents.ledger.merkle import serve_digests; serve_digests()")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0)
         self.fd = self.proc.stdin.fileno()  # type: ignore[union-attr]
         _widen_pipe(self.fd)
         os.set_blocking(self.fd, False)
@@ -287,15 +290,21 @@ def _widen_pipe(fd: int) -> None:
 
 def serve_digests(inp: BinaryIO | None = None, out: BinaryIO | None = None) -> None:
     """The helper's loop: the run's accounts, then ``round_digests`` of each request read,
-    until end of input."""
+    until end of input (or a message cut short: the caller stopped mid-audit). It runs
+    niced and leaves Ctrl-C to the caller, which ends it by closing its input."""
     inp, out = inp or sys.stdin.buffer, out or sys.stdout.buffer
+    os.nice(5)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def message() -> object:
         head = inp.read(4)
-        return marshal.loads(inp.read(int.from_bytes(head, "big"))) if len(head) == 4 else None
+        body = inp.read(int.from_bytes(head, "big")) if len(head) == 4 else b""
+        if len(head) != 4 or len(body) != int.from_bytes(head, "big"):
+            return None
+        return marshal.loads(body)
 
     accounts = message()
-    while (req := message()) is not None:
+    while accounts is not None and (req := message()) is not None:
         got = round_digests(req, accounts)  # type: ignore[arg-type]
         if got is None:
             out.write(bytes(_REPLY))

@@ -168,3 +168,14 @@ def test_digest_worker_imports_no_database_stack():
     root = str(Path(merkle_module.__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-I", "-c", code % root], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_digest_worker_closed_mid_request_exits_cleanly():
+    """An audit that stops (an error, Ctrl-C) closes the helper with a request half sent:
+    the helper ends quietly (exit 0), not with a traceback on the user's terminal."""
+    rows = clean_rows("run", 0, 100_000)  # ~8 MB of columns: more than the pipe holds
+    worker = DigestWorker(frozenset())
+    worker.submit(digest_request("p", 0, [], [], [], tuple(zip(*rows)), True, "run"))
+    assert worker.queued > 0  # part of it still waits here
+    worker.close()
+    assert worker.proc.returncode == 0
