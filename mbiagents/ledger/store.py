@@ -700,11 +700,12 @@ class Ledger:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """A write transaction; an unreachable or locked database becomes a ``LedgerError``."""
+        """A write transaction; an unreachable or locked database becomes a ``LedgerError``
+        (raised through SQLAlchemy, or by the driver itself: ``COPY``, pipelined statements)."""
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except OperationalError as exc:
+        except (OperationalError, self.engine.dialect.loaded_dbapi.OperationalError) as exc:
             raise LedgerError(f"ledger {self.url} cannot be written: {_short(exc)}") from None
 
     def _session(self):

@@ -196,3 +196,31 @@ def test_a_reader_that_stops_early_leaves_no_fetching_thread(pg_url):
         assert not any(t.name == "mbi-prefetch" for t in threading.enumerate())
         assert [r.index for r in ledger.iter_rounds(run)] == list(range(12))
     ledger.dispose()
+
+
+@pytest.mark.postgres
+def test_a_locked_run_row_is_a_ledger_error_on_postgresql(pg_url):
+    """The write path's pipelined lock of the run row (raw psycopg, not SQLAlchemy) times out
+    as a LedgerError, as a statement through SQLAlchemy would."""
+    from sqlalchemy import event
+
+    from mbiagents.ledger.store import Ledger
+
+    ledger = open_ledger(pg_url)
+    run = new_run(ledger)
+    ledger.write_round(run, 0, [], [pay("a", 1)])
+    impatient = make_engine(pg_url)
+
+    @event.listens_for(impatient, "connect")
+    def _short_lock_timeout(dbapi_conn, _record):
+        with dbapi_conn.cursor() as cur:
+            cur.execute("set lock_timeout = '200ms'")
+        dbapi_conn.commit()
+
+    with ledger.engine.connect() as conn, conn.begin():  # another writer holds the run row
+        conn.execute(text("select 1 from runs where id = :r for update"), {"r": run})
+        with pytest.raises(LedgerError, match="cannot be written"):
+            Ledger(impatient).write_round(run, 1, [], [pay("a", 2)])
+    impatient.dispose()
+    ledger.write_round(run, 1, [], [pay("a", 2)])  # once released, the round goes in
+    ledger.dispose()
