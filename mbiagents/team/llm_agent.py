@@ -24,7 +24,8 @@ round's ``usage`` event.
 Connections: an agent keeps one ``AsyncOpenAI`` client (one connection pool) per event
 loop for all its calls there, so its bids, work steps and tool rounds reuse their
 connections (no new TCP or TLS handshake per call); the market closes it at the end of a
-run (``aclose``).
+run (``aclose``), or, when another run on the same loop is still inside a bid or a work
+with it, as soon as that one leaves.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import asyncio
 import inspect
 import json
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -127,6 +129,9 @@ class LLMAgent:
 
     _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False)
+    # id(client) -> its bids and works in progress; the clients to close once unused
+    _users: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _closing: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.tools = [t if isinstance(t, Tool) else Tool(t) for t in self.tools]
@@ -150,10 +155,30 @@ class LLMAgent:
 
     async def aclose(self) -> None:
         """Close this agent's client on the running loop (its connections); the next call
-        opens a new one. ``TaskMarket`` calls it when a run ends or pauses."""
+        opens a new one. ``TaskMarket`` calls it when a run ends or pauses; a bid or work
+        of another run still using the client keeps it open until it returns."""
         client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
+        if client is None:
+            return
+        if self._users.get(id(client)):
+            self._closing[id(client)] = client
+        else:
             await client.close()
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[Any]:
+        """The client for one bid or one work (all its model calls), counted as in use."""
+        client = self.client()
+        key = id(client)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield client
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                if (closing := self._closing.pop(key, None)) is not None:
+                    await closing.close()
 
     def _system(self) -> str:
         return (f"You are agent {self.id} of a team. {self.persona}".strip() +
@@ -189,10 +214,13 @@ class LLMAgent:
             {"role": "system", "content": self._system()},
             {"role": "user", "content": _task_text(task) + '\n\nAnswer with only the JSON object '
              '{"cost": <your cost estimate in payment units, a number>} or {"cost": null} to abstain.'}]
+        async with self._session() as client:
+            return await self._bid_with(client, ctx, messages)
+
+    async def _bid_with(self, client: Any, ctx: WorkContext, messages: list[dict[str, Any]]) -> float | None:
         from mbiagents.agents.llm import extract_json
 
-        errors = []
-        client = self.client()
+        errors: list[str] = []
         for _ in range(self.settings.validation_retries + 1):
             resp = await self._complete(client, ctx, messages, "bid")
             text = (resp.choices[0].message.content or "") if resp.choices else ""
@@ -209,8 +237,11 @@ class LLMAgent:
         messages: list[dict[str, Any]] = [{"role": "system", "content": self._system()},
                                           {"role": "user", "content": _task_text(task) +
                                            "\n\nUse the tools if they help; then answer with the deliverable."}]
+        async with self._session() as client:
+            return await self._work_with(client, ctx, messages)
+
+    async def _work_with(self, client: Any, ctx: WorkContext, messages: list[dict[str, Any]]) -> str:
         specs = [t.spec() for t in self.tools]
-        client = self.client()
         for _ in range(self.max_steps):
             resp = await self._complete(client, ctx, messages, "work", **({"tools": specs} if specs else {}))
             if not resp.choices:

@@ -111,3 +111,31 @@ def test_an_agents_calls_share_one_connection_and_the_run_closes_it(openai_serve
     again = market.run([TASK])  # a new run on a new event loop: a new client, closed again
     assert [r["output"] for r in again.results] == ["done"] and len(coder._clients) == 0
     assert len({r.peer for r in srv.requests[before:]}) == 1
+
+
+def test_a_run_ending_leaves_a_concurrent_runs_calls_on_the_shared_agent_alone(openai_server, sqlite_url):
+    """Two markets on one event loop share an agent: the first ends (and closes the agent's
+    client) while the second is inside a slow work call on it; that call completes, and the
+    client is closed once it returns."""
+    import asyncio
+
+    srv = openai_server
+
+    @srv.script
+    def answer(req: RecordedRequest):
+        if req.step == "bid":
+            return Reply.json({"cost": 1.0})
+        return Reply.text("slow done", delay_s=0.6) if "slow" in req.last_user else Reply.text("quick done")
+
+    shared = mbi.LLMAgent("shared", settings=settings(srv))
+    quick = mbi.TaskMarket([shared], ledger=sqlite_url, max_rounds=1, max_bid=100)
+    slow = mbi.TaskMarket([shared], ledger=sqlite_url, max_rounds=1, max_bid=100)
+
+    async def both():
+        return await asyncio.gather(quick.arun([mbi.Task(id="q", description="quick", value=5.0)]),
+                                    slow.arun([mbi.Task(id="s", description="slow", value=5.0)]))
+
+    a, b = asyncio.run(both())
+    assert [r["output"] for r in a.results] == ["quick done"]
+    assert [r["output"] for r in b.results] == ["slow done"]  # not "client has been closed"
+    assert not shared._users and not shared._closing
