@@ -194,3 +194,32 @@ def test_capped_clarke_payments_are_ir_everywhere_and_clarke_at_the_optimum():
         # at the reported optimum the cap does not bind: the payments are Clarke's
         np.testing.assert_allclose(dpm.capped_clarke_payments(x_star, rep, kappa),
                                    dpm.clarke_pivot_payments(x_star, rep, kappa), atol=1e-9)
+
+
+def test_simultaneous_first_opens_from_threads_migrate_a_new_sqlite_ledger_once(tmp_path):
+    """Two markets of one process opening the same new ledger from worker threads (two
+    ``arun`` at once): one migrates, the others wait and find it done."""
+    import threading
+
+    from mbiagents.ledger.schema import open_ledger
+
+    for trial in range(3):
+        url = f"sqlite:///{tmp_path / f'threads{trial}.db'}"
+        n = 6
+        barrier, errors, ledgers = threading.Barrier(n), [], []
+
+        def first_open():
+            barrier.wait()
+            try:
+                ledgers.append(open_ledger(url))
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=first_open) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(ledgers) == n
+        for led in ledgers:
+            led.dispose()

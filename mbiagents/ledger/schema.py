@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -65,8 +66,10 @@ def current_revision(engine: Engine) -> str | None:
 
 @contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
-    """Exclusive ``flock`` on an SQLite ledger's file while it is migrated (no-op otherwise;
-    re-entrant within a process).
+    """Exclusive ``flock`` on an SQLite ledger's file while it is migrated (no-op otherwise):
+    against other processes by the ``flock``, against this process's other threads by a
+    lock per file (two markets opening one new ledger from worker threads); re-entrant
+    within a thread.
 
     The descriptor is kept open for the life of the process: closing any descriptor of a
     database file drops every POSIX lock the process holds on it, SQLite's own included.
@@ -76,23 +79,28 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         yield
         return
     key = os.path.realpath(db)
-    if key in _HELD:
-        yield
-        return
-    fd = _LOCK_FDS.get(key)
-    if fd is None:
-        fd = _LOCK_FDS[key] = os.open(db, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    _HELD.add(key)
-    try:
-        yield
-    finally:
-        _HELD.discard(key)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    with _LOCKS_GUARD:
+        in_process = _IN_PROCESS.setdefault(key, threading.RLock())
+    with in_process:
+        if key in _HELD:  # this thread holds it already (the RLock admits no other)
+            yield
+            return
+        fd = _LOCK_FDS.get(key)
+        if fd is None:
+            fd = _LOCK_FDS[key] = os.open(db, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 _HELD: set[str] = set()  # SQLite files whose migration lock this process holds
 _LOCK_FDS: dict[str, int] = {}  # never closed (see migration_lock)
+_IN_PROCESS: dict[str, threading.RLock] = {}  # one per file: this process's threads in turn
+_LOCKS_GUARD = threading.Lock()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
