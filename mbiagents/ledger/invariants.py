@@ -1,6 +1,6 @@
 """The ledger invariants a round's transfers can be checked for column-wise: ``double_entry``
 and ``idempotency`` (``mbiagents.ledger``'s docstring). Standard library only: the audit
-runs the check in its own process or in its digest helper (``merkle.DigestWorker``).
+runs the check in its own process or in its digest helper (``digests.DigestWorker``).
 """
 
 from __future__ import annotations

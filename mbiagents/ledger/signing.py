@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, insert
 
 from mbiagents.errors import MbiError
-from mbiagents.ledger.merkle import block_root, line_leaves, merkle_root, round_merkle_root
+from mbiagents.ledger.merkle import line_leaves, merkle_root, round_merkle_root
 from mbiagents.ledger.store import canonical_json
 
 KEY_ENV = "MBI_SIGNING_KEY"
@@ -203,12 +203,7 @@ class RunSigner:
         by newlines and encoded, as the round hash read them (``round_hash_of_block``)."""
         from mbiagents.ledger.models import RoundHead
 
-        if lines is None:
-            root = round_merkle_root(transfers)
-        elif block is not None and block.count(b"\n") == len(lines) - 1:  # no line holds a newline
-            root = block_root(block).hex()
-        else:
-            root = merkle_root(line_leaves(lines)).hex()
+        root = round_merkle_root(transfers) if lines is None else merkle_root(line_leaves(lines, block)).hex()
         sig = self._sign(head_statement(run_id, index, round_hash, root))
         conn.execute(insert(RoundHead), [dict(run_id=run_id, round_index=index, merkle_root=root, signature=sig)])
         head = {"kind": "head", "run": run_id, "index": index, "hash": round_hash, "merkle_root": root, "sig": sig}

@@ -45,7 +45,8 @@ from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
 from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
-from mbiagents.ledger.merkle import DigestWorker, block_root, digest_request, line_leaves, merkle_root
+from mbiagents.ledger.digests import DigestWorker, digest_request
+from mbiagents.ledger.merkle import line_leaves, merkle_root
 from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, run_header, transfer_id
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
@@ -183,7 +184,7 @@ def audit_run(ledger: Ledger, run_id: str | None = None, trust: TrustOptions | N
     ``trust`` adds what the auditor trusts from outside the database
     (``mbiagents.verify.trust``): trusted public keys, a witness file, an expected head.
     ``digest_worker``: compute the round hashes, the heads' Merkle roots and the transfers'
-    double-entry and id checks in a helper process on another core (``merkle.DigestWorker``)
+    double-entry and id checks in a helper process on another core (``digests.DigestWorker``)
     while this one reads the rows and does the rest; ``None`` (default) does so once the
     run has shown ``DIGEST_WORKER_TRANSFERS`` transfers, on a machine with two or more
     CPUs. A helper that cannot start or dies leaves the rest of the audit to this process
@@ -353,12 +354,7 @@ def _digests_here(r: RoundRecord, prev: str, want_root: bool) -> tuple[str, byte
                                   arrays=r.arrays)
     lines = transfer_lines(r.transfers)
     block = "\n".join(lines).encode()
-    h = round_hash_of_parts(head, block, tail)
-    if not want_root:
-        return h, None
-    if block.count(b"\n") != len(lines) - 1:  # a line holding a newline (a malformed row)
-        return h, merkle_root(line_leaves(lines))
-    return h, block_root(block)
+    return round_hash_of_parts(head, block, tail), merkle_root(line_leaves(lines, block)) if want_root else None
 
 
 def _cpus() -> int:

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mbiagents.ledger import merkle as merkle_module
+from mbiagents.ledger import digests as digests_module
+from mbiagents.ledger.digests import DigestWorker, digest_request, round_digests
 from mbiagents.ledger.invariants import transfers_clean
-from mbiagents.ledger.merkle import (DigestWorker, digest_request, leaf_hash, line_leaves, merkle_root, round_digests,
-                                     transfer_leaves, transfer_line)
+from mbiagents.ledger.merkle import leaf_hash, line_leaves, merkle_root, transfer_leaves, transfer_line
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
 from mbiagents.ledger.schema import HEAD_REVISION, alembic_head
 from mbiagents.ledger.store import RoundRecord, round_hash, round_hash_of_lines, transfer_lines
@@ -163,9 +163,9 @@ def test_digest_worker_that_died_raises_oserror():
 
 def test_digest_worker_imports_no_database_stack():
     """The helper runs isolated and imports this package's hashing modules only: a fast start."""
-    code = ("import sys; sys.path.insert(0, %r); import mbiagents.ledger.merkle; "
+    code = ("import sys; sys.path.insert(0, %r); import mbiagents.ledger.digests; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'sqlalchemy', 'jax')))")
-    root = str(Path(merkle_module.__file__).resolve().parents[2])
+    root = str(Path(digests_module.__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-I", "-c", code % root], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

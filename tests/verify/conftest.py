@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mbiagents.ledger.merkle import DigestWorker
+from mbiagents.ledger.digests import DigestWorker
 from mbiagents.verify import audit as audit_module
 
 

@@ -1,4 +1,4 @@
-"""The audit's digest helper (``merkle.DigestWorker``) is an optimisation only: a helper that
+"""The audit's digest helper (``digests.DigestWorker``) is an optimisation only: a helper that
 cannot start or dies mid-audit leaves the report exactly as an audit without it, with a
 warning; a ledger tampered in a round the helper digests fails as it does without it."""
 
@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from mbiagents.ledger.merkle import DigestWorker
+from mbiagents.ledger.digests import DigestWorker
 from mbiagents.ledger.schema import open_ledger
 from mbiagents.ledger.store import make_engine
 from mbiagents.verify import audit as audit_module
