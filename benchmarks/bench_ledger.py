@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("write", "audit", "disk"), help="one part of the benchmark")
     ap.add_argument("--repeat", type=int, default=5, help="read/audit pairs per database (default 5)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, not {args.repeat}")
     run = {part: args.only in (None, part) for part in ("write", "audit", "disk")}
     run["audit"] = run["audit"] and not args.skip_audit
     write_rounds, audit_rounds = (20, 100) if args.quick else (200, 1000)
