@@ -247,15 +247,14 @@ class _RoundDigests:
             self.worker.close()
 
     def stream(self, records: Iterable[RoundRecord], header_hash: str, needs_root: Callable[[int], bool],
-               clean: Callable[[RoundRecord], bool], run_id: str,
-               accounts: frozenset[str]) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
+               run_id: str, accounts: frozenset[str]) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
         """``(round, clean, digests)`` of each round, in order: ``clean`` is
         ``invariants.transfers_clean`` of its transfers against the run's ``accounts``
-        (``clean(round)`` here, or the helper's); a round's hash chains onto the stored hash
+        (checked here, or by the helper); a round's hash chains onto the stored hash
         of the round before it (the header hash for the first). A round with pending
         transfers, amounts that are not all integers or a text field holding a newline is
         checked and digested here, from its rows as they are."""
-        prev, seen, self.clean = header_hash, 0, clean
+        prev, seen, self.run_id, self.accounts = header_hash, 0, run_id, accounts
         ahead: deque[_Ahead] = deque()  # rounds sent (or held behind those sent), not yet out
         ahead_bytes = 0
         for r in records:
@@ -273,7 +272,7 @@ class _RoundDigests:
                     except OverflowError:  # an amount past int64
                         pass
             if req is None:
-                here = _Ahead(r, before_r, want, ok=clean(r))
+                here = _Ahead(r, before_r, want, ok=self.clean(r))
                 if not ahead:
                     yield here.out()
                 else:
@@ -283,11 +282,11 @@ class _RoundDigests:
             try:
                 ticket = self.worker.submit(req)  # type: ignore[union-attr]
             except ValueError:  # a field of a type marshal cannot send (a tampered row): here
-                ahead.append(_Ahead(r, before_r, want, ok=clean(r)))
+                ahead.append(_Ahead(r, before_r, want, ok=self.clean(r)))
                 continue
             except OSError as exc:
                 self._lost(exc)
-                ahead.append(_Ahead(r, before_r, want, ok=clean(r)))
+                ahead.append(_Ahead(r, before_r, want, ok=self.clean(r)))
                 continue
             ahead.append(_Ahead(r, before_r, want, ticket=ticket,
                                 size=self.worker.submitted - before))  # type: ignore[union-attr]
@@ -312,6 +311,11 @@ class _RoundDigests:
         if a.ticket is not None:  # the helper could not take the round's columns, or is gone
             a.ok = self.clean(a.r)
         return a.out()
+
+    def clean(self, r: RoundRecord) -> bool:
+        """``invariants.transfers_clean`` of round ``r``'s transfers and pending transfers."""
+        columns = tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns()
+        return transfers_clean(self.run_id, r.index, columns, self.accounts)
 
     def _start(self, accounts: frozenset[str]) -> None:
         try:
@@ -420,16 +424,14 @@ def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None,
     a = market.audit_init()
     window = getattr(market, "audit_window", 1) if hasattr(market, "audit_rounds") else 1
     held: list[_Held] = []  # rounds whose recomputation waits for the market's window
-    # double entry + idempotency: a whole round column-wise; row by row (naming the first
-    # bad row) only when something is off. An id that matches its fields names its round,
-    # so a duplicate can only be within a round (constant memory)
-    clean = lambda r: transfers_clean(rid, r.index, tuple(zip(*r.transfers, *r.pending)) if r.pending  # noqa: E731
-                                       else r.columns(), account_names)
-    for r, ok, digests in digests_of.stream(ledger.iter_rounds(run.id), run.header_hash, signed.needs_root, clean,
-                                            rid, account_names):
+    for r, ok, digests in digests_of.stream(ledger.iter_rounds(run.id), run.header_hash, signed.needs_root, rid,
+                                            account_names):
         expected_index, n_rounds = n_rounds, n_rounds + 1
         n_transfers += len(r.transfers)
         late = _Held(r, _missing_events(market, r))
+        # double entry + idempotency: a whole round column-wise (``ok``); row by row (naming the
+        # first bad row) only when something is off. An id that matches its fields names its
+        # round, so a duplicate can only be within a round (constant memory)
         if not ok:
             _name_bad_transfers(rid, r, accounts, double_entry, idem)
         # hash chain: the first broken link is named, later rounds cannot be trusted
