@@ -72,14 +72,15 @@ class DigestWorker:
 
     ``DigestWorker(accounts)`` starts the helper for a run's account names; ``submit(req)``
     queues a request and returns its ticket; ``result(ticket)`` waits for its
-    ``round_digests``. Tickets must be redeemed in order. Requests go to the helper without blocking
+    ``round_digests``; ``backlog()`` says, without waiting, how many requests the helper has
+    not answered yet (a caller may digest a round itself rather than queue it behind
+    them). Tickets must be redeemed in order. Requests go to the helper without blocking
     the caller while its pipe has room (the rest waits here, up to ``MAX_QUEUED`` bytes
-    before ``submit`` waits); a caller that keeps at most ``MAX_UNREAD`` results
-    unredeemed never lets the helper block on its output, so neither side can deadlock. A
-    helper that dies raises ``OSError`` from either call.
+    before ``submit`` waits); while it waits for room it reads the helper's replies, so
+    the helper never blocks on its output and neither side can deadlock. A helper that
+    dies raises ``OSError`` from either call.
     """
 
-    MAX_UNREAD = 512  # replies of 97 bytes: under 64 KiB, a pipe's smallest size
     MAX_QUEUED = 8 << 20  # bytes of requests held here when the helper falls behind
 
     def __init__(self, accounts: frozenset[str]) -> None:
@@ -93,8 +94,10 @@ class DigestWorker:
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      bufsize=0)
         self.fd = self.proc.stdin.fileno()  # type: ignore[union-attr]
+        self.out = self.proc.stdout.fileno()  # type: ignore[union-attr]
         _widen_pipe(self.fd)
         os.set_blocking(self.fd, False)
+        self.replies = bytearray()  # replies read, not yet redeemed
         self.queue: deque[memoryview] = deque()  # the unwritten rest of the requests submitted
         self.queued = 0  # bytes in ``queue``
         self.submitted = 0  # bytes of all requests
@@ -117,17 +120,33 @@ class DigestWorker:
         if ticket != self.read:
             raise ValueError(f"digest {ticket} asked for out of order (next is {self.read})")
         self._pump(0)  # the helper must have every request asked for (and those before it)
-        reply = self.proc.stdout.read(_REPLY)  # type: ignore[union-attr]
-        if len(reply) != _REPLY:
-            raise OSError(f"the digest helper process exited (code {self.proc.poll()})")
+        while len(self.replies) < _REPLY:
+            self._read_replies()
+        reply = bytes(self.replies[:_REPLY])
+        del self.replies[:_REPLY]
         self.read += 1
         if not reply[96] & 2:
             return None
         return reply[:64].decode(), reply[64:96], bool(reply[96] & 1)
 
+    def backlog(self) -> int:
+        """Requests submitted whose replies have not come (those that have are read, without waiting)."""
+        while select.select([self.out], [], [], 0)[0] and self._read_replies():
+            pass
+        return self.sent - self.read - len(self.replies) // _REPLY
+
+    def _read_replies(self) -> bool:
+        """Read the replies the helper has written (waiting for one if none has come);
+        ``OSError`` if it exited."""
+        data = os.read(self.out, 1 << 16)
+        if not data:
+            raise OSError(f"the digest helper process exited (code {self.proc.poll()})")
+        self.replies += data
+        return True
+
     def _pump(self, keep: int) -> None:
         """Write queued bytes while the pipe takes them; wait for room while more than
-        ``keep`` bytes remain queued."""
+        ``keep`` bytes remain queued, reading the helper's replies meanwhile."""
         while self.queue:
             head = self.queue[0]
             try:
@@ -135,7 +154,8 @@ class DigestWorker:
             except BlockingIOError:
                 if self.queued <= keep:
                     return
-                select.select([], [self.fd], [])
+                if self.out in select.select([self.out], [self.fd], [])[0]:
+                    self._read_replies()
                 continue
             self.queued -= n
             if n == len(head):

@@ -200,6 +200,8 @@ DIGEST_WORKER_TRANSFERS = 5_000
 #: rounds, and bytes of their requests, the reading side runs ahead of the checks
 DIGEST_LAG_ROUNDS = 32
 DIGEST_LAG_BYTES = 4 << 20
+#: requests the helper may have unanswered before the reading side digests a round itself
+DIGEST_STEAL_BACKLOG = 8
 
 
 class _Digests:
@@ -231,8 +233,9 @@ class _RoundDigests:
     """The audit's first stage: each round read is encoded (``transfer_lines`` once, for
     its hash and its Merkle root) and, past ``DIGEST_WORKER_TRANSFERS`` (or at once with
     ``digest_worker=True``), sent to a ``DigestWorker``; it comes out of ``stream`` up to
-    ``DIGEST_LAG_ROUNDS`` rounds later with its digests, in order. Without the helper a
-    round comes out at once and its digests are computed here when asked."""
+    ``DIGEST_LAG_ROUNDS`` rounds later with its digests, in order. Without the helper, or
+    while the helper is more than ``DIGEST_STEAL_BACKLOG`` rounds behind, a round comes out
+    as soon as the rounds before it and its digests are computed here when asked."""
 
     def __init__(self, digest_worker: bool | None):
         self.force = digest_worker is True
@@ -263,7 +266,7 @@ class _RoundDigests:
             if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
                 self._start(accounts)
             req = None
-            if self.worker is not None and not r.pending:
+            if self.worker is not None and not r.pending and self._helper_keeps_up():
                 columns = r.columns()
                 if not columns or set(map(type, columns[4])) == {int}:
                     try:
@@ -311,6 +314,17 @@ class _RoundDigests:
         if a.ticket is not None:  # the helper could not take the round's columns, or is gone
             a.ok = self.clean(a.r)
         return a.out()
+
+    def _helper_keeps_up(self) -> bool:
+        """Whether the helper has answered all but ``DIGEST_STEAL_BACKLOG`` requests: a round
+        read while it is further behind is digested here instead, so that this process
+        shares the hashing rather than wait for the helper (a database server on the same
+        cores takes its share of them too)."""
+        try:
+            return self.worker.backlog() < DIGEST_STEAL_BACKLOG  # type: ignore[union-attr]
+        except OSError as exc:
+            self._lost(exc)
+            return False
 
     def clean(self, r: RoundRecord) -> bool:
         """``invariants.transfers_clean`` of round ``r``'s transfers and pending transfers."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,40 @@ def test_digest_worker_answers_in_order_as_round_digests_does():
     finally:
         worker.close()
     assert worker.proc.returncode == 0
+
+
+def test_digest_worker_backlog_reads_replies_without_redeeming_them():
+    """``backlog`` counts the requests not yet answered (reading the answers that came, without
+    waiting); the answers read are still redeemed in order, unchanged."""
+    reqs = [digest_request("p", i, [], [], [], tuple(zip(*clean_rows("run", i, 50))), True, "run") for i in range(5)]
+    worker = DigestWorker(ACCOUNTS)
+    try:
+        tickets = [worker.submit(q) for q in reqs]
+        assert 0 <= worker.backlog() <= 5
+        deadline = time.monotonic() + 30
+        while worker.backlog() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.backlog() == 0 and len(worker.replies) == 5 * 97
+        for t, q in zip(tickets, reqs):
+            h, root, clean = round_digests(q, ACCOUNTS)
+            assert worker.result(t) == (h, root, clean)
+        assert worker.backlog() == 0 and not worker.replies
+    finally:
+        worker.close()
+
+
+def test_digest_worker_never_deadlocks_on_unredeemed_replies():
+    """More unredeemed replies than the helper's output pipe holds: while this side waits to
+    write, it reads them, so the helper never blocks on its output."""
+    reqs = [digest_request("p", i, [], [], [], tuple(zip(*clean_rows("run", i, 2))), False, "run")
+            for i in range(20_000)]  # 1.9 MB of replies, 6 MB of requests: more than either pipe holds
+    worker = DigestWorker(ACCOUNTS)
+    worker.MAX_QUEUED = 0  # every submit waits until its request is written
+    try:
+        tickets = [worker.submit(q) for q in reqs]
+        assert [worker.result(t)[0] for t in tickets] == [round_digests(q, ACCOUNTS)[0] for q in reqs]
+    finally:
+        worker.close()
 
 
 def test_digest_worker_that_died_raises_oserror():

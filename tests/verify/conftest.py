@@ -23,6 +23,7 @@ def digests_where(request, monkeypatch):
     monkeypatch.setattr(audit_module, "DigestWorker", Counted)
     if request.param == "helper":
         monkeypatch.setattr(audit_module, "DIGEST_WORKER_TRANSFERS", 0)
+        monkeypatch.setattr(audit_module, "DIGEST_STEAL_BACKLOG", 10**9)  # none digested here however far behind
         monkeypatch.setattr(audit_module, "_cpus", lambda: 2)
     else:
         monkeypatch.setattr(audit_module, "_cpus", lambda: 1)

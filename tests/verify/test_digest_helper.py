@@ -74,6 +74,39 @@ def test_a_helper_that_dies_mid_audit_changes_nothing_but_a_warning(team_ledger,
     assert helped["ok"] == (case == "clean")
 
 
+class FallsBehindEveryOtherRound(DigestWorker):
+    """A helper that reports itself behind at every other round read: the audit digests
+    those rounds itself."""
+
+    def backlog(self) -> int:
+        self.asked = getattr(self, "asked", 0) + 1
+        return super().backlog() + (10**6 if self.asked % 2 else 0)
+
+
+@pytest.mark.parametrize("case", ["clean", "changed transfer", "deleted transfer", "changed event"])
+def test_rounds_shared_between_the_helper_and_this_process_give_the_same_report(team_ledger, tmp_path,  # noqa: F811
+                                                                                monkeypatch, case):
+    src, run_id = team_ledger
+    dst = tmp_path / "ledger.db"
+    shutil.copy(src, dst)
+    url = f"sqlite:///{dst}"
+    if case != "clean":
+        engine = make_engine(url)
+        drop_append_only_triggers(engine)
+        with engine.begin() as conn:
+            TAMPER[case][0](conn, run_id)
+        engine.dispose()
+    with monkeypatch.context() as m:
+        m.setattr(audit_module, "_cpus", lambda: 1)
+        here = _report(url, run_id)
+    started = _helper_from_the_first_round(monkeypatch, FallsBehindEveryOtherRound)
+    shared = _report(url, run_id)
+    worker = started[0]
+    assert 0 < worker.sent < here["rounds"] and worker.read == worker.sent  # both digested rounds
+    assert json.dumps(shared, sort_keys=True) == json.dumps(here, sort_keys=True)
+    assert shared["ok"] == (case == "clean")
+
+
 def test_a_helper_that_cannot_start_leaves_the_audit_to_this_process(team_ledger, monkeypatch):  # noqa: F811
     src, run_id = team_ledger
     url = f"sqlite:///{src}"
