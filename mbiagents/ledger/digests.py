@@ -20,7 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
-from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
+from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_block
 from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.merkle import block_root
 
@@ -54,7 +54,7 @@ def round_digests(req: DigestRequest, accounts: frozenset[str]) -> tuple[str, by
         if any(len(c) != n for c in columns):
             return None
     head, tail = round_text_parts(prev, index, events, resolutions=resolutions, arrays=arrays)
-    block = "\n".join(transfer_lines(zip(*columns))).encode() if n else b""
+    block = transfer_block(columns).encode() if n else b""
     return (round_hash_of_parts(head, block, tail), block_root(block) if want_root else None,
             transfers_clean(run_id, index, columns, accounts))
 

@@ -7,7 +7,7 @@ without the database stack.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 def round_hash(
@@ -42,6 +42,20 @@ def transfer_lines(transfers: Iterable[tuple[str, str, str, str, int]]) -> list[
     one per transfer in the order given (``round_hash`` sorts them by id first). The
     Merkle leaves hash the same lines (``mbiagents.ledger.merkle.line_leaves``)."""
     return [f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in transfers]
+
+
+def transfer_block(columns: Sequence[Sequence]) -> str:
+    """``transfer_lines`` joined by newlines, of transfers given column-wise ``(ids, kinds,
+    debits, credits, amounts)`` (at least one; the text fields ``str``): the pieces
+    interleaved by list slices and joined once, no Python step per row."""
+    ids, kinds, debits, credits, amounts = columns
+    n = len(ids)
+    parts = ["\t"] * (10 * n)  # id \t kind \t debit \t credit \t amount "\nT\t" (the last one dropped)
+    parts[0::10], parts[2::10], parts[4::10], parts[6::10] = ids, kinds, debits, credits
+    parts[8::10] = map(str, amounts)
+    parts[9::10] = ["\nT\t"] * n
+    parts[-1] = ""
+    return "T\t" + "".join(parts)
 
 
 def round_hash_of_lines(

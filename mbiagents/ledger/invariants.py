@@ -28,12 +28,17 @@ def transfers_clean(run_id: str, index: int, columns: Sequence[Sequence], accoun
 
 def ids_match(run_id: str, index: int, columns: Sequence[Sequence]) -> bool:
     """Every id is ``store.transfer_id`` of its fields: the ids joined by newlines equal the
-    expected ids joined so, and hold no newline of their own (then the pieces pair up)."""
+    expected ids joined so (built by list slices and one join), and hold no newline of
+    their own (then the pieces pair up)."""
     ids, kinds, debits, credits, _ = columns
     prefix = f"{run_id}:{index}:"
+    n = len(ids)
+    expected = [":"] * (6 * n)  # kind : debit : credit "\n<prefix>" (the last one dropped)
+    expected[0::6], expected[2::6], expected[4::6] = kinds, debits, credits
+    expected[5::6] = ["\n" + prefix] * n
+    expected[-1] = ""
     try:
         joined = "\n".join(ids)
-        return (joined == prefix + ("\n" + prefix).join(map(":".join, zip(kinds, debits, credits)))
-                and joined.count("\n") == len(ids) - 1)
+        return joined == prefix + "".join(expected) and joined.count("\n") == n - 1
     except TypeError:  # a field that is no text: the row by row check names it
         return False

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from mbiagents.ledger import digests as digests_module
 from mbiagents.ledger.digests import DigestWorker, digest_request, round_digests
-from mbiagents.ledger.invariants import transfers_clean
+from mbiagents.ledger.invariants import ids_match, transfers_clean
 from mbiagents.ledger.merkle import leaf_hash, line_leaves, merkle_root, transfer_leaves, transfer_line
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
 from mbiagents.ledger.schema import HEAD_REVISION, alembic_head
+from mbiagents.ledger.hashing import transfer_block
 from mbiagents.ledger.store import RoundRecord, round_hash, round_hash_of_lines, transfer_lines
 
 name = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
@@ -53,6 +54,26 @@ def test_round_hash_of_lines_is_the_documented_round_hash(prev, index, events, t
     lines = transfer_lines(sorted(transfers))
     assert round_hash_of_lines(prev, index, events, lines, pending=pending, resolutions=resolutions,
                                arrays=arrays) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(transfer, min_size=1, max_size=30))
+def test_transfer_block_is_the_lines_joined(transfers):
+    want = "\n".join(f"T\t{i}\t{k}\t{d}\t{c}\t{m}" for i, k, d, c, m in transfers)
+    assert transfer_block(tuple(zip(*transfers))) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(run_id=name, index=st.integers(0, 10**6),
+       fields=st.lists(st.tuples(name, name, name), min_size=1, max_size=12), data=st.data())
+def test_ids_match_is_the_row_by_row_check(run_id, index, fields, data):
+    """Ids built from their fields (some changed, some holding a newline) against a check of each row."""
+    ids = [f"{run_id}:{index}:{k}:{d}:{c}" for k, d, c in fields]
+    for j in data.draw(st.sets(st.integers(0, len(ids) - 1), max_size=2)):
+        ids[j] = data.draw(st.sampled_from([ids[j] + "x", ids[j] + "\n", ids[j][:-1], "\n".join(ids[:2])]))
+    rows = [(i, k, d, c, 1) for i, (k, d, c) in zip(ids, fields)]
+    want = all(i == f"{run_id}:{index}:{k}:{d}:{c}" and "\n" not in i for i, k, d, c, _ in rows)
+    assert ids_match(run_id, index, tuple(zip(*rows))) == want
 
 
 @settings(max_examples=200, deadline=None)
