@@ -200,7 +200,7 @@ DIGEST_WORKER_TRANSFERS = 5_000
 #: rounds, and bytes of their requests, the reading side runs ahead of the checks
 DIGEST_LAG_ROUNDS = 32
 DIGEST_LAG_BYTES = 4 << 20
-#: requests the helper may have unanswered before the reading side digests a round itself
+#: requests the helper may have unanswered; while it has more, the reading side digests the rounds itself
 DIGEST_STEAL_BACKLOG = 8
 
 
@@ -316,12 +316,12 @@ class _RoundDigests:
         return a.out()
 
     def _helper_keeps_up(self) -> bool:
-        """Whether the helper has answered all but ``DIGEST_STEAL_BACKLOG`` requests: a round
-        read while it is further behind is digested here instead, so that this process
-        shares the hashing rather than wait for the helper (a database server on the same
-        cores takes its share of them too)."""
+        """Whether the helper has at most ``DIGEST_STEAL_BACKLOG`` requests unanswered: a
+        round read while it is further behind is digested here instead, so that this
+        process shares the hashing rather than wait for the helper (a database server on
+        the same cores takes its share of them too)."""
         try:
-            return self.worker.backlog() < DIGEST_STEAL_BACKLOG  # type: ignore[union-attr]
+            return self.worker.backlog() <= DIGEST_STEAL_BACKLOG  # type: ignore[union-attr]
         except OSError as exc:
             self._lost(exc)
             return False
