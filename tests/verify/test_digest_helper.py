@@ -41,18 +41,9 @@ def _helper_from_the_first_round(monkeypatch, worker_class=DigestWorker) -> list
     return started
 
 
-class DiesAfterThree(DigestWorker):
-    """A helper killed (out of memory, say) once it has taken three rounds."""
-
-    def submit(self, req):
-        if self.sent == 3:
-            self.proc.kill()
-            self.proc.wait()
-        return super().submit(req)
-
-
-@pytest.mark.parametrize("case", ["clean", "changed transfer", "deleted event"])
-def test_a_helper_that_dies_mid_audit_changes_nothing_but_a_warning(team_ledger, tmp_path, monkeypatch, case):  # noqa: F811
+def _tampered_copy_and_report_here(team_ledger, tmp_path, monkeypatch, case: str) -> tuple[str, str, dict]:  # noqa: F811
+    """A copy of the team ledger, tampered by ``TAMPER[case]`` (unless ``"clean"``): its URL,
+    run id, and its audit report with every round digested in this process."""
     src, run_id = team_ledger
     dst = tmp_path / "ledger.db"
     shutil.copy(src, dst)
@@ -65,7 +56,22 @@ def test_a_helper_that_dies_mid_audit_changes_nothing_but_a_warning(team_ledger,
         engine.dispose()
     with monkeypatch.context() as m:
         m.setattr(audit_module, "_cpus", lambda: 1)
-        here = _report(url, run_id)
+        return url, run_id, _report(url, run_id)
+
+
+class DiesAfterThree(DigestWorker):
+    """A helper killed (out of memory, say) once it has taken three rounds."""
+
+    def submit(self, req):
+        if self.sent == 3:
+            self.proc.kill()
+            self.proc.wait()
+        return super().submit(req)
+
+
+@pytest.mark.parametrize("case", ["clean", "changed transfer", "deleted event"])
+def test_a_helper_that_dies_mid_audit_changes_nothing_but_a_warning(team_ledger, tmp_path, monkeypatch, case):  # noqa: F811
+    url, run_id, here = _tampered_copy_and_report_here(team_ledger, tmp_path, monkeypatch, case)
     started = _helper_from_the_first_round(monkeypatch, DiesAfterThree)
     with pytest.warns(RuntimeWarning, match="digest helper process failed"):
         helped = _report(url, run_id)
@@ -86,19 +92,7 @@ class FallsBehindEveryOtherRound(DigestWorker):
 @pytest.mark.parametrize("case", ["clean", "changed transfer", "deleted transfer", "changed event"])
 def test_rounds_shared_between_the_helper_and_this_process_give_the_same_report(team_ledger, tmp_path,  # noqa: F811
                                                                                 monkeypatch, case):
-    src, run_id = team_ledger
-    dst = tmp_path / "ledger.db"
-    shutil.copy(src, dst)
-    url = f"sqlite:///{dst}"
-    if case != "clean":
-        engine = make_engine(url)
-        drop_append_only_triggers(engine)
-        with engine.begin() as conn:
-            TAMPER[case][0](conn, run_id)
-        engine.dispose()
-    with monkeypatch.context() as m:
-        m.setattr(audit_module, "_cpus", lambda: 1)
-        here = _report(url, run_id)
+    url, run_id, here = _tampered_copy_and_report_here(team_ledger, tmp_path, monkeypatch, case)
     started = _helper_from_the_first_round(monkeypatch, FallsBehindEveryOtherRound)
     shared = _report(url, run_id)
     worker = started[0]
