@@ -1,6 +1,7 @@
 """The ledger invariants a round's transfers can be checked for column-wise: ``double_entry``
-and ``idempotency`` (``mbiagents.ledger``'s docstring). Standard library only: the audit
-runs the check in its own process or in its digest helper (``digests.DigestWorker``).
+and ``idempotency`` (``mbiagents.ledger``'s docstring); and the per-agent payments the
+audit compares with its recomputation (``agent_payments``). Standard library only: the
+audit computes both in its own process or in its digest helper (``digests.DigestWorker``).
 """
 
 from __future__ import annotations
@@ -42,3 +43,32 @@ def ids_match(run_id: str, index: int, columns: Sequence[Sequence]) -> bool:
         return joined == prefix + "".join(expected) and joined.count("\n") == n - 1
     except TypeError:  # a field that is no text: the row by row check names it
         return False
+
+
+def agent_payments(columns: Sequence[Sequence], positions: dict[str, int], kind: str) -> dict[int, int]:
+    """What each agent paid in a round's transfers of ``kind``, given column-wise ``(ids,
+    kinds, debits, credits, amounts)`` (``RoundRecord.columns``; empty for none): ``{position:
+    sum of amounts debited to it - sum credited}`` over the agents' accounts ``positions``,
+    agents with no such transfer left out (``payments.payment_transfers`` read back)."""
+    if not columns:
+        return {}
+    _, kinds, debits, credits, amounts = columns
+    if set(map(type, amounts)) != {int}:  # a tampered amount (text, say) pays nothing: ``double_entry`` names it
+        amounts = [a if type(a) is int else 0 for a in amounts]
+    if kinds.count(kind) != len(kinds):  # other kinds too: keep this kind's rows
+        rows = [(d, c, a) for k, d, c, a in zip(kinds, debits, credits, amounts) if k == kind]
+        if not rows:
+            return {}
+        debits, credits, amounts = zip(*rows)
+    paid: dict[int, int] = {}
+    for accounts, sign in ((debits, 1), (credits, -1)):
+        if accounts[0] not in positions and accounts.count(accounts[0]) == len(accounts):
+            continue  # one account that is no agent's (the counterparty): nobody's payment
+        at = list(map(positions.get, accounts))
+        if not paid and None not in at and len(set(at)) == len(at):  # each agent once: no sums
+            paid = dict(zip(at, amounts if sign > 0 else map(operator.neg, amounts)))
+            continue
+        for i, amount in zip(at, amounts):
+            if i is not None:
+                paid[i] = paid.get(i, 0) + sign * amount
+    return paid

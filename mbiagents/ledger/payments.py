@@ -8,11 +8,11 @@ to zero so that they also settle to exactly zero.
 
 from __future__ import annotations
 
-from itertools import repeat
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from mbiagents.ledger.invariants import agent_payments
 from mbiagents.ledger.money import MINOR_UNITS, from_minor_units, to_minor_units
 from mbiagents.ledger.store import TREASURY, PaymentBatch, agent_account
 
@@ -40,24 +40,18 @@ def signed_minor_from_transfers(agent_ids: list[str], transfers: Iterable, kind:
 
 def signed_minor_from_columns(agent_ids: list[str], columns: tuple[tuple, ...], kind: str) -> np.ndarray:
     """``signed_minor_from_transfers`` of transfers given column-wise ``(ids, kinds, debits,
-    credits, amounts)`` (``RoundRecord.columns``; ``()`` for none): no Python step per row."""
-    out = np.zeros(len(agent_ids), dtype=np.int64)
-    if not columns:
-        return out
-    _, kinds, debits, credits, amounts = columns
-    if kinds.count(kind) != len(kinds):  # other kinds too: keep this kind's rows
-        rows = [t for t in zip(*columns) if t[1] == kind]
-        if not rows:
-            return out
-        _, _, debits, credits, amounts = zip(*rows)
-    pos = _positions(agent_ids)
-    amount = np.fromiter(amounts, np.int64, len(amounts))
-    for accounts, sign in ((debits, 1), (credits, -1)):  # column-wise: no Python step per row
-        if accounts[0] not in pos and accounts.count(accounts[0]) == len(accounts):
-            continue  # one account that is no agent's (the counterparty): nobody's payment
-        at = np.fromiter(map(pos.get, accounts, repeat(-1)), np.int64, len(amounts))
-        mine = at >= 0
-        np.add.at(out, at[mine], sign * amount[mine])
+    credits, amounts)`` (``RoundRecord.columns``; ``()`` for none): ``invariants.agent_payments``
+    as a vector in agent order."""
+    paid = agent_payments(columns, _positions(agent_ids), kind)
+    return paid_vector(len(agent_ids), list(paid), list(paid.values()))
+
+
+def paid_vector(n: int, at: Sequence[int], amounts: Sequence[int]) -> np.ndarray:
+    """What ``n`` agents paid, as a vector: ``amounts[j]`` at position ``at[j]`` (the
+    ``invariants.agent_payments`` of a round), zero elsewhere."""
+    out = np.zeros(n, dtype=np.int64)
+    if len(at):
+        out[np.asarray(at, dtype=np.int64)] = np.asarray(amounts, dtype=np.int64)
     return out
 
 

@@ -28,6 +28,7 @@ from functools import cached_property
 from itertools import count, islice, repeat
 from operator import add, itemgetter
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -191,6 +192,9 @@ class RoundRecord:
     pending: list[tuple[str, str, str, str, int]] = field(default_factory=list)  # pending transfers, same fields
     resolutions: list[tuple[str, str, int]] = field(default_factory=list)  # pending id, state, amount
     arrays: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # name, dtype, shape, data
+    #: transfers the round holds in the ledger that were not read into ``transfers``
+    #: (``Ledger.iter_rounds(..., transfers=False)``; ``Ledger.round_transfers`` reads them)
+    unread: int = 0
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _columns: tuple[tuple, ...] | None = field(default=None, repr=False, compare=False)
 
@@ -600,11 +604,12 @@ class Ledger:
         """All rounds of a run with their events and transfers, in order."""
         return list(self.iter_rounds(run_id))
 
-    def iter_rounds(self, run_id: str) -> Iterator[RoundRecord]:
+    def iter_rounds(self, run_id: str, *, transfers: bool = True) -> Iterator[RoundRecord]:
         """Stream a run's rounds in index order, one round in memory at a time.
 
         Rows whose round has no ``rounds`` row (inserted behind the ledger's back) come
-        as a record with empty hashes, so the audit sees them.
+        as a record with empty hashes, so the audit sees them. ``transfers=False``: each
+        round's transfer rows are counted, not read (``RoundRecord.unread``).
         """
         escrow = self._escrow_rows(run_id)
         with self.engine.connect() as conn:
@@ -612,11 +617,12 @@ class Ledger:
             # (10^6 agents: 8 MB), so array rows come ARRAY_BATCH_BYTES at a time (at least 4)
             accounts = conn.execute(select(func.count()).select_from(Account).where(Account.run_id == run_id)).scalar()
             batch = {**RUN_ROWS_BATCH, "arrays": max(4, ARRAY_BATCH_BYTES // (8 * max(1, accounts or 0)))}
-            sources = {t: driver_batches(conn, RUN_ROWS_SQL[t], run_id, batch=batch[t]) for t in RUN_ROWS_SQL}
-            if conn.dialect.name == "postgresql":  # the bulk of a run: fetched while the rounds before are used
-                sources["transfers"] = prefetched(sources["transfers"])
+            queries = {**RUN_ROWS_SQL, **({} if transfers else {"transfers": TRANSFER_COUNTS_SQL})}
+            sources = {t: driver_batches(conn, queries[t], run_id, batch=batch[t]) for t in queries}
+            if transfers and conn.dialect.name == "postgresql":  # the bulk of a run: fetched while the rounds
+                sources["transfers"] = prefetched(sources["transfers"])  # before are used
             try:
-                yield from _merged_rounds(sources, escrow)
+                yield from _merged_rounds(sources, escrow, counted=not transfers)
             finally:  # a reader that stops early: no fetch (nor fetching thread) outlives the connection
                 for source in sources.values():
                     source.close()
@@ -636,6 +642,48 @@ class Ledger:
                                         .order_by(PendingResolution.pending_id)):
                 resolved.setdefault(i, []).append(tuple(row))
         return pending, resolved
+
+    def round_transfers(self, run_id: str, index: int) -> list[tuple[str, str, str, str, int]]:
+        """Round ``index``'s transfer rows ``(id, kind, debit, credit, amount)`` in id order
+        (``RoundRecord.transfers``)."""
+        with self.transfer_reader(run_id) as read:
+            return read(index)
+
+    @contextmanager
+    def transfer_reader(self, run_id: str) -> Iterator[Callable[[int], list[tuple[str, str, str, str, int]]]]:
+        """``read(index)``: ``round_transfers`` of run ``run_id``'s rounds, one query each
+        through one connection held open (a plain cursor: a round is a few rows)."""
+        with self.engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            sql = ROUND_TRANSFERS_SQL.replace("?", "%s") if conn.dialect.name == "postgresql" else ROUND_TRANSFERS_SQL
+
+            def read(index: int) -> list[tuple[str, str, str, str, int]]:
+                cur = dbapi.cursor()
+                try:
+                    cur.execute(sql, (run_id, index))
+                    return sorted(cur.fetchall())
+                finally:
+                    cur.close()
+
+            yield read
+
+    def row_source(self) -> tuple[str, list, dict, str] | None:
+        """How another process opens this ledger to read a round's transfers itself
+        (``digests.RowSource``): the DB-API module, its connect arguments (a SQLite file
+        read-only) and ``ROUND_TRANSFERS_SQL`` in its parameter style; ``None`` for a
+        database no other process can open (SQLite in memory) or another driver."""
+        url = self.engine.url
+        args, kwargs = self.engine.dialect.create_connect_args(url)
+        if url.get_backend_name() == "sqlite" and self.engine.dialect.driver == "pysqlite":
+            path = args[0] if args else ""
+            if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:") \
+                    or not Path(path).is_file():
+                return None
+            return "sqlite3", [f"file:{quote(str(Path(path).resolve()))}?mode=ro"], {"uri": True}, ROUND_TRANSFERS_SQL
+        if url.get_backend_name() == "postgresql" and self.engine.dialect.driver == "psycopg" and not args:
+            plain = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}
+            return "psycopg", [], plain, ROUND_TRANSFERS_SQL.replace("?", "%s")
+        return None
 
     def balances(self, run_id: str) -> dict[str, int]:
         """Derived posted balances (credits minus debits) of every account of a run: the
@@ -729,6 +777,11 @@ RUN_ROWS_SQL = {
                  "ORDER BY round_index",
     "arrays": "SELECT round_index, name, dtype, shape, data FROM arrays WHERE run_id = ? ORDER BY round_index, name",
 }
+#: a run's transfers counted per round (``iter_rounds(..., transfers=False)``)
+TRANSFER_COUNTS_SQL = ("SELECT round_index, count(*) FROM transfers WHERE run_id = ? GROUP BY round_index "
+                       "ORDER BY round_index")
+#: one round's transfers (parameters: run id, round index), in no particular order
+ROUND_TRANSFERS_SQL = "SELECT id, kind, debit, credit, amount FROM transfers WHERE run_id = ? AND round_index = ?"
 RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
 ARRAY_BATCH_BYTES = 2**21  # array rows per fetch: about this many bytes (a fetch is a round trip on PostgreSQL)
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.prev_hash, rounds.hash FROM runs '
@@ -815,13 +868,14 @@ _CURSOR_NAMES = count(1)  # server-side cursors' names, unique in the process (`
 
 
 def _merged_rounds(sources: dict[str, Iterator[list[tuple]]],
-                   escrow: tuple[dict[int, list], dict[int, list]]) -> Iterator[RoundRecord]:
+                   escrow: tuple[dict[int, list], dict[int, list]], counted: bool = False) -> Iterator[RoundRecord]:
     """``Ledger.iter_rounds``'s merge: the batches of the four ``RUN_ROWS_SQL`` queries
-    grouped by round and joined into one ``RoundRecord`` per round index, in order."""
+    grouped by round and joined into one ``RoundRecord`` per round index, in order
+    (``counted``: the transfers source is ``TRANSFER_COUNTS_SQL``)."""
     heads, events, transfers, arrays = (_rounds_of(sources[t]) for t in RUN_ROWS_SQL)
     # transfers come in index order of rounds and are sorted by id within a round here,
     # which spares the database a sort of the whole run (they mostly come sorted: one pass)
-    streams = [heads, events, ((i, sorted(rows)) for i, rows in transfers),
+    streams = [heads, events, transfers if counted else ((i, sorted(rows)) for i, rows in transfers),
                ((i, [(n, d, sh, b if isinstance(b, bytes) else bytes(b)) for n, d, sh, b in rows])
                 for i, rows in arrays)]
     current = [next(it, None) for it in streams]
@@ -835,8 +889,9 @@ def _merged_rounds(sources: dict[str, Iterator[list[tuple]]],
             else:
                 rows.append([])
         (prev, h), = rows[0] or [("", "")]
-        yield RoundRecord(index, prev, h, rows[1], rows[2], pending=escrow[0].pop(index, []),
-                          resolutions=escrow[1].pop(index, []), arrays=rows[3])
+        unread = rows[2][0][0] if counted and rows[2] else 0
+        yield RoundRecord(index, prev, h, rows[1], [] if counted else rows[2], pending=escrow[0].pop(index, []),
+                          resolutions=escrow[1].pop(index, []), arrays=rows[3], unread=unread)
 
 
 def prefetched(batches: Iterator[T], depth: int = 2) -> Iterator[T]:

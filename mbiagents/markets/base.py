@@ -128,6 +128,7 @@ class AuditSteps(Protocol[A]):
     agent_ids: list[str]
     payment_kind: str
     settlement_interval: int  # rounds one netted settlement covers (1: every round settles)
+    audit_reads_transfers: bool  # False: ``audit_round`` reads no ``RoundRecord.transfers``
 
     def required_events(self, index: int) -> tuple[str, ...]: ...
     def audit_init(self) -> A: ...
@@ -172,6 +173,9 @@ class Market(ABC, Generic[S, A]):
     checkpointable: bool = True
     #: rounds whose payments one settlement nets (one transfer per agent per interval)
     settlement_interval: int = 1
+    #: False when ``audit_round`` reads no transfer rows (``RoundRecord.transfers``): the
+    #: audit compares its payments with per-agent sums and may leave the rows to its digest helper
+    audit_reads_transfers: bool = True
 
     def __init__(self, scenario: ScenarioBase):
         self.scenario = scenario

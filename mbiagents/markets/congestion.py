@@ -79,6 +79,7 @@ class RouteStep(TypedDict, total=False):
 class CongestionMarket(Market[LearnersQ, None]):
     game = "congestion"
     payment_kind = "toll"
+    audit_reads_transfers = False  # payments compared from per-agent sums
 
     def __init__(self, scenario: CongestionScenario):
         super().__init__(scenario)

@@ -99,6 +99,7 @@ class PrincipalAudit(TypedDict):
 class PrincipalMarket(Market[PrincipalState, PrincipalAudit]):
     game = "principal-mdp"
     payment_kind = "transfer"
+    audit_reads_transfers = False  # payments compared from per-agent sums
     schedules_by_horizon = True  # the two-phase schedule (epoch length, bisection) is planned for T
     checkpointable = False  # PrincipalState / QAgentState records in the market state
 

@@ -58,6 +58,7 @@ class ReinforceMarket(Market[LearnersState, rl.ReinforceState]):
     game = "team"
     checkpointable = False  # the learners' JAX/optax state is part of the market state
     payment_kind = "none"
+    audit_reads_transfers = False  # payments compared from per-agent sums
 
     def __init__(self, scenario):
         super().__init__(scenario)

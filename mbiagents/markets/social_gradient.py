@@ -132,6 +132,7 @@ class PlannerAudit(TypedDict):
 class SocialGradientMarket(Market[PlannerState, PlannerAudit]):
     game = "routing"
     payment_kind = "incentive"
+    audit_reads_transfers = False  # payments compared from per-agent sums
 
     def __init__(self, scenario):
         super().__init__(scenario)

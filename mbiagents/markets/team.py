@@ -157,6 +157,7 @@ class TeamAudit(TypedDict):
 class TeamMarket(Market[TeamState, TeamAudit]):
     game = "team"
     payment_kind = "clarke"
+    audit_reads_transfers = False  # payments compared from per-agent sums
 
     def __init__(self, scenario: TeamScenario):
         super().__init__(scenario)

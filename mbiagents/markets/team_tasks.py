@@ -55,10 +55,11 @@ def _payload(rec: RoundRecord, kind: str, default: Any = None) -> Any:
 
 
 def _net(transfers, kind: str) -> dict[str, int]:
-    """Per account: what transfers of ``kind`` credited it, less what they debited."""
+    """Per account: what transfers of ``kind`` credited it, less what they debited (an amount
+    that is no integer, tampered, moves nothing: the audit's ``double_entry`` names it)."""
     out: dict[str, int] = defaultdict(int)
     for _id, k, debit, credit, amount in transfers:
-        if k == kind:
+        if k == kind and type(amount) is int:
             out[credit] += amount
             out[debit] -= amount
     return out

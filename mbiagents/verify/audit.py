@@ -42,12 +42,12 @@ import numpy as np
 
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
-from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
+from mbiagents.ledger.payments import paid_vector, signed_minor_from_columns, signed_minor_from_transfers
 from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
-from mbiagents.ledger.digests import DigestWorker, digest_request
+from mbiagents.ledger.digests import Digested, DigestWorker, Payer, RowSource, columns_digests, digest_request
 from mbiagents.ledger.merkle import line_leaves, merkle_root
-from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, run_header, transfer_id
+from mbiagents.ledger.store import Ledger, RoundRecord, agent_account, header_hash, run_header, transfer_id
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
 from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
@@ -206,11 +206,11 @@ DIGEST_STEAL_BACKLOG = 8
 
 class _Digests:
     """A round's hash and its transfers' Merkle root (hex): given, or computed here when
-    first asked (``compute``)."""
+    first asked (``compute``); and its agents' payments when the helper summed them."""
 
     def __init__(self, compute: Callable[[], tuple[str, bytes | None]] | None = None,
-                 round_hash: str | None = None, root: bytes | None = None):
-        self.compute, self._hash, self._root = compute, round_hash, root
+                 round_hash: str | None = None, root: bytes | None = None, paid: RoundPaid | None = None):
+        self.compute, self._hash, self._root, self.paid = compute, round_hash, root, paid
 
     def _computed(self) -> None:
         assert self.compute is not None, "digests neither given nor computable"
@@ -233,9 +233,14 @@ class _RoundDigests:
     """The audit's first stage: each round read is encoded (``transfer_lines`` once, for
     its hash and its Merkle root) and, past ``DIGEST_WORKER_TRANSFERS`` (or at once with
     ``digest_worker=True``), sent to a ``DigestWorker``; it comes out of ``stream`` up to
-    ``DIGEST_LAG_ROUNDS`` rounds later with its digests, in order. Without the helper, or
-    while the helper is more than ``DIGEST_STEAL_BACKLOG`` rounds behind, a round comes out
-    as soon as the rounds before it and its digests are computed here when asked."""
+    ``DIGEST_LAG_ROUNDS`` rounds later with its digests (and its agents' payments), in
+    order. Without the helper, or while the helper is more than ``DIGEST_STEAL_BACKLOG``
+    rounds behind, a round comes out as soon as the rounds before it and its digests are
+    computed here when asked.
+
+    Rounds may come with their transfers unread (``RoundRecord.unread``, when the helper
+    can open the ledger itself: ``source``): the helper reads those it takes, and the
+    rounds digested here, or found not clean, are read here (``read``)."""
 
     def __init__(self, digest_worker: bool | None):
         self.force = digest_worker is True
@@ -250,34 +255,45 @@ class _RoundDigests:
             self.worker.close()
 
     def stream(self, records: Iterable[RoundRecord], header_hash: str, needs_root: Callable[[int], bool],
-               run_id: str, accounts: frozenset[str]) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
+               run_id: str, accounts: frozenset[str], payer: Payer,
+               source: RowSource | None = None, read: Callable[[int], list] | None = None,
+               ) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
         """``(round, clean, digests)`` of each round, in order: ``clean`` is
         ``invariants.transfers_clean`` of its transfers against the run's ``accounts``
         (checked here, or by the helper); a round's hash chains onto the stored hash
         of the round before it (the header hash for the first). A round with pending
         transfers, amounts that are not all integers or a text field holding a newline is
-        checked and digested here, from its rows as they are."""
-        prev, seen, self.run_id, self.accounts = header_hash, 0, run_id, accounts
+        checked and digested here, from its rows as they are. ``payer``: the run's agent
+        accounts and payment kind (the helper sums the payments of the rounds it takes);
+        ``source`` and ``read``: how the helper and this process read a round's transfers
+        left unread (``store.Ledger.row_source``, ``store.Ledger.transfer_reader``)."""
+        prev, seen, self.run_id, self.accounts, self.read = header_hash, 0, run_id, accounts, read
+        self.positions, self.kind = {a: i for i, a in enumerate(payer[0])}, payer[1]
         ahead: deque[_Ahead] = deque()  # rounds sent (or held behind those sent), not yet out
         ahead_bytes = 0
         for r in records:
             want, before_r = needs_root(r.index), prev
-            prev, seen = r.hash, seen + len(r.transfers)
+            prev, seen = r.hash, seen + len(r.transfers) + r.unread
             if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
-                self._start(accounts)
+                self._start(accounts, payer, source)
             req = None
             if self.worker is not None and not r.pending and self._helper_keeps_up():
-                columns = r.columns()
-                if not columns or set(map(type, columns[4])) == {int}:
-                    try:
-                        req = digest_request(before_r, r.index, r.events, r.arrays, r.resolutions, columns, want,
+                if r.unread:
+                    if self.worker.reading:
+                        req = digest_request(before_r, r.index, r.events, r.arrays, r.resolutions, r.unread, want,
                                              run_id)
-                    except OverflowError:  # an amount past int64
-                        pass
+                else:
+                    columns = r.columns()
+                    if not columns or set(map(type, columns[4])) == {int}:
+                        try:
+                            req = digest_request(before_r, r.index, r.events, r.arrays, r.resolutions, columns, want,
+                                                 run_id)
+                        except OverflowError:  # an amount past int64
+                            pass
             if req is None:
-                here = _Ahead(r, before_r, want, ok=self.clean(r))
+                here = self._here(r, before_r, want)
                 if not ahead:
-                    yield here.out()
+                    yield here.out(len(self.positions))
                 else:
                     ahead.append(here)
                 continue
@@ -285,11 +301,11 @@ class _RoundDigests:
             try:
                 ticket = self.worker.submit(req)  # type: ignore[union-attr]
             except ValueError:  # a field of a type marshal cannot send (a tampered row): here
-                ahead.append(_Ahead(r, before_r, want, ok=self.clean(r)))
+                ahead.append(self._here(r, before_r, want))
                 continue
             except OSError as exc:
                 self._lost(exc)
-                ahead.append(_Ahead(r, before_r, want, ok=self.clean(r)))
+                ahead.append(self._here(r, before_r, want))
                 continue
             ahead.append(_Ahead(r, before_r, want, ticket=ticket,
                                 size=self.worker.submitted - before))  # type: ignore[union-attr]
@@ -300,20 +316,42 @@ class _RoundDigests:
         while ahead:
             yield self._out(ahead.popleft())
 
+    def _here(self, r: RoundRecord, prev: str, want: bool) -> "_Ahead":
+        """Round ``r`` read (if its transfers were left unread) and digested here as the helper
+        would (``digests.columns_digests``); a round that cannot be, checked here and digested
+        from its rows when asked."""
+        self._read(r)
+        if not r.pending:
+            columns = r.columns()
+            if not columns or set(map(type, columns[4])) == {int}:
+                got = columns_digests(prev, r.index, r.events, r.arrays, r.resolutions, columns, want, self.run_id,
+                                      self.accounts, self.positions, self.kind)
+                if got is not None:
+                    return _Ahead(r, prev, want, ok=got.clean, got=got)
+        return _Ahead(r, prev, want, ok=self.clean(r))
+
+    def _read(self, r: RoundRecord) -> None:
+        """Read round ``r``'s transfers into it, if they were left unread."""
+        if r.unread:
+            assert self.read is not None, "a round's transfers left unread with no way to read them"
+            r.transfers, r.unread, r._columns = self.read(r.index), 0, None
+
     def _out(self, a: "_Ahead") -> tuple[RoundRecord, bool, _Digests]:
-        if a.ticket is not None and self.worker is not None:
+        if a.ticket is None:  # digested here already
+            return a.out(len(self.positions))
+        if self.worker is not None:
             try:
                 got = self.worker.result(a.ticket)
             except OSError as exc:
                 self._lost(exc)
             else:
                 if got is not None:
-                    h, root, ok = got
-                    return a.r, ok, _Digests(partial(_digests_here, a.r, a.prev, True), round_hash=h,
-                                             root=root if a.want else None)
-        if a.ticket is not None:  # the helper could not take the round's columns, or is gone
-            a.ok = self.clean(a.r)
-        return a.out()
+                    if not got.clean:
+                        self._read(a.r)  # the audit names the bad rows
+                    a.got, a.ok = got, got.clean
+                    return a.out(len(self.positions))
+        # the helper could not take the round, or is gone
+        return self._here(a.r, a.prev, a.want).out(len(self.positions))
 
     def _helper_keeps_up(self) -> bool:
         """Whether the helper has at most ``DIGEST_STEAL_BACKLOG`` requests unanswered: a
@@ -331,15 +369,15 @@ class _RoundDigests:
         columns = tuple(zip(*r.transfers, *r.pending)) if r.pending else r.columns()
         return transfers_clean(self.run_id, r.index, columns, self.accounts)
 
-    def _start(self, accounts: frozenset[str]) -> None:
+    def _start(self, accounts: frozenset[str], payer: Payer, source: RowSource | None) -> None:
         try:
-            self.worker = DigestWorker(accounts)
+            self.worker = DigestWorker(accounts, payer, source)
         except OSError as exc:  # no interpreter to start (an embedded or frozen Python)
             self._lost(exc)
 
     def _lost(self, exc: OSError) -> None:
         """The helper failed: the rest of the audit digests here (nothing is lost: every
-        round not yet out is still held with its rows)."""
+        round not yet out is still held, and read here if its transfers were left unread)."""
         warnings.warn(f"audit: the digest helper process failed ({exc}); digesting in this process",
                       RuntimeWarning, stacklevel=2)
         if self.worker is not None:
@@ -351,7 +389,8 @@ class _RoundDigests:
 @dataclass
 class _Ahead:
     """A round in the audit's first stage: the hash it chains onto, whether its head needs
-    the root, whether it is clean, its helper ticket (``None``: digested here) and request size."""
+    the root, whether it is clean, its helper ticket (``None``: digested here) and request
+    size, and its digests once computed (by the helper, or here as the helper would)."""
 
     r: RoundRecord
     prev: str
@@ -359,10 +398,20 @@ class _Ahead:
     ok: bool = False
     ticket: int | None = None
     size: int = 0
+    got: Digested | None = None
 
-    def out(self) -> tuple[RoundRecord, bool, _Digests]:
-        """The round with its digests computed here, when first asked."""
-        return self.r, self.ok, _Digests(partial(_digests_here, self.r, self.prev, self.want))
+    def out(self, agents: int) -> tuple[RoundRecord, bool, _Digests]:
+        """The round with its digests (those not computed yet: computed from its rows when
+        first asked) and, when they were summed, what each of the run's ``agents`` paid."""
+        later = partial(_digests_here, self.r, self.prev, self.want)
+        if self.got is None:
+            return self.r, self.ok, _Digests(later)
+        paid = None
+        if self.got.paid is not None:
+            vector = paid_vector(agents, *self.got.paid)
+            paid = RoundPaid(vector, vector)  # (a round with pending transfers has none summed)
+        return self.r, self.ok, _Digests(later, round_hash=self.got.round_hash,
+                                         root=self.got.root if self.want else None, paid=paid)
 
 
 def _digests_here(r: RoundRecord, prev: str, want_root: bool) -> tuple[str, bytes | None]:
@@ -438,36 +487,43 @@ def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None,
     a = market.audit_init()
     window = getattr(market, "audit_window", 1) if hasattr(market, "audit_rounds") else 1
     held: list[_Held] = []  # rounds whose recomputation waits for the market's window
-    for r, ok, digests in digests_of.stream(ledger.iter_rounds(run.id), run.header_hash, signed.needs_root, rid,
-                                            account_names):
-        expected_index, n_rounds = n_rounds, n_rounds + 1
-        n_transfers += len(r.transfers)
-        late = _Held(r, _missing_events(market, r))
-        # double entry + idempotency: a whole round column-wise (``ok``); row by row (naming the
-        # first bad row) only when something is off. An id that matches its fields names its
-        # round, so a duplicate can only be within a round (constant memory)
-        if not ok:
-            _name_bad_transfers(rid, r, accounts, double_entry, idem)
-        # hash chain: the first broken link is named, later rounds cannot be trusted
-        if chain_ok:
-            if r.index != expected_index:
-                chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
-                late.complete.append(f"round {expected_index} is missing")
-                chain_ok = False
-            elif r.prev_hash != prev or digests.round_hash != r.hash:
-                chain.fail(f"round {r.index}: rows do not match the stored hash chain "
-                           f"(changed, deleted or inserted rows)")
-                chain_ok = False
-            prev = r.hash
-        signed.round(r, digests.merkle_root)  # the transfers' root, read once the round has a head
-        escrow.round(r)
-        if window > 1:  # held for the window: its payments summed, its transfer rows let go
-            late.paid = round_paid(market, r)
-            late.record = replace(r, transfers=[], _columns=None)
-        held.append(late)
-        if len(held) >= window:
-            a = _recompute_held(market, a, held, complete, pay, extra, settlements)
-            held = []
+    # the helper reads the transfers itself where the market's recomputation needs only their
+    # sums (and no account has a floor to follow row by row): this process reads their counts
+    source = (ledger.row_source() if digests_of.allowed and not getattr(market, "audit_reads_transfers", True)
+              and not escrow.floors else None)
+    payer = ([agent_account(a) for a in market.agent_ids], market.payment_kind)
+    with ledger.transfer_reader(rid) as read:
+        for r, ok, digests in digests_of.stream(ledger.iter_rounds(rid, transfers=source is None), run.header_hash,
+                                                signed.needs_root, rid, account_names, payer, source, read):
+            expected_index, n_rounds = n_rounds, n_rounds + 1
+            n_transfers += len(r.transfers) + r.unread
+            late = _Held(r, _missing_events(market, r))
+            # double entry + idempotency: a whole round column-wise (``ok``); row by row (naming the
+            # first bad row) only when something is off. An id that matches its fields names its
+            # round, so a duplicate can only be within a round (constant memory)
+            if not ok:
+                _name_bad_transfers(rid, r, accounts, double_entry, idem)
+            # hash chain: the first broken link is named, later rounds cannot be trusted
+            if chain_ok:
+                if r.index != expected_index:
+                    chain.fail(f"round {expected_index} is missing (next stored round is {r.index})")
+                    late.complete.append(f"round {expected_index} is missing")
+                    chain_ok = False
+                elif r.prev_hash != prev or digests.round_hash != r.hash:
+                    chain.fail(f"round {r.index}: rows do not match the stored hash chain "
+                               f"(changed, deleted or inserted rows)")
+                    chain_ok = False
+                prev = r.hash
+            signed.round(r, digests.merkle_root)  # the transfers' root, read once the round has a head
+            escrow.round(r)
+            late.paid = digests.paid  # summed by the helper
+            if window > 1:  # held for the window: its payments summed, its transfer rows let go
+                late.paid = late.paid or round_paid(market, r)
+                late.record = replace(r, transfers=[], _columns=None)
+            held.append(late)
+            if len(held) >= window:
+                a = _recompute_held(market, a, held, complete, pay, extra, settlements)
+                held = []
     a = _recompute_held(market, a, held, complete, pay, extra, settlements)
     signed.finish(n_rounds, prev)
     if run.final_rounds is not None and (left := settlements.unsettled()):
@@ -505,10 +561,12 @@ class EscrowAudit:
     def round(self, r: RoundRecord) -> None:
         if self.balance:  # only floored accounts are followed: nothing to do per transfer without them
             for _id, _k, debit, credit, amount in r.transfers:
-                self._move(debit, -amount)
-                self._move(credit, amount)
+                if type(amount) is int:  # a tampered amount (text, say) moves no money: ``double_entry`` names it
+                    self._move(debit, -amount)
+                    self._move(credit, amount)
         for pid, _k, debit, credit, amount in r.pending:
             self.any_pending = True
+            amount = amount if type(amount) is int else 0
             self.open[pid] = (debit, credit, amount)
             self._move(debit, -amount)
         for pid, state, amount in r.resolutions:
@@ -520,8 +578,10 @@ class EscrowAudit:
                 continue
             debit, credit, pending = self.open.pop(pid)
             self.resolved.add(pid)
-            if state not in ("posted", "voided") or not 0 <= amount <= pending or (state == "voided" and amount):
-                self.escrow.fail(f"round {r.index}: {pid} {state} with amount {amount} (pending {pending})")
+            if (state not in ("posted", "voided") or type(amount) is not int or not 0 <= amount <= pending
+                    or (state == "voided" and amount)):
+                self.escrow.fail(f"round {r.index}: {pid} {state} with amount {amount!r} (pending {pending})")
+                amount = amount if type(amount) is int else 0
             self._move(debit, pending - (amount if state == "posted" else 0))
             if state == "posted":
                 self._move(credit, amount)

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from mbiagents.ledger import digests as digests_module
 from mbiagents.ledger.digests import DigestWorker, digest_request, round_digests
-from mbiagents.ledger.invariants import ids_match, transfers_clean
+from mbiagents.ledger.invariants import agent_payments, ids_match, transfers_clean
 from mbiagents.ledger.merkle import leaf_hash, line_leaves, merkle_root, transfer_leaves, transfer_line
 from mbiagents.ledger.payments import signed_minor_from_columns, signed_minor_from_transfers
-from mbiagents.ledger.schema import HEAD_REVISION, alembic_head
+from mbiagents.ledger.schema import HEAD_REVISION, alembic_head, open_ledger
 from mbiagents.ledger.hashing import transfer_block
-from mbiagents.ledger.store import RoundRecord, round_hash, round_hash_of_lines, transfer_lines
+from mbiagents.ledger.store import RoundRecord, TransferRow, round_hash, round_hash_of_lines, transfer_lines
 
 name = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
 transfer = st.tuples(name, name, name, name, st.integers(1, 10**18))
@@ -101,6 +101,26 @@ def test_signed_minor_from_columns_is_the_row_version():
     assert (signed_minor_from_columns(ids, (), "clarke") == 0).all()
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["clarke", "bonus"]), st.sampled_from(["a0", "a1", "a2", "a3", "treasury"]),
+                          st.sampled_from(["a0", "a1", "a2", "a3", "treasury"]), st.integers(1, 10**12)), max_size=25))
+def test_agent_payments_are_the_sums_row_by_row(rows):
+    """What each agent paid, recomputed here one row at a time: debited amounts minus credited
+    ones of the payment kind (agents with no such transfer: absent or zero)."""
+    ids = ["a0", "a1", "a2"]  # a3 is no agent of the run: its rows count for nobody
+    transfers = [(f"t{j}", k, f"agent:{d}" if d != "treasury" else d, f"agent:{c}" if c != "treasury" else c, m)
+                 for j, (k, d, c, m) in enumerate(rows)]
+    want = np.zeros(3, dtype=np.int64)
+    for _, kind, debit, credit, amount in transfers:
+        for account, sign in ((debit, 1), (credit, -1)):
+            if kind == "clarke" and account.removeprefix("agent:") in ids:
+                want[ids.index(account.removeprefix("agent:"))] += sign * amount
+    assert (signed_minor_from_columns(ids, tuple(zip(*transfers)), "clarke") == want).all()
+    positions = {f"agent:{a}": i for i, a in enumerate(ids)}
+    got = agent_payments(tuple(zip(*transfers)), positions, "clarke")
+    assert all(want[i] == v for i, v in got.items()) and all(want[i] == 0 for i in set(range(3)) - set(got))
+
+
 def test_head_revision_is_alembics_head():
     assert HEAD_REVISION == alembic_head()
 
@@ -122,11 +142,12 @@ def test_round_digests_are_the_documented_hash_and_root(prev, index, events, tra
     """What the audit's helper computes from a request (columns joined, amounts as bytes)
     is the documented round hash and the RFC 6962 root of the transfers' leaves."""
     rows = sorted(transfers)
-    got_hash, got_root, clean = round_digests(digest_request(prev, index, events, arrays, resolutions,
-                                                             tuple(zip(*rows)), want_root, "run"), frozenset())
-    assert got_hash == documented_round_hash(prev, index, events, rows, [], resolutions, arrays)
-    assert got_root == (merkle_root([leaf_hash(transfer_line(t)) for t in rows]) if want_root else None)
-    assert clean == (not rows)  # no account is the run's: only a round without transfers is clean
+    got = round_digests(digest_request(prev, index, events, arrays, resolutions, tuple(zip(*rows)), want_root, "run"),
+                        frozenset())
+    assert got.round_hash == documented_round_hash(prev, index, events, rows, [], resolutions, arrays)
+    assert got.root == (merkle_root([leaf_hash(transfer_line(t)) for t in rows]) if want_root else None)
+    assert got.clean == (not rows)  # no account is the run's: only a round without transfers is clean
+    assert got.paid is None  # no payer asked for
 
 
 def clean_rows(run_id: str, index: int, n: int) -> list[tuple]:
@@ -148,12 +169,69 @@ ACCOUNTS = frozenset(["treasury", *(f"agent:a{j}" for j in range(100))])
 def test_the_helpers_clean_check_is_the_audits(tamper, clean):
     rows = tamper(clean_rows("run", 3, 6))
     req = digest_request("p", 3, [], [], [], tuple(zip(*rows)), False, "run")
-    assert round_digests(req, ACCOUNTS)[2] is clean is transfers_clean("run", 3, tuple(zip(*rows)), ACCOUNTS)
+    assert round_digests(req, ACCOUNTS).clean is clean is transfers_clean("run", 3, tuple(zip(*rows)), ACCOUNTS)
 
 
 def test_round_digests_refuse_columns_that_do_not_split_back():
     rows = [("run:0:pay:a\nb:treasury", "pay", "a\nb", "treasury", 5)]
     assert round_digests(digest_request("p", 0, [], [], [], tuple(zip(*rows)), True, "run"), ACCOUNTS) is None
+
+
+def test_round_digests_of_rows_read_from_the_ledger_are_those_of_the_columns_sent():
+    """A request that gives only the number of transfers: the helper reads them (in no order),
+    sorts them by id and digests them as the columns would be; rows not as many as the
+    request says, or a ledger that cannot be read, leave the round to the caller (``None``)."""
+    rows = clean_rows("run", 4, 30)
+    payer = {f"agent:a{j}": j for j in range(40)}
+    sent = round_digests(digest_request("p", 4, [(0, "k", None, "{}")], [], [], tuple(zip(*rows)), True, "run"),
+                         ACCOUNTS, payer, "pay")
+    shuffled = rows[::-1]
+    read = round_digests(digest_request("p", 4, [(0, "k", None, "{}")], [], [], 30, True, "run"), ACCOUNTS, payer,
+                         "pay", read=lambda run_id, index: list(shuffled) if (run_id, index) == ("run", 4) else [])
+    assert read == sent and sent.clean
+    assert dict(zip(*sent.paid)) == {j: j + 1 for j in range(30)}  # each agent a_j paid j + 1 to the treasury
+    assert round_digests(digest_request("p", 4, [], [], [], 31, True, "run"), ACCOUNTS, payer, "pay",
+                         read=lambda run_id, index: list(rows)) is None
+    for broken in (None, lambda run_id, index: 1 / 0):
+        assert round_digests(digest_request("p", 4, [], [], [], 30, True, "run"), ACCOUNTS, read=broken) is None
+    text_amount = rows[:3] + [rows[3][:4] + ("4",)] + rows[4:]  # a tampered row SQLite would return so
+    assert round_digests(digest_request("p", 4, [], [], [], 30, True, "run"), ACCOUNTS,
+                         read=lambda run_id, index: list(text_amount)) is None
+
+
+def test_digest_worker_reads_a_sqlite_ledger_and_sums_payments(tmp_path):
+    """The helper opened on a ledger (``Ledger.row_source``) answers a request that gives only
+    the number of transfers as ``round_digests`` of the same rows sent as columns, with the
+    agents' payments; a ledger it cannot open leaves those rounds to the caller."""
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    run_id = ledger.create_run(name="t", game="team", mechanism="dpm", seed=0, scenario={"x": 1},
+                               agent_ids=["a", "b", "c"])
+    for i in range(3):
+        ledger.write_round(run_id, i, [], [TransferRow("clarke", f"agent:{a}", "treasury", 10 * i + j + 1)
+                                           for j, a in enumerate("abc"[:i + 1])])
+    accounts = frozenset(name for name, _ in ledger.accounts(run_id))
+    payer = (["agent:a", "agent:b", "agent:c"], "clarke")
+    records = ledger.read_rounds(run_id)
+    source = ledger.row_source()
+    assert source is not None and source[0] == "sqlite3" and "mode=ro" in source[1][0]
+    worker = DigestWorker(accounts, payer, source)
+    try:
+        for r in records:
+            got = worker.result(worker.submit(digest_request(r.prev_hash, r.index, r.events, [], [],
+                                                             len(r.transfers), True, run_id)))
+            want = round_digests(digest_request(r.prev_hash, r.index, r.events, [], [], r.columns(), True, run_id),
+                                 accounts, {a: j for j, a in enumerate(payer[0])}, "clarke")
+            assert got == want and got.round_hash == r.hash and got.clean
+            assert dict(zip(*got.paid)) == {j: 10 * r.index + j + 1 for j in range(r.index + 1)}
+    finally:
+        worker.close()
+    gone = DigestWorker(accounts, payer, ("sqlite3", [f"file:{tmp_path / 'nothing.db'}?mode=ro"], {"uri": True},
+                                          source[3]))
+    try:
+        assert gone.result(gone.submit(digest_request("p", 0, [], [], [], 1, True, run_id))) is None
+    finally:
+        gone.close()
+    ledger.dispose()
 
 
 def test_digest_worker_answers_in_order_as_round_digests_does():
@@ -165,8 +243,8 @@ def test_digest_worker_answers_in_order_as_round_digests_does():
         with pytest.raises(ValueError, match="out of order"):
             worker.result(tickets[1])
         for t, q in zip(tickets, reqs):
-            h, root, clean = round_digests(q, ACCOUNTS)
-            assert worker.result(t) == (h, root or bytes(32), clean) and clean
+            want = round_digests(q, ACCOUNTS)
+            assert worker.result(t) == want and want.clean
         bad = [("run:0:pay:a\nb:treasury", "pay", "a\nb", "treasury", 5)]
         assert worker.result(worker.submit(digest_request("p", 0, [], [], [], tuple(zip(*bad)), True, "run"))) is None
     finally:
@@ -185,11 +263,10 @@ def test_digest_worker_backlog_reads_replies_without_redeeming_them():
         deadline = time.monotonic() + 30
         while worker.backlog() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert worker.backlog() == 0 and len(worker.replies) == 5 * 97
+        assert worker.backlog() == 0 and len(worker.done) == 5 and not worker.replies
         for t, q in zip(tickets, reqs):
-            h, root, clean = round_digests(q, ACCOUNTS)
-            assert worker.result(t) == (h, root, clean)
-        assert worker.backlog() == 0 and not worker.replies
+            assert worker.result(t) == round_digests(q, ACCOUNTS)
+        assert worker.backlog() == 0 and not worker.done
     finally:
         worker.close()
 

@@ -45,6 +45,49 @@ def test_double_entry_balances_sum_to_zero(url):
     assert sum(bal.values()) == 0
 
 
+def test_rounds_with_transfers_counted_not_read(url):
+    """``iter_rounds(transfers=False)``: the same rounds with each one's transfers counted
+    (``unread``), not read; ``round_transfers`` and ``transfer_reader`` read them in id order."""
+    ledger = open_ledger(url)
+    run = new_run(ledger, agents=("a", "b", "c"))
+    ledger.write_round(run, 0, [EventRow("e", {"v": 1})], [pay("c", 3), pay("a", 7), pay("b", 5)])
+    ledger.write_round(run, 1, [EventRow("e", {"v": 2})], [])
+    ledger.write_round(run, 2, [], [TransferRow("refund", "treasury", "agent:b", 2)])
+    full = ledger.read_rounds(run)
+    counted = list(ledger.iter_rounds(run, transfers=False))
+    assert [r.unread for r in counted] == [len(r.transfers) for r in full] == [3, 0, 1]
+    assert [(r.index, r.hash, r.events) for r in counted] == [(r.index, r.hash, r.events) for r in full]
+    assert all(r.transfers == [] for r in counted) and all(r.unread == 0 for r in full)
+    assert [ledger.round_transfers(run, r.index) for r in full] == [r.transfers for r in full]
+    with ledger.transfer_reader(run) as read:
+        assert [read(r.index) for r in full] == [r.transfers for r in full]
+        assert [t[0] for t in read(0)] == sorted(t[0] for t in read(0))
+
+
+def test_row_source_opens_the_ledger_in_another_process(url, tmp_path):
+    """``row_source``: a SQLite file read-only, PostgreSQL through psycopg with the URL's fields
+    (the password among them, never on a command line); the query reads a round's rows."""
+    ledger = open_ledger(url)
+    run = new_run(ledger)
+    ledger.write_round(run, 0, [], [pay("a", 7), pay("b", 5)])
+    module, args, kwargs, sql = ledger.row_source()
+    if module == "sqlite3":
+        import sqlite3
+
+        assert args[0].startswith("file:") and args[0].endswith("?mode=ro") and kwargs == {"uri": True}
+        conn = sqlite3.connect(*args, **kwargs)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("insert into runs (id) values ('x')")
+    else:
+        import psycopg
+
+        assert module == "psycopg" and not args and "%s" in sql
+        conn = psycopg.connect(*args, autocommit=True, **kwargs)
+    assert sorted(conn.execute(sql, (run, 0)).fetchall()) == ledger.round_transfers(run, 0)
+    conn.close()
+    assert open_ledger("sqlite://").row_source() is None  # in memory: no other process can open it
+
+
 def test_idempotent_round_write_is_a_duplicate_not_an_error(url):
     ledger = open_ledger(url)
     run = new_run(ledger)

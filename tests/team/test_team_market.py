@@ -168,6 +168,29 @@ def test_arun_and_run_inside_a_running_loop(sqlite_url):
     assert market.audit(a.run_id).ok and market.audit(b.run_id).ok
 
 
+def test_an_amount_stored_as_text_fails_the_audit_naming_it(sqlite_url):
+    """SQLite keeps a text amount its CHECK lets through (``'abc' > 0``): the audit of a run
+    with budgets names the row (``double_entry``), counts it as no money, and does not crash."""
+    agents = [mbi.Agent("a", bid=1.0, work=lambda t, ctx: "done", budget=mbi.Budget(grant=5.0)),
+              mbi.Agent("b", bid=2.0, work=lambda t, ctx: "done", budget=mbi.Budget(grant=5.0))]
+    market = mbi.TaskMarket(agents, ledger=sqlite_url)
+    res = market.run(TASKS)
+    engine = market.ledger.engine
+    drop_append_only_triggers(engine)
+    with engine.begin() as conn:
+        tid = conn.execute(text("select id from transfers where debit = 'treasury' order by round_index, id")).scalar()
+        conn.execute(text("update transfers set amount = 'abc' where id = :i"), {"i": tid})
+    report = audit_run(market.ledger, res.run_id)
+    failed = {c.name: c.detail for c in report.checks if not c.ok}
+    assert "amount 'abc' is not a positive integer" in failed["double_entry"] and tid in failed["double_entry"]
+    assert "hash_chain" in failed
+    with engine.begin() as conn:  # and a resolution's amount
+        pid = conn.execute(text("select pending_id from pending_resolutions order by pending_id")).scalar()
+        conn.execute(text("update pending_resolutions set amount = 'abc' where pending_id = :i"), {"i": pid})
+    failed = {c.name: c.detail for c in audit_run(market.ledger, res.run_id).checks if not c.ok}
+    assert f"{pid} posted with amount 'abc'" in failed["escrow"]
+
+
 def test_budget_runs_out_mid_task(sqlite_url):
     def work(task, ctx):
         for i in range(3):  # three priced calls, each reserving 0.6 and costing 0.5

@@ -16,8 +16,8 @@ def digests_where(request, monkeypatch):
     started: list[DigestWorker] = []
 
     class Counted(DigestWorker):
-        def __init__(self, accounts: frozenset[str]) -> None:
-            super().__init__(accounts)
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
             started.append(self)
 
     monkeypatch.setattr(audit_module, "DigestWorker", Counted)

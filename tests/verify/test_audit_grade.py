@@ -85,6 +85,8 @@ TAMPER = {
     "deleted transfer": (lambda c, r: c.execute(text(
         "delete from transfers where id = (select min(id) from transfers where round_index = 2)")), 2),
     "inserted transfer": (_insert_transfer, 2),
+    # SQLite keeps text in an integer column whose CHECK it passes ('abc' > 0)
+    "text amount": (lambda c, r: c.execute(text("update transfers set amount = 'abc' where round_index = 2")), 2),
     "changed event": (lambda c, r: c.execute(text(
         "update events set payload = replace(payload, '1', '2') where round_index = 3 and kind = 'outcome'")), 3),
     "deleted event": (lambda c, r: c.execute(text("delete from events where round_index = 3 and kind = 'signals'")), 3),
