@@ -417,6 +417,7 @@ class _Ahead:
 def _digests_here(r: RoundRecord, prev: str, want_root: bool) -> tuple[str, bytes | None]:
     """Round ``r``'s hash (chained onto ``prev``) and root, computed in this process from its
     rows as they are (a line holding a newline too)."""
+    assert not r.unread, f"round {r.index}: digests asked of transfers never read"
     head, tail = round_text_parts(prev, r.index, r.events, pending=r.pending, resolutions=r.resolutions,
                                   arrays=r.arrays)
     lines = transfer_lines(r.transfers)
