@@ -33,10 +33,11 @@ Columns = tuple[str, str, str, str, bytes, int]
 #: ledger itself, ``RowSource``); whether the Merkle root is wanted; the run's id
 DigestRequest = tuple[str, int, list, list, list, "Columns | int", bool, str]
 #: how the helper opens the ledger to read a round's transfers itself: the DB-API module
-#: (``sqlite3`` or ``psycopg``), its ``connect`` arguments and keywords, and the query of a
+#: (``sqlite3`` or ``psycopg``), its ``connect`` arguments and keywords, the query of a
 #: round's rows ``(id, kind, debit, credit, amount)`` by ``(run_id, round_index)`` in the
-#: module's parameter style (``store.Ledger.row_source``)
-RowSource = tuple[str, list, dict, str]
+#: module's parameter style, and a query with the row it must return on the connection
+#: (the same database as the caller's), or ``None`` (``store.Ledger.row_source``)
+RowSource = tuple[str, list, dict, str, "tuple[str, tuple] | None"]
 #: the agents' accounts in agent order and the payment kind: a reply then carries each
 #: agent's payment in the round (``invariants.agent_payments``)
 Payer = tuple[list[str], str]
@@ -135,7 +136,7 @@ def row_reader(source: RowSource) -> Callable[[str, int], list]:
     """``read(run_id, index)``: the rows of a round's transfers, through a connection of
     this process's own (read-only on SQLite; autocommit on PostgreSQL: each read sees what
     is committed)."""
-    module, args, kwargs, sql = source
+    module, args, kwargs, sql, identity = source
     if module == "sqlite3":
         import sqlite3
 
@@ -146,6 +147,9 @@ def row_reader(source: RowSource) -> Callable[[str, int], list]:
         conn = psycopg.connect(*args, autocommit=True, **kwargs)
     else:
         raise ValueError(f"no row reader for the DB-API module {module!r}")
+    if identity is not None and tuple(conn.execute(identity[0]).fetchone()) != tuple(identity[1]):
+        conn.close()
+        raise ValueError(f"the ledger opened here is not the caller's ({identity[0]})")
     return lambda run_id, index: conn.execute(sql, (run_id, index)).fetchall()
 
 

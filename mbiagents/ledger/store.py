@@ -667,10 +667,12 @@ class Ledger:
 
             yield read
 
-    def row_source(self) -> tuple[str, list, dict, str] | None:
+    def row_source(self) -> tuple[str, list, dict, str, tuple[str, tuple] | None] | None:
         """How another process opens this ledger to read a round's transfers itself
         (``digests.RowSource``): the DB-API module, its connect arguments (a SQLite file
-        read-only) and ``ROUND_TRANSFERS_SQL`` in its parameter style; ``None`` for a
+        read-only), ``ROUND_TRANSFERS_SQL`` in its parameter style, and on PostgreSQL a query
+        with the row it must return there (``IDENTITY_SQL``: the same database and schema as
+        this process sees, whatever the engine's own connect arguments); ``None`` for a
         database no other process can open (SQLite in memory) or another driver."""
         url = self.engine.url
         args, kwargs = self.engine.dialect.create_connect_args(url)
@@ -679,10 +681,13 @@ class Ledger:
             if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:") \
                     or not Path(path).is_file():
                 return None
-            return "sqlite3", [f"file:{quote(str(Path(path).resolve()))}?mode=ro"], {"uri": True}, ROUND_TRANSFERS_SQL
+            return ("sqlite3", [f"file:{quote(str(Path(path).resolve()))}?mode=ro"], {"uri": True},
+                    ROUND_TRANSFERS_SQL, None)
         if url.get_backend_name() == "postgresql" and self.engine.dialect.driver == "psycopg" and not args:
             plain = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}
-            return "psycopg", [], plain, ROUND_TRANSFERS_SQL.replace("?", "%s")
+            with self.engine.connect() as conn:
+                here = tuple(conn.exec_driver_sql(IDENTITY_SQL).one())
+            return "psycopg", [], plain, ROUND_TRANSFERS_SQL.replace("?", "%s"), (IDENTITY_SQL, here)
         return None
 
     def balances(self, run_id: str) -> dict[str, int]:
@@ -782,6 +787,8 @@ TRANSFER_COUNTS_SQL = ("SELECT round_index, count(*) FROM transfers WHERE run_id
                        "ORDER BY round_index")
 #: one round's transfers (parameters: run id, round index), in no particular order
 ROUND_TRANSFERS_SQL = "SELECT id, kind, debit, credit, amount FROM transfers WHERE run_id = ? AND round_index = ?"
+#: which database and tables a PostgreSQL connection sees (``Ledger.row_source``)
+IDENTITY_SQL = "SELECT current_database(), current_schema(), inet_server_port()"
 RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
 ARRAY_BATCH_BYTES = 2**21  # array rows per fetch: about this many bytes (a fetch is a round trip on PostgreSQL)
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.prev_hash, rounds.hash FROM runs '

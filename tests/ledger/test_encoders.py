@@ -226,7 +226,7 @@ def test_digest_worker_reads_a_sqlite_ledger_and_sums_payments(tmp_path):
     finally:
         worker.close()
     gone = DigestWorker(accounts, payer, ("sqlite3", [f"file:{tmp_path / 'nothing.db'}?mode=ro"], {"uri": True},
-                                          source[3]))
+                                          source[3], None))
     try:
         assert gone.result(gone.submit(digest_request("p", 0, [], [], [], 1, True, run_id))) is None
     finally:

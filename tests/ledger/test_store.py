@@ -6,6 +6,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from mbiagents.errors import LedgerError
+from mbiagents.ledger.digests import row_reader
 from mbiagents.ledger.models import Base
 from mbiagents.ledger.schema import head_revision, open_ledger, upgrade
 from mbiagents.ledger.store import EventRow, TransferRow, make_engine, round_hash
@@ -70,11 +71,12 @@ def test_row_source_opens_the_ledger_in_another_process(url, tmp_path):
     ledger = open_ledger(url)
     run = new_run(ledger)
     ledger.write_round(run, 0, [], [pay("a", 7), pay("b", 5)])
-    module, args, kwargs, sql = ledger.row_source()
+    module, args, kwargs, sql, identity = ledger.row_source()
     if module == "sqlite3":
         import sqlite3
 
         assert args[0].startswith("file:") and args[0].endswith("?mode=ro") and kwargs == {"uri": True}
+        assert identity is None  # the file's path names it
         conn = sqlite3.connect(*args, **kwargs)
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             conn.execute("insert into runs (id) values ('x')")
@@ -83,6 +85,9 @@ def test_row_source_opens_the_ledger_in_another_process(url, tmp_path):
 
         assert module == "psycopg" and not args and "%s" in sql
         conn = psycopg.connect(*args, autocommit=True, **kwargs)
+        assert tuple(conn.execute(identity[0]).fetchone()) == identity[1]
+        with pytest.raises(ValueError, match="not the caller's"):  # another database on the same server
+            row_reader((module, args, {**kwargs, "dbname": "postgres"}, sql, identity))
     assert sorted(conn.execute(sql, (run, 0)).fetchall()) == ledger.round_transfers(run, 0)
     conn.close()
     assert open_ledger("sqlite://").row_source() is None  # in memory: no other process can open it

@@ -192,7 +192,7 @@ def test_the_helper_reads_a_postgresql_ledger_with_the_same_report(pg_url, monke
 def test_a_helper_that_cannot_open_the_ledger_leaves_its_rounds_to_this_process(team_ledger, tmp_path,  # noqa: F811
                                                                                monkeypatch):
     url, run_id, here = _tampered_copy_and_report_here(team_ledger, tmp_path, monkeypatch, "changed transfer")
-    gone = ("sqlite3", [f"file:{tmp_path / 'gone.db'}?mode=ro"], {"uri": True}, ROUND_TRANSFERS_SQL)
+    gone = ("sqlite3", [f"file:{tmp_path / 'gone.db'}?mode=ro"], {"uri": True}, ROUND_TRANSFERS_SQL, None)
     monkeypatch.setattr(Ledger, "row_source", lambda self: gone)
     started = _helper_from_the_first_round(monkeypatch)
     monkeypatch.setattr(audit_module, "DIGEST_STEAL_BACKLOG", 10**9)  # every round goes there
