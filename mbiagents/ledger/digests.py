@@ -2,9 +2,11 @@
 id checks, computed by a process of their own on another core (``DigestWorker``).
 
 A long audit hashes each transfer three times (its round hash, its leaf, its share of the
-inner nodes); ``mbiagents.verify.audit`` sends each round here as columns and reads back
-its digests some rounds later, in order. Standard library only (and this package's
-``hashing``, ``invariants`` and ``merkle``): the helper starts in ~30 ms.
+inner nodes); ``mbiagents.verify.audit`` sends each round here, as columns or as the
+number of its transfers for the helper to read from the ledger itself, and reads back its
+digests (and the agents' payments) some rounds later, in order. Standard library only
+(and this package's ``hashing``, ``invariants`` and ``merkle``; the database driver once
+the helper reads a PostgreSQL ledger): the helper starts in ~30 ms.
 """
 
 from __future__ import annotations
