@@ -318,6 +318,60 @@ def _reply(buf: bytearray) -> tuple[Digested | None, int]:
     return Digested(buf[:64].decode(), bytes(buf[64:96]) if flags & _ROOT else None, bool(flags & 1), paid), size
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (a helper process is worth starting from two)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class BlockRoot:
+    """``merkle.block_root(block)`` computed by a helper process while the caller goes on:
+    the write path of a large round inserts its rows meanwhile (at 10^6 transfers the
+    2 x 10^6 SHA-256 calls of its Merkle tree take seconds). ``result()`` waits for the
+    root (``OSError`` if the helper cannot start or fails: the caller computes it itself);
+    ``close()`` ends a helper whose root is no longer wanted."""
+
+    def __init__(self, block: bytes) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                "from mbiagents.ledger.digests import serve_block_root; serve_block_root()")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            self.proc.stdin.write(block)  # type: ignore[union-attr]
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            self.close()
+            raise
+
+    def result(self) -> bytes:
+        root = self.proc.stdout.read(33)  # type: ignore[union-attr]
+        code = self.proc.wait()
+        if len(root) != 32 or code != 0:
+            raise OSError(f"the Merkle root helper process failed (code {code})")
+        return root
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+def serve_block_root(inp: BinaryIO | None = None, out: BinaryIO | None = None) -> None:
+    """``BlockRoot``'s helper: ``block_root`` of all of its input, written as 32 bytes."""
+    inp, out = inp or sys.stdin.buffer, out or sys.stdout.buffer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out.write(block_root(inp.read()))
+    out.flush()
+
+
 def _widen_pipe(fd: int) -> None:
     """Let a pipe hold up to 1 MiB (Linux ``F_SETPIPE_SZ``): the caller runs further ahead
     of the helper before its requests queue up. Elsewhere, or refused: the default size."""

@@ -196,14 +196,17 @@ class RunSigner:
 
     def write_head(self, conn: Connection, run_id: str, index: int, round_hash: str,
                    transfers: Sequence[tuple[str, str, str, str, int]],
-                   lines: list[str] | None = None, block: bytes | None = None) -> dict[str, Any]:
+                   lines: list[str] | None = None, block: bytes | None = None,
+                   root: str | None = None) -> dict[str, Any]:
         """Record the round's Merkle root and signed head inside the round's transaction;
         ``lines``: the transfers' ``store.transfer_lines`` in id order, when the caller has
         them already (the leaves hash the same lines), and ``block``: those lines joined
-        by newlines and encoded, as the round hash read them (``round_hash_of_block``)."""
+        by newlines and encoded, as the round hash read them (``round_hash_of_block``);
+        ``root``: the root (hex) when the caller computed it already (``digests.BlockRoot``)."""
         from mbiagents.ledger.models import RoundHead
 
-        root = round_merkle_root(transfers) if lines is None else merkle_root(line_leaves(lines, block)).hex()
+        if root is None:
+            root = round_merkle_root(transfers) if lines is None else merkle_root(line_leaves(lines, block)).hex()
         sig = self._sign(head_statement(run_id, index, round_hash, root))
         conn.execute(insert(RoundHead), [dict(run_id=run_id, round_index=index, merkle_root=root, signature=sig)])
         head = {"kind": "head", "run": run_id, "index": index, "hash": round_hash, "merkle_root": root, "sig": sig}

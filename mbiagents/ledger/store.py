@@ -39,6 +39,7 @@ from mbiagents.errors import LedgerError
 from mbiagents.faults import fault_point
 from mbiagents.ledger.models import (Account, ArrayRecord, Event, PendingResolution, PendingTransfer, Round, Run,
                                       Transfer)
+from mbiagents.ledger.digests import BlockRoot, available_cpus
 from mbiagents.ledger.hashing import (round_hash, round_hash_of_block, round_hash_of_lines,  # noqa: F401
                                       transfer_lines)  # (the round hash is defined there; re-exported)
 from mbiagents.ledger.money import MINOR_UNITS
@@ -587,18 +588,40 @@ class Ledger:
                 t_text = None  # only COPY reads the text again (10^6 transfers: ~100 MB)
             h = round_hash_of_block(prev, round_index, ev, t_block, pending=pe, resolutions=rs, arrays=arrays)
             bulk_insert(conn, "rounds", ROUND_COLUMNS, [(run_id, round_index, prev, h, len(ev), len(tr))])
-            if self.signer:  # the round's Merkle root and signed head, in its transaction
+            rooting = self._root_helper(tr, t_block)  # a large round's Merkle root, computed while the rows go in
+            if self.signer and rooting is None:  # the round's Merkle root and signed head, in its transaction
                 self.signer.write_head(conn, run_id, round_index, h, tr, lines=t_lines, block=t_block)
             del t_lines, t_block  # what the inserts no longer need goes now
-            bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
-            bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
-            fault_point("settle", round_index)
-            insert_transfers(conn, run_id, round_index, tr, t_text)
+            try:
+                bulk_insert(conn, "events", EVENT_COLUMNS, [(run_id, round_index, *e) for e in ev])
+                bulk_insert(conn, "arrays", ARRAY_COLUMNS, [(run_id, round_index, *a) for a in arrays])
+                fault_point("settle", round_index)
+                insert_transfers(conn, run_id, round_index, tr, t_text)
+                if rooting is not None:
+                    try:
+                        root: str | None = rooting.result().hex()
+                    except OSError:
+                        root = None  # computed from the rows
+                    self.signer.write_head(conn, run_id, round_index, h, tr, root=root)
+            finally:
+                if rooting is not None:
+                    rooting.close()
             bulk_insert(conn, "pending_transfers", TRANSFER_COLUMNS,
                         [(i, run_id, round_index, k, d, c, m) for i, k, d, c, m in pe])
             bulk_insert(conn, "pending_resolutions", RESOLUTION_COLUMNS,
                         [(i, run_id, round_index, st, m) for i, st, m in rs])
         return WriteResult(round_index, h, n_transfers=len(tr))
+
+    def _root_helper(self, tr: list[tuple], block: bytes) -> BlockRoot | None:
+        """A helper process computing the Merkle root of a signed round of at least
+        ``ROOT_HELPER_TRANSFERS`` transfers (``block``: their lines), on a machine with two or
+        more CPUs; else (or if it cannot start) ``None``: the root is computed here."""
+        if not self.signer or len(tr) < ROOT_HELPER_TRANSFERS or available_cpus() < 2:
+            return None
+        try:
+            return BlockRoot(block)
+        except OSError:
+            return None
 
     def read_rounds(self, run_id: str) -> list[RoundRecord]:
         """All rounds of a run with their events and transfers, in order."""
@@ -789,6 +812,9 @@ TRANSFER_COUNTS_SQL = ("SELECT round_index, count(*) FROM transfers WHERE run_id
 ROUND_TRANSFERS_SQL = "SELECT id, kind, debit, credit, amount FROM transfers WHERE run_id = ? AND round_index = ?"
 #: which database and tables a PostgreSQL connection sees (``Ledger.row_source``)
 IDENTITY_SQL = "SELECT current_database(), current_schema(), inet_server_port()"
+#: transfers of a round from which the write path computes its Merkle root in a helper
+#: process while it inserts the rows (``digests.BlockRoot``; below, starting it costs more)
+ROOT_HELPER_TRANSFERS = 100_000
 RUN_ROWS_BATCH = {"rounds": 10_000, "events": 1_000, "transfers": 5_000, "arrays": 4}  # rows per fetch
 ARRAY_BATCH_BYTES = 2**21  # array rows per fetch: about this many bytes (a fetch is a round trip on PostgreSQL)
 CHAIN_HEAD_SQL = ('SELECT runs.header_hash, runs.status, rounds."index", rounds.prev_hash, rounds.hash FROM runs '

@@ -30,7 +30,6 @@ Checks (names match the ledger invariants in ``mbiagents.ledger``):
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from collections import deque
 from contextlib import contextmanager
@@ -46,6 +45,7 @@ from mbiagents.ledger.payments import paid_vector, signed_minor_from_columns, si
 from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
 from mbiagents.ledger.digests import Digested, DigestWorker, Payer, RowSource, columns_digests, digest_request
+from mbiagents.ledger.digests import available_cpus as _cpus
 from mbiagents.ledger.merkle import line_leaves, merkle_root
 from mbiagents.ledger.store import Ledger, RoundRecord, agent_account, header_hash, run_header, transfer_id
 from mbiagents.markets import market_of
@@ -423,13 +423,6 @@ def _digests_here(r: RoundRecord, prev: str, want_root: bool) -> tuple[str, byte
     lines = transfer_lines(r.transfers)
     block = "\n".join(lines).encode()
     return round_hash_of_parts(head, block, tail), merkle_root(line_leaves(lines, block)) if want_root else None
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextmanager

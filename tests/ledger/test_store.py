@@ -1,14 +1,21 @@
 """Ledger invariants on a real SQLite file and a real PostgreSQL database."""
 
+import hashlib
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from mbiagents.errors import LedgerError
+from mbiagents.ledger import digests as digests_module
+from mbiagents.ledger import store as store_module
 from mbiagents.ledger.digests import row_reader
+from mbiagents.ledger.merkle import block_root, merkle_root
 from mbiagents.ledger.models import Base
 from mbiagents.ledger.schema import head_revision, open_ledger, upgrade
+from mbiagents.ledger.signing import RunSigner, head_statement, public_hex, verify
 from mbiagents.ledger.store import EventRow, TransferRow, make_engine, round_hash
 
 
@@ -272,3 +279,74 @@ def test_a_locked_run_row_is_a_ledger_error_on_postgresql(pg_url):
     impatient.dispose()
     ledger.write_round(run, 1, [], [pay("a", 2)])  # once released, the round goes in
     ledger.dispose()
+
+
+class _FailingRoot(digests_module.BlockRoot):
+    """A root helper that dies before answering."""
+
+    def result(self) -> bytes:
+        self.proc.kill()
+        return super().result()
+
+
+@pytest.mark.parametrize("helper", [digests_module.BlockRoot, _FailingRoot])
+def test_a_large_rounds_merkle_root_comes_from_a_helper_process(sqlite_url, monkeypatch, helper):
+    """Past ``ROOT_HELPER_TRANSFERS`` the signed head's root is computed by a helper process
+    while the rows go in: the head holds the RFC 6962 root of the round's transfer lines
+    (recomputed here leaf by leaf), signed; a helper that fails leaves the same root,
+    computed from the rows."""
+    started = []
+
+    class Counted(helper):
+        def __init__(self, block):
+            super().__init__(block)
+            started.append(self)
+
+    monkeypatch.setattr(store_module, "ROOT_HELPER_TRANSFERS", 5)
+    monkeypatch.setattr(store_module, "available_cpus", lambda: 2)
+    monkeypatch.setattr(store_module, "BlockRoot", Counted)
+    ledger = open_ledger(sqlite_url)
+    key = Ed25519PrivateKey.generate()
+    ledger.signer = RunSigner(key)
+    agents = [f"a{j}" for j in range(8)]
+    run = new_run(ledger, agents=agents)
+    ledger.write_round(run, 0, [], [pay(a, j + 1) for j, a in enumerate(agents[:4])])  # below: computed here
+    ledger.write_round(run, 1, [], [pay(a, j + 1) for j, a in enumerate(agents)])
+    assert len(started) == 1 and started[0].proc.returncode is not None
+    with ledger.engine.connect() as conn:
+        heads = {i: (root, sig) for i, root, sig in conn.execute(text(
+            "select round_index, merkle_root, signature from round_heads where run_id = :r"), {"r": run})}
+    for r in ledger.read_rounds(run):
+        want = merkle_root([hashlib.sha256(b"\x00" + f"T\t{i}\t{k}\t{d}\t{c}\t{m}".encode()).digest()
+                            for i, k, d, c, m in r.transfers]).hex()
+        root, sig = heads[r.index]
+        assert root == want and verify(public_hex(key), sig, head_statement(run, r.index, r.hash, want))
+
+
+def test_block_root_helper_is_block_root():
+    block = "\n".join(f"T\tid{j}\tk\ta\tb\t{j}" for j in range(1000)).encode()
+    assert digests_module.BlockRoot(block).result() == block_root(block)
+
+
+def test_a_round_that_fails_mid_write_ends_its_root_helper(sqlite_url, monkeypatch):
+    started = []
+
+    class Counted(digests_module.BlockRoot):
+        def __init__(self, block):
+            super().__init__(block)
+            started.append(self)
+
+    def crash(point, index):
+        raise RuntimeError(f"killed at {point}")
+
+    monkeypatch.setattr(store_module, "ROOT_HELPER_TRANSFERS", 2)
+    monkeypatch.setattr(store_module, "available_cpus", lambda: 2)
+    monkeypatch.setattr(store_module, "BlockRoot", Counted)
+    monkeypatch.setattr(store_module, "fault_point", crash)
+    ledger = open_ledger(sqlite_url)
+    ledger.signer = RunSigner(Ed25519PrivateKey.generate())
+    run = new_run(ledger, agents=("a", "b", "c"))
+    with pytest.raises(RuntimeError, match="killed at settle"):
+        ledger.write_round(run, 0, [], [pay(a, 1) for a in "abc"])
+    assert len(started) == 1 and started[0].proc.returncode is not None  # no helper left behind
+    assert ledger.read_rounds(run) == []  # nothing written
