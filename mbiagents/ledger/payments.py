@@ -42,7 +42,7 @@ def signed_minor_from_columns(agent_ids: list[str], columns: tuple[tuple, ...], 
     """``signed_minor_from_transfers`` of transfers given column-wise ``(ids, kinds, debits,
     credits, amounts)`` (``RoundRecord.columns``; ``()`` for none): ``invariants.agent_payments``
     as a vector in agent order."""
-    paid = agent_payments(columns, _positions(agent_ids), kind)
+    paid = agent_payments(columns, agent_positions(agent_ids), kind)
     return paid_vector(len(agent_ids), list(paid), list(paid.values()))
 
 
@@ -58,7 +58,7 @@ def paid_vector(n: int, at: Sequence[int], amounts: Sequence[int]) -> np.ndarray
 _POSITIONS: list = [None, {}]  # the last agent list (kept alive, so identity is safe) and its positions
 
 
-def _positions(agent_ids: list[str]) -> dict[str, int]:
+def agent_positions(agent_ids: list[str]) -> dict[str, int]:
     """``{agent account: position}``, built once per agent list (the audit asks every round)."""
     if _POSITIONS[0] is not agent_ids:
         _POSITIONS[:] = [agent_ids, {agent_account(a): i for i, a in enumerate(agent_ids)}]

@@ -199,6 +199,11 @@ class RoundRecord:
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _columns: tuple[tuple, ...] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def transfer_count(self) -> int:
+        """The round's transfers in the ledger, read or not (``unread``)."""
+        return len(self.transfers) + self.unread
+
     def columns(self) -> tuple[tuple, ...]:
         """The transfers column-wise ``(ids, kinds, debits, credits, amounts)`` (built once;
         ``()`` for a round without transfers)."""

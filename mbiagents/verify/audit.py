@@ -41,13 +41,14 @@ import numpy as np
 
 from mbiagents.errors import LedgerError, ScenarioError
 from mbiagents.ledger.money import MoneyError, to_minor_units, within_rounding
-from mbiagents.ledger.payments import paid_vector, signed_minor_from_columns, signed_minor_from_transfers
+from mbiagents.ledger.payments import (agent_positions, paid_vector, signed_minor_from_columns,
+                                       signed_minor_from_transfers)
 from mbiagents.ledger.invariants import transfers_clean
 from mbiagents.ledger.hashing import round_hash_of_parts, round_text_parts, transfer_lines
 from mbiagents.ledger.digests import Digested, DigestWorker, Payer, RowSource, columns_digests, digest_request
 from mbiagents.ledger.digests import available_cpus as _cpus
 from mbiagents.ledger.merkle import line_leaves, merkle_root
-from mbiagents.ledger.store import Ledger, RoundRecord, agent_account, header_hash, run_header, transfer_id
+from mbiagents.ledger.store import Ledger, RoundRecord, header_hash, run_header, transfer_id
 from mbiagents.markets import market_of
 from mbiagents.markets.base import AuditSteps, Recomputed
 from mbiagents.verify.trust import TrustOptions, TrustVerifier, check_witness, witness_run_id
@@ -255,7 +256,7 @@ class _RoundDigests:
             self.worker.close()
 
     def stream(self, records: Iterable[RoundRecord], header_hash: str, needs_root: Callable[[int], bool],
-               run_id: str, accounts: frozenset[str], payer: Payer,
+               run_id: str, accounts: frozenset[str], positions: dict[str, int], kind: str,
                source: RowSource | None = None, read: Callable[[int], list] | None = None,
                ) -> Iterator[tuple[RoundRecord, bool, _Digests]]:
         """``(round, clean, digests)`` of each round, in order: ``clean`` is
@@ -263,19 +264,20 @@ class _RoundDigests:
         (checked here, or by the helper); a round's hash chains onto the stored hash
         of the round before it (the header hash for the first). A round with pending
         transfers, amounts that are not all integers or a text field holding a newline is
-        checked and digested here, from its rows as they are. ``payer``: the run's agent
-        accounts and payment kind (the helper sums the payments of the rounds it takes);
+        checked and digested here, from its rows as they are. ``positions``, ``kind``: the
+        run's agent accounts in agent order and its payment kind (``payments.agent_positions``;
+        the helper and this process sum the payments of the rounds they take);
         ``source`` and ``read``: how the helper and this process read a round's transfers
         left unread (``store.Ledger.row_source``, ``store.Ledger.transfer_reader``)."""
         prev, seen, self.run_id, self.accounts, self.read = header_hash, 0, run_id, accounts, read
-        self.positions, self.kind = {a: i for i, a in enumerate(payer[0])}, payer[1]
+        self.positions, self.kind = positions, kind
         ahead: deque[_Ahead] = deque()  # rounds sent (or held behind those sent), not yet out
         ahead_bytes = 0
         for r in records:
             want, before_r = needs_root(r.index), prev
-            prev, seen = r.hash, seen + len(r.transfers) + r.unread
+            prev, seen = r.hash, seen + r.transfer_count
             if self.worker is None and self.allowed and (self.force or seen >= DIGEST_WORKER_TRANSFERS):
-                self._start(accounts, payer, source)
+                self._start(accounts, (list(positions), kind), source)
             req = None
             if self.worker is not None and not r.pending and self._helper_keeps_up():
                 if r.unread:
@@ -485,12 +487,13 @@ def _audit_run(ledger: Ledger, run_id: str | None, trust: TrustOptions | None,
     # sums (and no account has a floor to follow row by row): this process reads their counts
     source = (ledger.row_source() if digests_of.allowed and not getattr(market, "audit_reads_transfers", True)
               and not escrow.floors else None)
-    payer = ([agent_account(a) for a in market.agent_ids], market.payment_kind)
     with ledger.transfer_reader(rid) as read:
         for r, ok, digests in digests_of.stream(ledger.iter_rounds(rid, transfers=source is None), run.header_hash,
-                                                signed.needs_root, rid, account_names, payer, source, read):
+                                                signed.needs_root, rid, account_names,
+                                                agent_positions(market.agent_ids), market.payment_kind,
+                                                source, read):
             expected_index, n_rounds = n_rounds, n_rounds + 1
-            n_transfers += len(r.transfers) + r.unread
+            n_transfers += r.transfer_count
             late = _Held(r, _missing_events(market, r))
             # double entry + idempotency: a whole round column-wise (``ok``); row by row (naming the
             # first bad row) only when something is off. An id that matches its fields names its
