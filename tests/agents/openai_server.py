@@ -17,7 +17,9 @@ arguments text). The request's ``tools`` and its ``tool`` role messages are kept
 Capabilities: ``reject_json_schema=True`` answers ``reject_status`` (422, or 500 as
 llama-cpp-python 0.3.36's server really does) to ``response_format.type == "json_schema"``; ``reject_response_format=True`` answers
 400 to any ``response_format``. ``latency=(mean_s, jitter_s)`` adds a uniform random
-delay to every successful reply. Every request is kept in ``server.requests``.
+delay to every successful reply. Every request is kept in ``server.requests``;
+``server.peak_concurrent`` is the most requests that were held in their reply delay at once
+(concurrency is checked by overlap, never by wall-clock time).
 
 Use the ``openai_server`` fixture (``tests/agents/conftest.py``) or
 ``with ScriptedOpenAIServer() as srv: srv.base_url``.
@@ -145,6 +147,8 @@ class ScriptedOpenAIServer:
         self.model = model
         self.default: Reply | Callable[[RecordedRequest], Reply] = Reply.json({})
         self.requests: list[RecordedRequest] = []
+        self.peak_concurrent = 0
+        self._delayed = 0
         self._queues: dict[str | None, collections.deque[Reply]] = collections.defaultdict(collections.deque)
         self._script: Callable[[RecordedRequest], Reply | None] | None = None
         self._rng = random.Random(seed)
@@ -168,6 +172,7 @@ class ScriptedOpenAIServer:
         with self._lock:
             self._queues.clear()
             self.requests.clear()
+            self.peak_concurrent = 0
         self._script = None
         self.default = Reply.json({})
         self.reject_json_schema = False
@@ -230,7 +235,14 @@ class ScriptedOpenAIServer:
         delay = reply.delay_s + (max(0.0, mean + self._rng.uniform(-jitter, jitter)) if mean or jitter else 0.0)
         req.delay_s = delay
         if delay:
-            await asyncio.sleep(delay)
+            with self._lock:
+                self._delayed += 1
+                self.peak_concurrent = max(self.peak_concurrent, self._delayed)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                with self._lock:
+                    self._delayed -= 1
         if reply.drop:
             raise _Drop()
         if reply.echo_key:  # a hostile server: echo the key wherever the client may keep it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import time
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -47,12 +46,10 @@ def test_send_fanout_runs_agents_concurrently(openai_server):
         settings = LLMSettings(backend="custom", base_url=openai_server.base_url, timeout_s=5)
         async with open_llm(settings) as llm:  # probes the server first
             graph = build(llm)
-            t0 = time.perf_counter()
-            out = await graph.ainvoke({"agents": [f"a{i}" for i in range(8)], "answers": []})
-            return out, time.perf_counter() - t0
+            return await graph.ainvoke({"agents": [f"a{i}" for i in range(8)], "answers": []})
 
-    out, wall = asyncio.run(go())
+    out = asyncio.run(go())
     answers = {a.agent_id: a for a in out["answers"]}
     assert set(answers) == {f"a{i}" for i in range(8)} and all(a.ok for a in answers.values())
     assert answers["a3"].attempts == 2
-    assert wall < 8 * 0.3 / 2  # sequential would be 2.4 s (+0.3 s for a3's re-ask)
+    assert openai_server.peak_concurrent >= 4, openai_server.peak_concurrent  # sequential: never more than 1

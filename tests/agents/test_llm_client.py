@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-from pydantic import BaseModel, ConfigDict, Field
 
 from mbiagents.agents import RAW_TEXT_LIMIT, LLMClient, LLMSettings
 from mbiagents.agents.games import Bounds, TeamReport, team_report_model
@@ -167,10 +165,8 @@ def test_persistent_5xx_gives_fallback_without_reasking(openai_server):
 
 def test_slow_server_times_out(openai_server):
     openai_server.queue(Reply.json({"value": 1, "curvature": 1}, delay_s=3.0))
-    t0 = time.perf_counter()
     ans, _ = ask(openai_server, timeout_s=0.3, max_retries=0, response_format="json_schema")
-    assert time.perf_counter() - t0 < 2.0
-    assert ans.used_fallback and "Timeout" in ans.errors[0]
+    assert ans.used_fallback and "Timeout" in ans.errors[0]  # the client gave up; it did not wait the 3 s out
 
 
 # ------------------------------------------------------------------ validation, feedback, fallback
@@ -264,29 +260,29 @@ def _gather(srv, n, probe=True, **kw):
         async with LLMClient(mk(srv, **kw)) as llm:
             if probe:
                 await llm.probe()
-            t0 = time.perf_counter()
-            outs = await asyncio.gather(*[
+            return await asyncio.gather(*[
                 llm.ask(agent_id=f"a{i}", step="report", messages=MSGS, schema=SCHEMA, fallback=FALLBACK)
                 for i in range(n)])
-            return outs, time.perf_counter() - t0
     return asyncio.run(go())
 
 
-def test_concurrent_calls_take_about_the_slowest(openai_server):
-    openai_server.default = Reply.json({"value": 1, "curvature": 1}, delay_s=0.3)
-    outs, wall = _gather(openai_server, 32, concurrency=64)
+def test_concurrent_calls_overlap(openai_server):
+    openai_server.default = Reply.json({"value": 1, "curvature": 1}, delay_s=0.5)
+    outs = _gather(openai_server, 32, concurrency=64)
     assert all(a.ok for a in outs) and {a.agent_id for a in outs} == {f"a{i}" for i in range(32)}
-    assert wall < 0.3 * 32 / 4  # sequential would be 9.6 s; ~0.3 s on an idle machine (see benchmarks/)
+    # sequential calls would never overlap; all 32 are in flight together on an idle machine
+    # (wall time / slowest call: benchmarks/bench_llm_concurrency.py)
+    assert openai_server.peak_concurrent >= 16, openai_server.peak_concurrent
 
 
 def test_semaphore_caps_concurrency(openai_server):
     openai_server.default = Reply.json({"value": 1, "curvature": 1}, delay_s=0.2)
-    outs, wall = _gather(openai_server, 8, concurrency=2)
-    assert all(a.ok for a in outs) and wall >= 0.2 * 4 * 0.95
+    outs = _gather(openai_server, 8, concurrency=2)
+    assert all(a.ok for a in outs) and openai_server.peak_concurrent == 2
 
 
 def test_answers_routed_per_agent(openai_server):
     for i in range(10):
         openai_server.queue(Reply.json({"value": i, "curvature": 1}, delay_s=0.01 * (10 - i)), agent=f"a{i}")
-    outs, _ = _gather(openai_server, 10)
+    outs = _gather(openai_server, 10)
     assert [a.value.value for a in outs] == list(range(10))
