@@ -6,6 +6,16 @@
     PYTHONPATH=. python benchmarks/bench_diml.py --only E7 --e7 40x10   # a subset of environments / sizes
     PYTHONPATH=. python benchmarks/bench_diml.py --select --e7 120x25 --draws 5   # E7 l2 chosen by validation NLL
     PYTHONPATH=. python benchmarks/bench_diml.py --floor-only --e7 40x10,120x25 --draws 5   # the data's level floor
+    PYTHONPATH=. python benchmarks/bench_diml.py --export-draws DIR --e7 120x25 --draws 5  # draws for an outside fitter
+    PYTHONPATH=. python benchmarks/bench_diml.py --select --import-draws DIR              # fit and score draws from DIR
+
+``--export-draws DIR``: each draw of ``--select`` (truth and data) as ``DIR/e7_{n}x{A}_d{d}.npz``: the
+truth's weights (``emb [A, d]``, ``w0, b0, w1, b1, w2, b2``, weights ``[in, out]``, the
+``anonymous_embedding`` family), ``actions int[24, 30, n]`` and ``train`` (19), so that another
+implementation (the released PyTorch script) can fit the same draws. ``--import-draws DIR`` replaces the
+draws by every ``DIR/*.npz`` of that format (drawn here or by the released script); where a file also holds
+an outside fit of the same family (``fit_emb``, ``fit_w0``, ...) and its own metric (``released_pair``), the
+fit is scored here too (``diml.pair_diff_mse``, exact over action pairs) and reported beside ours.
 
 ``--select``: the anonymous model's weight l2 is chosen from ``--grid`` by the NLL of the last 4 of
 the 19 training episodes (``diml.select_by_validation``), refit on all 19, and reported beside the
@@ -38,7 +48,10 @@ linear truth at scale 1.
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import time
+import zipfile
 from typing import NamedTuple
 
 import jax
@@ -89,6 +102,8 @@ class Job(NamedTuple):
     paper: tuple | None = None  # (diff_mse, nll_test, cfkl) of the released results
     track_target: float | None = None
     data_key: int = 1  # PRNGKey of the simulated episodes
+    actions: np.ndarray | None = None  # the episodes themselves (an imported draw), instead of data_key
+    group: str = ""  # the rows averaged together in --select's summary; the tag's size when empty
 
 
 def simulate(env: envs.Environment, key, episodes: int, steps: int = 60, learner: LogitQParams = LEARNER):
@@ -99,10 +114,88 @@ def simulate(env: envs.Environment, key, episodes: int, steps: int = 60, learner
     return sim(key)
 
 
+class Draw(NamedTuple):
+    """One E7 truth/data draw of the released protocol (``--select``, ``--export-draws``, ``--import-draws``)."""
+
+    tag: str
+    group: str  # the draws averaged together: one size, one source
+    stem: str  # its file name without .npz (--export-draws, --import-draws)
+    env: envs.Environment
+    actions: np.ndarray  # int[E, T, n]; the first ``train`` episodes are for fitting
+    train: int
+    outside: tuple | None = None  # (params of an outside fit of the truth's family, that fit's own metric)
+
+
+def e7_draws(sizes: list[tuple[int, int]], first: int, count: int) -> list[Draw]:
+    """Draw d of each size: truth ``e7_released(PRNGKey(d))``, data ``PRNGKey(1)`` for d = 0 (the default rows'
+    draw), else ``PRNGKey(100 + d)``."""
+    pr, draws = RELEASED_E7, []
+    for n, a in sizes:
+        for d in range(first, first + count):
+            env = envs.e7_released(jax.random.PRNGKey(d), n, a)
+            acts = simulate(env, jax.random.PRNGKey(1 if d == 0 else 100 + d), pr.episodes, pr.steps, pr.learner)
+            draws.append(Draw(f"E7 {n}x{a}" + (f" d{d}" if d else ""), f"E7 {n}x{a}", f"e7_{n}x{a}_d{d}", env,
+                              np.asarray(acts), pr.train))
+    return draws
+
+
+def save_draw(directory: str, draw: Draw) -> str:
+    """``directory/e7_{n}x{A}_d{d}.npz``: the truth's weights (``emb``, ``w0, b0, ...`` as ``[in, out]``),
+    ``actions`` and ``train``."""
+    p = draw.env.params
+    arrays = {"emb": np.asarray(p.emb)}
+    for k, (w, b) in enumerate(p.layers):
+        arrays[f"w{k}"], arrays[f"b{k}"] = np.asarray(w), np.asarray(b)
+    path = os.path.join(directory, draw.stem + ".npz")
+    np.savez(path, actions=draw.actions.astype(np.int32), train=np.int32(draw.train), **arrays)
+    return path
+
+
+def _embedding_params(z: dict, path: str, prefix: str = "") -> envs.CountEmbeddingParams:
+    if f"{prefix}emb" not in z or f"{prefix}w0" not in z:
+        raise SystemExit(f"error: {path}: no {prefix}emb / {prefix}w0 (an E7 draw holds the truth's weights)")
+    layers, k = [], 0
+    while f"{prefix}w{k}" in z:
+        if f"{prefix}b{k}" not in z:
+            raise SystemExit(f"error: {path}: {prefix}w{k} without {prefix}b{k}")
+        layers.append((jnp.asarray(z[f"{prefix}w{k}"], jnp.float64), jnp.asarray(z[f"{prefix}b{k}"], jnp.float64)))
+        k += 1
+    return envs.CountEmbeddingParams(jnp.asarray(z[f"{prefix}emb"], jnp.float64), layers)
+
+
+def load_draw(path: str) -> Draw:
+    """A draw written by ``save_draw`` or by an outside implementation in the same format, with that
+    implementation's fit of it (``fit_emb``, ``fit_w0``, ... and its metric ``released_pair``) if present."""
+    try:
+        with np.load(path) as f:
+            z = dict(f)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise SystemExit(f"error: {path}: not a readable .npz draw ({e})") from None
+    for field in ("actions", "train"):
+        if field not in z:
+            raise SystemExit(f"error: {path}: no field {field!r}")
+    acts = z["actions"].astype(np.int32)
+    if acts.ndim != 3:
+        raise SystemExit(f"error: {path}: actions must be int[episodes, steps, agents], got shape {acts.shape}")
+    truth = _embedding_params(z, path)
+    a, d = truth.emb.shape
+    n, train = acts.shape[2], int(z["train"])
+    if truth.layers[0][0].shape[0] != d + a or not 0 < train < acts.shape[0] or acts.min() < 0 or acts.max() >= a:
+        raise SystemExit(f"error: {path}: weights, actions and train do not fit together "
+                         f"(emb {truth.emb.shape}, w0 {truth.layers[0][0].shape}, actions {acts.shape}, train {train})")
+    mech = envs.anonymous_embedding_mechanism(n, a, truth.layers[0][0].shape[1], len(truth.layers) - 1, embed=d)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    env = envs.Environment(f"E7 released n={n} A={a} ({stem})", mech, truth, "anonymous_embedding")
+    outside = ((_embedding_params(z, path, "fit_"), float(z.get("released_pair", np.nan)))
+               if "fit_emb" in z else None)
+    return Draw(stem, stem.rsplit("_", 1)[0], stem, env, acts, train, outside)
+
+
 def run(job: Job, cf_episodes: int = 20):
     env, config, pr = job.env, job.config, job.protocol
     m = env.mechanism
-    acts = simulate(env, jax.random.PRNGKey(job.data_key), pr.episodes, pr.steps, pr.learner)
+    acts = (jnp.asarray(job.actions) if job.actions is not None
+            else simulate(env, jax.random.PRNGKey(job.data_key), pr.episodes, pr.steps, pr.learner))
     train, test = acts[:pr.train], acts[pr.train:]
     seen, probe = diml.seen_and_probe_joints(jax.random.PRNGKey(2), train, m.n_actions,
                                              2000 if m.n_agents * m.n_actions < 5000 else 200)
@@ -125,7 +218,8 @@ def run(job: Job, cf_episodes: int = 20):
     true_d = jax.vmap(lambda j: diml.counterfactual_differences(m, pt, j))(seen)[..., 1:]
     dm_seen = float(diml.diff_mse(m, env.params, mech, p, seen))
     return dict(
-        tag=job.tag, model=job.model, label=job.label or job.model, paper=job.paper, n=m.n_agents, A=m.n_actions,
+        tag=job.tag, group=job.group or job.tag.split(" d")[0],
+        model=job.model, label=job.label or job.model, paper=job.paper, n=m.n_agents, A=m.n_actions,
         dmse_seen=dm_seen, dmse_probe=float(diml.diff_mse(m, env.params, mech, p, probe)),
         pair=float(diml.pair_diff_mse(m, env.params, mech, p, test_contexts)),
         rel=dm_seen / float(jnp.var(true_d)),
@@ -156,6 +250,11 @@ def main() -> None:
     ap.add_argument("--first-draw", type=int, default=0, help="--select: index of the first draw")
     ap.add_argument("--floor-only", action="store_true",
                     help="--select without fits: only each draw's level floor (diml.level_floor)")
+    ap.add_argument("--export-draws", metavar="DIR",
+                    help="write --select's draws (truth weights, actions) to DIR/e7_{n}x{A}_d{d}.npz and stop")
+    ap.add_argument("--import-draws", metavar="DIR",
+                    help="--select / --floor-only on the draws DIR/*.npz instead of --e7 / --draws; an outside fit "
+                         "stored with a draw (fit_emb, fit_w0, ...) is scored beside ours")
     args = ap.parse_args()
     console = Console(width=200)
     small = 15 if args.quick else 30
@@ -166,32 +265,48 @@ def main() -> None:
     before = anon._replace(l2=0.0)  # the anonymous fit before the weight l2 (same steps)
     key = jax.random.PRNGKey(0)
     jobs: list[Job] = []
-    choices, floors = [], []
-    if args.select or args.floor_only:
+    choices, floors, outside = [], [], []
+    if args.select or args.floor_only or args.export_draws:
         grid = [float(v) for v in args.grid.split(",")]
-        for n, a in [tuple(map(int, x.split("x"))) for x in args.e7.split(",")]:
-            paper = PAPER[f"E7 {n}x{a}", "anonymous"]
-            for d in range(args.first_draw, args.first_draw + args.draws):
-                env = envs.e7_released(jax.random.PRNGKey(d), n, a)
-                data_key = 1 if d == 0 else 100 + d
-                pr = RELEASED_E7
-                train = simulate(env, jax.random.PRNGKey(data_key), pr.episodes, pr.steps, pr.learner)[:pr.train]
-                configs = [anon._replace(l2=v, epochs=args.select_epochs) for v in grid]
-                tag = f"E7 {n}x{a}" + (f" d{d}" if d else "")
-                floors.append((tag, diml.level_floor(env.mechanism, env.params, train, pr.learner)))
-                if args.floor_only:
-                    continue
-                console.log(f"{tag}: selecting l2 in {grid}, <= {args.select_epochs} epochs, "
-                            f"{args.validation_episodes} of {pr.train} training episodes for validation")
-                t0 = time.perf_counter()
-                choice = diml.select_by_validation(diml.make_model("anonymous", n, a), train, configs,
-                                                   key=jax.random.PRNGKey(3), learner=pr.learner,
-                                                   validation_episodes=args.validation_episodes)
-                choices.append((tag, grid, choice, time.perf_counter() - t0))
-                jobs += [Job(tag, env, "anonymous", anon, pr, "l2 1e-3, 30 epochs (fixed)", paper, data_key=data_key),
-                         Job(tag, env, "anonymous", choice.config, pr,
-                             f"selected: l2 {choice.config.l2:g}, {choice.config.epochs} epochs", paper,
-                             data_key=data_key)]
+        if args.import_draws:
+            paths = sorted(glob.glob(os.path.join(args.import_draws, "*.npz")))
+            if not paths:
+                raise SystemExit(f"error: {args.import_draws}: no .npz draws")
+            draws = [load_draw(p) for p in paths]
+        else:
+            draws = e7_draws([tuple(map(int, x.split("x"))) for x in args.e7.split(",")], args.first_draw, args.draws)
+        if args.export_draws:
+            os.makedirs(args.export_draws, exist_ok=True)
+            for dr in draws:
+                console.print(f"{dr.tag}: {save_draw(args.export_draws, dr)}")
+            return
+        for dr in draws:
+            env, tag = dr.env, dr.tag
+            n, a = env.mechanism.n_agents, env.mechanism.n_actions
+            paper = PAPER.get((f"E7 {n}x{a}", "anonymous"))
+            pr = RELEASED_E7._replace(episodes=dr.actions.shape[0], train=dr.train, steps=dr.actions.shape[1])
+            train = jnp.asarray(dr.actions[:dr.train])
+            floors.append((tag, dr.group, diml.level_floor(env.mechanism, env.params, train, pr.learner)))
+            if dr.outside is not None:
+                test_contexts = jnp.asarray(dr.actions[dr.train:, :-1].reshape(-1, n))
+                exact = float(diml.pair_diff_mse(env.mechanism, env.params, env.mechanism, dr.outside[0],
+                                                 test_contexts))
+                outside.append((dr.group, tag, dr.outside[1], exact))
+            if args.floor_only:
+                continue
+            console.log(f"{tag}: selecting l2 in {grid}, <= {args.select_epochs} epochs, "
+                        f"{args.validation_episodes} of {pr.train} training episodes for validation")
+            configs = [anon._replace(l2=v, epochs=args.select_epochs) for v in grid]
+            t0 = time.perf_counter()
+            choice = diml.select_by_validation(diml.make_model("anonymous", n, a), train, configs,
+                                               key=jax.random.PRNGKey(3), learner=pr.learner,
+                                               validation_episodes=args.validation_episodes)
+            choices.append((tag, grid, choice, time.perf_counter() - t0))
+            jobs += [Job(tag, env, "anonymous", anon, pr, "l2 1e-3, 30 epochs (fixed)", paper, actions=dr.actions,
+                         group=dr.group),
+                     Job(tag, env, "anonymous", choice.config, pr,
+                         f"selected: l2 {choice.config.l2:g}, {choice.config.epochs} epochs", paper,
+                         actions=dr.actions, group=dr.group)]
     elif args.scale:
         cfg = diml.FitConfig(epochs=args.scale_epochs, steps_per_epoch=1, learning_rate=1e-2, dtype=jnp.float32,
                              agents_per_step=100)
@@ -248,10 +363,11 @@ def main() -> None:
                       f"{r['rel']:.3f}", f"{p[0]:.2e}", f"{r['nll']:.3f}", f"{r['nll_true']:.3f}",
                       f"{r['nll_freq']:.3f}", f"{p[1]:.3f}", f"{r['cfkl']:.4f}", f"{p[2]:.3f}", f"{r['first']:.2f}",
                       f"{r['per_epoch']:.3f}", f"{r['total']:.1f}")
-    console.print(table)
-    console.print("epoch = steps_per_epoch full-batch Adam steps in one jitted call; 1st epoch includes compilation. "
-                  "diff_mse: baseline action 0, training contexts; pair: the released script's definition "
-                  "(random action pairs, held-out contexts), what its E7 figures report.")
+    if rows:
+        console.print(table)
+        console.print("epoch = steps_per_epoch full-batch Adam steps in one jitted call; 1st epoch includes "
+                      "compilation. diff_mse: baseline action 0, training contexts; pair: the released script's "
+                      "definition (random action pairs, held-out contexts), what its E7 figures report.")
     for r in rows:
         if r["reached"] is not None:
             e, t, d = r["reached"]
@@ -272,17 +388,24 @@ def main() -> None:
         for v, row in zip(grid, choice.validation_nll):
             vt.add_row(f"{v:g}", *[f"{x:.5f}" for x in row])
         console.print(vt)
-    for tag, lf in floors:
-        console.print(f"{tag}: level floor (truth known up to its action levels, 19 training episodes): "
-                      f"Cramer-Rao expectation of pair {lf.floor:.2e}, oracle level MLE realised {lf.oracle:.2e}")
-    if choices:
-        by_label: dict[tuple[str, str], list[float]] = {}
-        for r in rows:
-            key_ = (r["tag"].split(" d")[0], r["label"].split(":")[0])
-            by_label.setdefault(key_, []).append(r["pair"])
-        for (size, label), vals in by_label.items():
-            console.print(f"{size} {label}: pair (test) over {len(vals)} draws: mean {np.mean(vals):.2e}, "
-                          f"min {np.min(vals):.2e}, max {np.max(vals):.2e}")
+    for tag, _, lf in floors:
+        console.print(f"{tag}: level floor (truth known up to its action levels, {lf.offsets.size} levels, "
+                      f"training episodes only): Cramer-Rao expectation of pair {lf.floor:.2e}, "
+                      f"oracle level MLE realised {lf.oracle:.2e}")
+    for _, tag, own, exact in outside:
+        console.print(f"{tag}: the outside fit stored with the draw: pair (test) {exact:.2e} exact here, "
+                      f"{own:.2e} by its own sampled estimate")
+    by_group: dict[tuple[str, str], list[float]] = {}
+    for r in rows if choices else []:
+        by_group.setdefault((r["group"], r["label"].split(":")[0]), []).append(r["pair"])
+    for _, group, lf in floors:
+        by_group.setdefault((group, "oracle (levels)"), []).append(lf.oracle)
+        by_group.setdefault((group, "floor (levels, Cramer-Rao)"), []).append(lf.floor)
+    for group, _, _, exact in outside:
+        by_group.setdefault((group, "outside fit"), []).append(exact)
+    for (group, label), vals in by_group.items():
+        console.print(f"{group} {label}: pair (test) over {len(vals)} draws: mean {np.mean(vals):.2e}, "
+                      f"min {np.min(vals):.2e}, max {np.max(vals):.2e}")
     console.print(f"benchmark wall time {time.perf_counter() - t_all:.0f} s")
 
 
