@@ -19,7 +19,8 @@ llama-cpp-python 0.3.36's server really does) to ``response_format.type == "json
 400 to any ``response_format``. ``latency=(mean_s, jitter_s)`` adds a uniform random
 delay to every successful reply. Every request is kept in ``server.requests``;
 ``server.peak_concurrent`` is the most requests that were held in their reply delay at once
-(concurrency is checked by overlap, never by wall-clock time).
+since the last ``reset()`` (concurrency is checked by overlap, never by wall-clock time; a
+request still sleeping from before the reset is not counted).
 
 Use the ``openai_server`` fixture (``tests/agents/conftest.py``) or
 ``with ScriptedOpenAIServer() as srv: srv.base_url``.
@@ -149,6 +150,7 @@ class ScriptedOpenAIServer:
         self.requests: list[RecordedRequest] = []
         self.peak_concurrent = 0
         self._delayed = 0
+        self._generation = 0  # bumped by reset(): requests from before it leave the count alone
         self._queues: dict[str | None, collections.deque[Reply]] = collections.defaultdict(collections.deque)
         self._script: Callable[[RecordedRequest], Reply | None] | None = None
         self._rng = random.Random(seed)
@@ -173,6 +175,8 @@ class ScriptedOpenAIServer:
             self._queues.clear()
             self.requests.clear()
             self.peak_concurrent = 0
+            self._delayed = 0
+            self._generation += 1
         self._script = None
         self.default = Reply.json({})
         self.reject_json_schema = False
@@ -236,13 +240,15 @@ class ScriptedOpenAIServer:
         req.delay_s = delay
         if delay:
             with self._lock:
+                generation = self._generation
                 self._delayed += 1
                 self.peak_concurrent = max(self.peak_concurrent, self._delayed)
             try:
                 await asyncio.sleep(delay)
             finally:
                 with self._lock:
-                    self._delayed -= 1
+                    if generation == self._generation:
+                        self._delayed -= 1
         if reply.drop:
             raise _Drop()
         if reply.echo_key:  # a hostile server: echo the key wherever the client may keep it
