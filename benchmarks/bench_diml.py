@@ -191,6 +191,12 @@ def load_draw(path: str) -> Draw:
     return Draw(stem, stem.rsplit("_", 1)[0], stem, env, acts, train, outside)
 
 
+def heldout_contexts(actions, train: int):
+    """The released script's diff_mse contexts: every observed joint action of the held-out episodes but
+    the last step's, ``[(E - train) (T - 1), n]``."""
+    return actions[train:, :-1].reshape(-1, actions.shape[2])
+
+
 def run(job: Job, cf_episodes: int = 20):
     env, config, pr = job.env, job.config, job.protocol
     m = env.mechanism
@@ -199,7 +205,7 @@ def run(job: Job, cf_episodes: int = 20):
     train, test = acts[:pr.train], acts[pr.train:]
     seen, probe = diml.seen_and_probe_joints(jax.random.PRNGKey(2), train, m.n_actions,
                                              2000 if m.n_agents * m.n_actions < 5000 else 200)
-    test_contexts = test[:, :-1].reshape(-1, m.n_agents)  # the released script's diff_mse contexts
+    test_contexts = heldout_contexts(acts, pr.train)
     mech = diml.make_model(job.model, m.n_agents, m.n_actions)
     fitter = diml.make_fitter(mech, train, pr.learner, config)
     state = fitter.init(jax.random.PRNGKey(3))
@@ -256,6 +262,8 @@ def main() -> None:
                     help="--select / --floor-only on the draws DIR/*.npz instead of --e7 / --draws; an outside fit "
                          "stored with a draw (fit_emb, fit_w0, ...) is scored beside ours")
     args = ap.parse_args()
+    if args.import_draws and not (args.select or args.floor_only):
+        ap.error("--import-draws needs --select or --floor-only")
     console = Console(width=200)
     small = 15 if args.quick else 30
     neural = diml.recommended_config("neural", epochs=small)
@@ -288,10 +296,9 @@ def main() -> None:
             train = jnp.asarray(dr.actions[:dr.train])
             floors.append((tag, dr.group, diml.level_floor(env.mechanism, env.params, train, pr.learner)))
             if dr.outside is not None:
-                test_contexts = jnp.asarray(dr.actions[dr.train:, :-1].reshape(-1, n))
                 exact = float(diml.pair_diff_mse(env.mechanism, env.params, env.mechanism, dr.outside[0],
-                                                 test_contexts))
-                outside.append((dr.group, tag, dr.outside[1], exact))
+                                                 jnp.asarray(heldout_contexts(dr.actions, dr.train))))
+                outside.append((tag, dr.group, dr.outside[1], exact))
             if args.floor_only:
                 continue
             console.log(f"{tag}: selecting l2 in {grid}, <= {args.select_epochs} epochs, "
@@ -392,7 +399,7 @@ def main() -> None:
         console.print(f"{tag}: level floor (truth known up to its action levels, {lf.offsets.size} levels, "
                       f"training episodes only): Cramer-Rao expectation of pair {lf.floor:.2e}, "
                       f"oracle level MLE realised {lf.oracle:.2e}")
-    for _, tag, own, exact in outside:
+    for tag, _, own, exact in outside:
         console.print(f"{tag}: the outside fit stored with the draw: pair (test) {exact:.2e} exact here, "
                       f"{own:.2e} by its own sampled estimate")
     by_group: dict[tuple[str, str], list[float]] = {}
@@ -401,7 +408,7 @@ def main() -> None:
     for _, group, lf in floors:
         by_group.setdefault((group, "oracle (levels)"), []).append(lf.oracle)
         by_group.setdefault((group, "floor (levels, Cramer-Rao)"), []).append(lf.floor)
-    for group, _, _, exact in outside:
+    for _, group, _, exact in outside:
         by_group.setdefault((group, "outside fit"), []).append(exact)
     for (group, label), vals in by_group.items():
         console.print(f"{group} {label}: pair (test) over {len(vals)} draws: mean {np.mean(vals):.2e}, "
